@@ -1,0 +1,129 @@
+"""Named network configurations and `create_arch`, the one way the rest of the project builds networks."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import inspect
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from .hdit import HDiTConfig, hdit_from_config
+
+NEIGHBORHOOD_7 = {"type": "neighborhood", "d_head": 64, "kernel_size": 7}
+GLOBAL = {"type": "global", "d_head": 64}
+
+NAMED_CONFIGS: dict[str, dict[str, Any]] = {
+    "hdit_XL2": {
+        "type": "hdit",
+        "patch_size": [4, 4],
+        "widths": [384, 768],
+        "depths": [2, 11],
+        "self_attns": [NEIGHBORHOOD_7, GLOBAL],
+        "mapping_depth": 2,
+        "mapping_width": 768,
+        "dropout_rate": [0.0, 0.0],
+        "mapping_dropout_rate": 0.0,
+    },
+    "hdit_ImageNet256Sp4": {
+        "type": "hdit",
+        "patch_size": [4, 4],
+        "widths": [256, 512, 1024],
+        "depths": [2, 2, 8],
+        "self_attns": [NEIGHBORHOOD_7, NEIGHBORHOOD_7, GLOBAL],
+        "mapping_depth": 2,
+        "mapping_width": 768,
+        "dropout_rate": [0.0, 0.0, 0.0],
+        "mapping_dropout_rate": 0.0,
+    },
+    "swinir_M": {
+        "type": "swinir",
+        "embed_dim": 120,
+        "depths": [6] * 5,
+        "num_heads": [6] * 5,
+        "resi_connection": "1conv",
+        "sf": 8,
+    },
+    "swinir_L": {
+        "type": "swinir",
+        "embed_dim": 180,
+        "depths": [6] * 8,
+        "num_heads": [6] * 8,
+        "resi_connection": "1conv",
+        "sf": 8,
+    },
+}
+
+ARCH_TYPES = ("hdit", "swinir")
+
+
+def load_arch_config(name_or_config: str | Mapping | Path) -> dict[str, Any]:
+    """A config as a dict, from a registered name, a path to a JSON file, or a mapping."""
+    if isinstance(name_or_config, Mapping):
+        return copy.deepcopy(dict(name_or_config))
+    key = str(name_or_config)
+    if key in NAMED_CONFIGS:
+        return copy.deepcopy(NAMED_CONFIGS[key])
+    if key.endswith(".json"):
+        path = Path(key)
+        if not path.is_file():
+            raise ValueError(f"architecture config file {path} does not exist")
+        try:
+            config = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: not valid JSON ({error})") from None
+        if not isinstance(config, dict):
+            raise ValueError(f"{path}: an architecture config must be a JSON object")
+        return config
+    raise ValueError(
+        f"unknown architecture {key!r}; use one of {sorted(NAMED_CONFIGS)}, a path to a .json config, "
+        "or a mapping with 'type': 'hdit' | 'swinir'"
+    )
+
+
+def _check_fields(kind: str, config: dict, allowed: set[str]) -> None:
+    unknown = set(config) - allowed
+    if unknown:
+        raise ValueError(f"{kind} config: unknown field(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+
+
+def _build_hdit(config: dict, condition_channels: int) -> nn.Module:
+    allowed = {f.name for f in dataclasses.fields(HDiTConfig)}
+    _check_fields("hdit", config, allowed)
+    try:
+        hdit_config = HDiTConfig(**config)
+    except TypeError as error:
+        raise ValueError(f"hdit config: {error}") from None
+    hdit_config.in_channels += condition_channels
+    return hdit_from_config(hdit_config)
+
+
+def _build_swinir(config: dict, condition_channels: int) -> nn.Module:
+    from .swinir import SwinIR
+
+    allowed = set(inspect.signature(SwinIR.__init__).parameters) - {"self"}
+    _check_fields("swinir", config, allowed)
+    config = dict(config)
+    config["in_channels"] = config.get("in_channels", 3) + condition_channels
+    return SwinIR(**config)
+
+
+def create_arch(name_or_config: str | Mapping | Path, condition_channels: int = 0) -> nn.Module:
+    """Build a network from a named config (see NAMED_CONFIGS), a JSON file path or a config mapping.
+
+    `condition_channels` extra channels are added to the network's input channels (conditional flows
+    concatenate their condition to x_t).
+    """
+    config = load_arch_config(name_or_config)
+    if condition_channels < 0:
+        raise ValueError(f"condition_channels must be >= 0, got {condition_channels}")
+    kind = config.pop("type", None)
+    if kind == "hdit":
+        return _build_hdit(config, condition_channels)
+    if kind == "swinir":
+        return _build_swinir(config, condition_channels)
+    raise ValueError(f"architecture config needs 'type' set to one of {ARCH_TYPES}, got {kind!r}")

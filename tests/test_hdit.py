@@ -1,0 +1,139 @@
+import json
+import time
+
+import pytest
+import torch
+from conftest import TINY_HDIT
+
+from arch import attention, create_arch
+from arch.hdit import HDiT
+
+HDIT_NAMES = ["hdit_XL2", "hdit_ImageNet256Sp4"]
+
+
+def randomize_(module: torch.nn.Module) -> torch.nn.Module:
+    """Give zero-initialised layers random weights so that every path carries signal."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return module
+
+
+@pytest.mark.parametrize("name", HDIT_NAMES)
+@pytest.mark.parametrize("condition_channels", [0, 3])
+def test_state_dict_matches_official_manifest(name, condition_channels, arch_manifest):
+    net = create_arch(name, condition_channels)
+    got = [(k, list(v.shape)) for k, v in net.state_dict().items()]
+    want = list(arch_manifest[f"{name}+cond{condition_channels}"].items())
+    assert got == [(k, v) for k, v in want]
+
+
+@pytest.mark.parametrize("name", HDIT_NAMES)
+def test_full_size_forward_at_64px_is_fast_and_zero_at_init(name):
+    net = create_arch(name).eval()
+    x = torch.randn(2, 3, 64, 64)
+    start = time.perf_counter()
+    with torch.no_grad():
+        out = net(x, torch.rand(2))
+    assert time.perf_counter() - start < 30
+    assert out.shape == x.shape
+    assert torch.count_nonzero(out) == 0  # zero-initialised output projection
+
+
+def test_strict_load_of_synthetic_official_state_dict(arch_manifest):
+    entry = arch_manifest["hdit_ImageNet256Sp4+cond3"]
+    gen = torch.Generator().manual_seed(1)
+    # positive values where the network takes a square root (attention scales)
+    state = {k: torch.rand(shape, generator=gen) * 0.02 + 0.01 for k, shape in entry.items()}
+    net = create_arch("hdit_ImageNet256Sp4", condition_channels=3)
+    net.load_state_dict(state, strict=True)
+    with torch.no_grad():
+        out = net(torch.rand(1, 6, 64, 64), torch.tensor([0.3]))
+    assert out.shape == (1, 3, 64, 64)
+    assert torch.isfinite(out).all() and out.abs().sum() > 0
+
+
+def test_gradients_reach_every_parameter():
+    net = randomize_(create_arch(TINY_HDIT))
+    out = net(torch.randn(2, 3, 16, 16), torch.rand(2))
+    out.square().mean().backward()
+    missing = [name for name, p in net.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert missing == []
+
+
+def test_time_changes_the_output_and_none_time_works():
+    net = randomize_(create_arch(TINY_HDIT)).eval()
+    x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        a, b, c = net(x, torch.tensor([0.1])), net(x, torch.tensor([0.9])), net(x, None)
+    assert not torch.allclose(a, b)
+    assert c.shape == x.shape
+
+
+def test_state_dict_round_trip_is_exact(tmp_path):
+    net = randomize_(create_arch(TINY_HDIT)).eval()
+    torch.save(net.state_dict(), tmp_path / "net.pt")
+    other = create_arch(TINY_HDIT).eval()
+    other.load_state_dict(torch.load(tmp_path / "net.pt", weights_only=True), strict=True)
+    x, t = torch.randn(1, 3, 16, 16), torch.rand(1)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x, t), other(x, t), rtol=0, atol=0)
+
+
+def test_non_square_input_and_condition_channels():
+    net = randomize_(create_arch(TINY_HDIT, condition_channels=1))
+    with torch.no_grad():
+        out = net(torch.randn(1, 4, 16, 24), torch.rand(1))
+    assert out.shape == (1, 3, 16, 24)
+
+
+def test_torch_and_natten_backends_give_the_same_network_output():
+    if not attention.natten_available():
+        pytest.skip("natten not installed")
+    net = randomize_(create_arch(TINY_HDIT)).eval()
+    x, t = torch.randn(1, 3, 16, 16), torch.rand(1)
+    with torch.no_grad():
+        net.set_neighborhood_backend("torch")
+        a = net(x, t)
+        net.set_neighborhood_backend("natten")
+        b = net(x, t)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_shifted_window_and_ff_only_levels():
+    config = dict(TINY_HDIT, self_attns=[{"type": "shifted-window", "d_head": 8, "window_size": 4}, {"type": "none"}],
+                  depths=[2, 1])
+    net = randomize_(create_arch(config))
+    assert not hasattr(net.mid_level[0], "self_attn")
+    assert net.down_levels[0][1].self_attn.shift and not net.down_levels[0][0].self_attn.shift
+    assert net.up_levels[0][1].self_attn.shift  # the layer index counts on through the up path (2, 3)
+    with torch.no_grad():
+        assert net(torch.randn(1, 3, 16, 16), torch.rand(1)).shape == (1, 3, 16, 16)
+
+
+def test_json_config_file(tmp_path):
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(TINY_HDIT))
+    assert isinstance(create_arch(str(path)), HDiT)
+
+
+@pytest.mark.parametrize(
+    "config,match",
+    [
+        ("hdit_XXL", "unknown architecture"),
+        (dict(TINY_HDIT, widths=[16]), "same non-zero length"),
+        (dict(TINY_HDIT, colour="red"), "unknown field"),
+        (dict(TINY_HDIT, type="unet"), "type"),
+        (dict(TINY_HDIT, self_attns=[{"type": "axial"}, {"type": "global"}]), "axial"),
+    ],
+)
+def test_bad_configurations_are_value_errors(config, match):
+    with pytest.raises(ValueError, match=match):
+        create_arch(config)
+
+
+@pytest.mark.parametrize("shape,match", [((1, 3, 18, 16), "multiple of 4"), ((1, 3, 4, 4), "neighbourhood")])
+def test_bad_input_sizes_are_value_errors(shape, match):
+    net = create_arch(TINY_HDIT)
+    with pytest.raises(ValueError, match=match):
+        net(torch.randn(shape), torch.rand(1))
