@@ -1,0 +1,116 @@
+"""What validation measures and shows besides MSE: FID / Inception Score and image grids."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+INCEPTION_WEIGHTS_NAME = "weights-inception-2015-12-05-6726825d.pth"
+INCEPTION_ENV_VAR = "PMRF_INCEPTION_WEIGHTS"
+_warned: set[str] = set()
+
+
+def inception_weights_path() -> Path:
+    """Where the FID Inception weights are read from: $PMRF_INCEPTION_WEIGHTS or torch's hub cache."""
+    if os.environ.get(INCEPTION_ENV_VAR):
+        return Path(os.environ[INCEPTION_ENV_VAR])
+    return Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS_NAME
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, stacklevel=3)
+
+
+class ValidationMetrics(nn.Module):
+    """FID and Inception Score of restored images (torchmetrics, inputs in [0, 1])."""
+
+    def __init__(self, fid: nn.Module, inception_score: nn.Module):
+        super().__init__()
+        self.fid, self.inception_score = fid, inception_score
+
+    @classmethod
+    def create(cls) -> ValidationMetrics | None:
+        """The metrics, or None (with one warning) when the Inception weights are not available offline."""
+        weights = inception_weights_path()
+        if not weights.is_file():
+            _warn_once(
+                f"validation FID and Inception Score skipped: Inception weights not found at {weights} "
+                f"(download {INCEPTION_WEIGHTS_NAME} there or set {INCEPTION_ENV_VAR})"
+            )
+            return None
+        try:
+            from torchmetrics.image.fid import FrechetInceptionDistance, NoTrainInceptionV3
+            from torchmetrics.image.inception import InceptionScore
+
+            fid = FrechetInceptionDistance(normalize=True, feature_extractor_weights_path=str(weights))
+            logits = NoTrainInceptionV3(
+                name="inception-v3-compat", features_list=["logits_unbiased"], feature_extractor_weights_path=str(weights)
+            )
+            inception = InceptionScore(feature=logits, normalize=True)
+        except Exception as error:  # a broken weights file must not stop training
+            _warn_once(f"validation FID and Inception Score skipped: {error.__class__.__name__}: {error}")
+            return None
+        return cls(fid, inception)
+
+    def reset(self) -> ValidationMetrics:
+        self.fid.reset()
+        self.inception_score.reset()
+        return self
+
+    def update(self, fake: torch.Tensor, real: torch.Tensor) -> None:
+        fake, real = fake.float().clamp(0, 1), real.float().clamp(0, 1)
+        self.fid.update(real, real=True)
+        self.fid.update(fake, real=False)
+        self.inception_score.update(fake)
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        is_mean, _ = self.inception_score.compute()
+        return {"fid": self.fid.compute(), "inception_score": is_mean}
+
+
+class ValidationImages:
+    """Keeps the first validation batch and writes it as one grid image per epoch."""
+
+    MAX_IMAGES = 8
+    MAX_TRAJECTORY = 10
+
+    def __init__(self) -> None:
+        self.rows: dict[str, torch.Tensor] = {}
+
+    def reset(self) -> None:
+        self.rows = {}
+
+    def keep(self, x, y, xhat, trajectory, z0, mmse) -> None:
+        n = self.MAX_IMAGES
+        rows = {"x": x[:n], "y": y[:n], "xhat": xhat[:n]}
+        if z0 is not None:
+            rows["source_samples"] = z0[:n]
+        if mmse is not None:
+            rows["mmse"] = mmse[:n]
+        if trajectory and len(trajectory) > 1:
+            step = max(1, len(trajectory) // self.MAX_TRAJECTORY)
+            rows["trajectory_of_first_image"] = torch.stack([state[0] for state in trajectory[::step]])
+        self.rows = {k: v.detach().float().cpu().clamp(0, 1) for k, v in rows.items()}
+
+    def save(self, folder: Path, epoch: int, logger=None) -> None:
+        if not self.rows:
+            return
+        from torchvision.utils import make_grid
+
+        from utils.images import save_rgb, tensor_to_uint8
+
+        for name, images in self.rows.items():
+            images = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+            grid = make_grid(images, nrow=images.shape[0], padding=2)
+            save_rgb(tensor_to_uint8(grid), folder / f"epoch={epoch:04d}" / f"{name}.png")
+            if logger is not None and hasattr(logger, "log_image"):
+                try:
+                    logger.log_image(key=f"val_images/{name}", images=[grid])
+                except Exception:  # image logging is a convenience; never fail validation over it
+                    pass

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Controlled experiment (paper §5.2), denoising: a flow from noise conditioned on the measurement y.
+# Run from the repository root after setting the data (and MMSE checkpoint) paths.
+python train.py \
+  --stage flow \
+  --conditional \
+  --arch hdit_XL2 \
+  --degradation gaussian_noise_035 \
+  --train_data_root /path/to/ffhq256/train \
+  --val_data_root /path/to/ffhq256/val \
+  --img_size 256 \
+  --num_gpus 4 \
+  --train_batch_size 256 \
+  --val_batch_size 32 \
+  --num_workers 40 \
+  --max_epochs 1000 \
+  --check_val_every_n_epoch 10 \
+  --num_flow_steps 50 \
+  --ema_decay 0.9999 \
+  --eps 0.0 \
+  --t_schedule stratified_uniform \
+  --lr 5e-4 \
+  --weight_decay 1e-2 \
+  --betas 0.9 0.95 \
+  --precision bf16-mixed \
+  --wandb_project_name PMRF \
+  --wandb_group denoising_posterior_conditioned_on_y \
+  --output_dir outputs/denoising/posterior_conditioned_on_y
