@@ -4,8 +4,9 @@ Neighbourhood attention has two backends behind `neighborhood_attention`:
 
 * ``natten``: ``natten.na2d`` (fused kernels on CUDA; on CPU it runs through flex attention, slowly and
   without a backward pass).
-* ``torch``: pure PyTorch. It loops over the k×k window offsets, so memory grows with H·W·k² rather
-  than (H·W)²; it supports autograd and runs anywhere.
+* ``torch``: pure PyTorch. It gathers each query's k×k window of keys and values, a chunk of query
+  rows at a time, so memory grows with H·W·k² (and is capped per chunk) rather than (H·W)²; it
+  supports autograd and runs anywhere.
 
 ``auto`` (the default) picks natten on CUDA when it is importable and the torch backend otherwise. Force
 a backend with the ``backend`` argument or the ``PMRF_NA_BACKEND`` environment variable;
@@ -76,22 +77,32 @@ def check_kernel(h: int, w: int, kernel_size: int) -> None:
         raise ValueError(f"a {kernel_size}×{kernel_size} neighbourhood does not fit a {h}×{w} token grid")
 
 
+# Gathered keys/values of one chunk of query rows hold at most this many elements, which bounds the
+# backend's working memory whatever the image size (it grows with rows · W · k² · heads · d_head).
+CHUNK_ELEMENTS = 1 << 25
+
+
 def _na2d_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: int) -> torch.Tensor:
-    _, h, w, _, _ = q.shape
-    rows = window_starts(h, kernel_size, q.device)
-    cols = window_starts(w, kernel_size, q.device)
-    offsets = [(a, b) for a in range(kernel_size) for b in range(kernel_size)]
-
-    def shifted(t: torch.Tensor, a: int, b: int) -> torch.Tensor:
-        # t[n, rows[i] + a, cols[j] + b] for every query position (i, j)
-        return t.index_select(1, rows + a).index_select(2, cols + b)
-
-    logits = torch.stack([(q * shifted(k, a, b)).sum(-1) for a, b in offsets], dim=-1)
-    weights = logits.float().softmax(dim=-1).to(v.dtype)
-    out = torch.zeros_like(q)
-    for index, (a, b) in enumerate(offsets):
-        out = out + weights[..., index, None] * shifted(v, a, b)
-    return out
+    n, h, w, heads, d = q.shape
+    offsets = torch.arange(kernel_size, device=q.device)
+    key_rows = window_starts(h, kernel_size, q.device)[:, None] + offsets  # (H, k)
+    key_cols = window_starts(w, kernel_size, q.device)[:, None] + offsets  # (W, k)
+    # flat key index of every (query row, query col, window row, window col)
+    window_index = key_rows[:, None, :, None] * w + key_cols[None, :, None, :]  # (H, W, k, k)
+    # heads into the batch, tokens flat: each gathered entry is one contiguous d-vector
+    q, k, v = (rearrange(t, "n h w nh e -> (n nh) (h w) e") for t in (q, k, v))
+    rows_per_chunk = max(1, CHUNK_ELEMENTS // (n * heads * w * kernel_size**2 * d))
+    chunks = []
+    for r0 in range(0, h, rows_per_chunk):
+        r1 = min(h, r0 + rows_per_chunk)
+        index = window_index[r0:r1].reshape(-1)
+        k_win = k.index_select(1, index).view(n * heads, -1, kernel_size**2, d)
+        v_win = v.index_select(1, index).view(n * heads, -1, kernel_size**2, d)
+        q_chunk = q[:, r0 * w : r1 * w, None, :]  # (n·heads, tokens, 1, d)
+        weights = (q_chunk @ k_win.transpose(-1, -2)).float().softmax(dim=-1).to(v.dtype)
+        chunks.append((weights @ v_win).squeeze(-2))
+    out = torch.cat(chunks, dim=1) if len(chunks) > 1 else chunks[0]
+    return rearrange(out, "(n nh) (h w) e -> n h w nh e", n=n, h=h)
 
 
 def neighborhood_attention(

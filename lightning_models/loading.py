@@ -93,6 +93,26 @@ def mmse_network_state(checkpoint: Mapping) -> tuple[dict[str, torch.Tensor], li
     )
 
 
+def load_exactly(net: nn.Module, state: Mapping[str, torch.Tensor], strict: bool = True) -> None:
+    """load_state_dict with one readable ValueError for missing, unexpected or mis-shaped entries."""
+    own = net.state_dict()
+    wrong_shape = [
+        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items() if k in own and own[k].shape != v.shape
+    ]
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    problems = []
+    if wrong_shape:
+        problems.append(f"wrong shapes (checkpoint vs model): {wrong_shape[:5]}")
+    if strict and missing:
+        problems.append(f"missing: {missing[:8]}{' …' if len(missing) > 8 else ''}")
+    if strict and unexpected:
+        problems.append(f"unexpected: {unexpected[:8]}{' …' if len(unexpected) > 8 else ''}")
+    if problems:
+        raise ValueError("; ".join(problems))
+    net.load_state_dict(state, strict=False)
+
+
 def _shapes(state: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in state.items()}
 

@@ -143,12 +143,10 @@ class MMSERectifiedFlow(L.LightningModule):
         net = create_arch(arch)
         self.hparams["mmse_model_arch"] = self_contained(arch)  # checkpoints rebuild f without its file
         if state is not None:
-            missing, unexpected = net.load_state_dict(state, strict=False)
-            if missing or unexpected:
-                raise ValueError(
-                    f"{ckpt_path}: does not match MMSE architecture {arch!r} "
-                    f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
-                )
+            try:
+                loading.load_exactly(net, state)
+            except ValueError as error:
+                raise ValueError(f"{ckpt_path}: does not match MMSE architecture {arch!r}: {error}") from None
             if shadows is not None:
                 loading.copy_shadows_(net, shadows, "MMSE network")
         net.requires_grad_(False)
@@ -411,12 +409,10 @@ class MMSERectifiedFlow(L.LightningModule):
 
     def _load_network_state(self, state: dict[str, torch.Tensor], source: str, strict: bool = True) -> None:
         state = {k: v for k, v in state.items() if k.startswith(NETWORK_PREFIXES)}  # drop fid.*, etc.
-        missing, unexpected = self.load_state_dict(state, strict=False)
-        if strict and (missing or unexpected):
-            raise ValueError(
-                f"{source}: network weights do not match the model "
-                f"(missing: {missing[:8]}{' …' if len(missing) > 8 else ''}; unexpected: {unexpected[:8]})"
-            )
+        try:
+            loading.load_exactly(self, state, strict)
+        except ValueError as error:
+            raise ValueError(f"{source}: network weights do not match the model: {error}") from None
 
     @classmethod
     def load_from_checkpoint(
@@ -483,7 +479,7 @@ class MMSERectifiedFlow(L.LightningModule):
         config["mmse_model_ckpt_path"] = None
         config["betas"] = list(config.get("betas", self.betas))
         with self.ema_scope(enabled=use_ema):
-            state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+            state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in self.state_dict().items()}
         write_atomic(directory / loading.HF_CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2)))
         write_atomic(directory / loading.HF_WEIGHTS_NAME, lambda tmp: save_file(state, tmp))
         return directory

@@ -1,0 +1,79 @@
+"""Identity degradation "Deg": the ArcFace angle between restored and ground-truth faces.
+
+Each image becomes gray (ITU-R 601 weights), is resized to 128x128 (bilinear) and scaled to
+(v - 127.5) / 127.5. The angle between the two ArcFace embeddings is arccos(cosine similarity) in
+degrees. Pairs closer than 1 degree count as "identical": they are left out of the mean and
+counted instead (`identity_count`). The mean is reported as `arcface_cos_dist`, the reference's
+key name.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import cv2
+import numpy as np
+import torch
+
+from evaluation.arcface_arch import ResNetFace, resnet_face18
+from evaluation.inputs import PairDataset, batches, paired_files
+from evaluation.weights import ARCFACE_FILE, DEFAULT_CKPT_DIR, find_metric_checkpoint, load_into, read_weights
+
+IDENTICAL_BELOW_DEGREES = 1.0
+
+
+def load_arcface(path: str | os.PathLike) -> ResNetFace:
+    """ArcFace resnet_face18 from `resnet18_110.pth` (a DataParallel `module.` prefix is accepted)."""
+    model = resnet_face18()
+    load_into(model, read_weights(path), path)
+    return model.eval().requires_grad_(False)
+
+
+def arcface_input(rgb: np.ndarray) -> torch.Tensor:
+    """uint8 RGB (H, W, 3) -> (1, 128, 128) float tensor in [-1, 1]."""
+    gray = cv2.resize(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), (128, 128), interpolation=cv2.INTER_LINEAR)
+    return torch.from_numpy((gray.astype(np.float32) - 127.5) / 127.5)[None]
+
+
+def angles_in_degrees(embeddings_a: torch.Tensor, embeddings_b: torch.Tensor) -> torch.Tensor:
+    """Row-wise angle arccos(cos similarity) in degrees, (B, D) x (B, D) -> (B,)."""
+    cosine = torch.nn.functional.cosine_similarity(embeddings_a.double(), embeddings_b.double(), dim=1)
+    return torch.rad2deg(torch.arccos(cosine.clamp(-1.0, 1.0)))
+
+
+def summarize_angles(
+    angles: torch.Tensor | list[float], threshold: float = IDENTICAL_BELOW_DEGREES
+) -> tuple[float, int]:
+    """(mean angle over pairs at or above `threshold`, number of pairs below it).
+
+    The mean is NaN when every pair is "identical".
+    """
+    angles = torch.as_tensor(angles, dtype=torch.float64)
+    kept = angles[angles >= threshold]
+    mean = kept.mean().item() if kept.numel() else math.nan
+    return mean, int((angles < threshold).sum())
+
+
+@torch.inference_mode()
+def calculate_identity_distance(
+    rec_dir: str | os.PathLike,
+    gt_dir: str | os.PathLike,
+    *,
+    device: str | torch.device = "cpu",
+    batch_size: int = 16,
+    num_workers: int = 0,
+    ckpt_dir: str | os.PathLike | None = None,
+    weights_path: str | os.PathLike | None = None,
+) -> dict[str, float]:
+    """{'arcface_cos_dist': mean angle in degrees, 'identity_count': pairs under 1 degree}."""
+    rec_files, gt_files, _ = paired_files(rec_dir, gt_dir, "--gt_path")
+    if weights_path is None:
+        weights_path = find_metric_checkpoint(ckpt_dir or DEFAULT_CKPT_DIR, ARCFACE_FILE)
+    model = load_arcface(weights_path).to(device)
+    angles = []
+    dataset = PairDataset(rec_files, gt_files, arcface_input)  # every input is 128x128: always batched
+    for rec, gt in batches(dataset, batch_size, num_workers, desc="identity (ArcFace)"):
+        angles.append(angles_in_degrees(model(rec.to(device)), model(gt.to(device))).cpu())
+    mean, identical = summarize_angles(torch.cat(angles))
+    return {"arcface_cos_dist": mean, "identity_count": identical}

@@ -1,0 +1,105 @@
+"""Landmark distance "LMD": how far the 98 WFLW landmarks of a restored face move from the ground truth.
+
+Landmarks come from facexlib's AWing FAN (4 hourglass modules, 98 points, `alignment_WFLW_4HG.pth`,
+weights under the key `state_dict`). Each image is resized to 256x256 (bilinear), scaled to [0, 1]
+and fed as RGB. On each 64x64 heat map the arg-max is moved a quarter pixel toward the larger of its
+two neighbours along each axis, shifted by +0.5 to the pixel centre and scaled by W/64 and H/64 of
+the original image. LMD is the mean Euclidean distance over the 98 points, averaged over images.
+"""
+
+from __future__ import annotations
+
+import os
+
+import cv2
+import numpy as np
+import torch
+
+from evaluation.inputs import PairDataset, batches, paired_files
+from evaluation.weights import DEFAULT_CKPT_DIR, FAN_FILE, find_metric_checkpoint, load_into, read_weights
+
+FAN_INPUT_SIZE = 256
+NUM_LANDMARKS = 98
+
+
+def build_fan() -> torch.nn.Module:
+    """facexlib's AWing FAN with the WFLW configuration (random weights)."""
+    from facexlib.alignment.awing_arch import FAN
+
+    return FAN(num_modules=4, num_landmarks=NUM_LANDMARKS, device="cpu")
+
+
+def load_fan(path: str | os.PathLike) -> torch.nn.Module:
+    model = build_fan()
+    load_into(model, read_weights(path, key="state_dict"), path)
+    return model.eval().requires_grad_(False)
+
+
+def fan_input(rgb: np.ndarray) -> dict[str, torch.Tensor]:
+    """uint8 RGB -> {'image': (3, 256, 256) in [0, 1], 'size': (W, H) of the original}."""
+    height, width = rgb.shape[:2]
+    resized = cv2.resize(rgb, (FAN_INPUT_SIZE, FAN_INPUT_SIZE), interpolation=cv2.INTER_LINEAR)
+    image = torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1))).float() / 255.0
+    return {"image": image, "size": torch.tensor([width, height], dtype=torch.float64)}
+
+
+def heatmaps_to_points(heatmaps: torch.Tensor) -> torch.Tensor:
+    """(B, N, H, W) heat maps -> (B, N, 2) sub-pixel (x, y) in heat-map pixels.
+
+    The arg-max moves 0.25 toward the larger neighbour along x and along y (not at all when the
+    neighbours are equal or one of them lies outside the map), then +0.5 to the pixel centre.
+    """
+    height, width = heatmaps.shape[-2:]
+    flat = heatmaps.flatten(2)
+    index = flat.argmax(dim=2)
+    x, y = index % width, index // width
+
+    def value_at(dx: int, dy: int) -> torch.Tensor:
+        neighbour = (y + dy).clamp(0, height - 1) * width + (x + dx).clamp(0, width - 1)
+        return flat.gather(2, neighbour.unsqueeze(2)).squeeze(2)
+
+    inside_x = (x > 0) & (x < width - 1)
+    inside_y = (y > 0) & (y < height - 1)
+    shift_x = torch.sign(value_at(1, 0) - value_at(-1, 0)) * inside_x
+    shift_y = torch.sign(value_at(0, 1) - value_at(0, -1)) * inside_y
+    return torch.stack((x + 0.25 * shift_x + 0.5, y + 0.25 * shift_y + 0.5), dim=-1).double()
+
+
+def predict_landmarks(model: torch.nn.Module, images: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+    """(B, 3, 256, 256) FAN inputs and (B, 2) original (W, H) -> (B, 98, 2) points in image pixels."""
+    outputs, _ = model(images)
+    heatmaps = outputs[-1][:, :-1]  # the last channel is the boundary map
+    scale = sizes.to(heatmaps.device, torch.float64) / torch.tensor(
+        heatmaps.shape[-1:-3:-1], device=heatmaps.device
+    )
+    return heatmaps_to_points(heatmaps) * scale[:, None, :]
+
+
+def landmark_distance(points_a: torch.Tensor, points_b: torch.Tensor) -> torch.Tensor:
+    """Mean Euclidean distance over the points of each image, (B, N, 2) x (B, N, 2) -> (B,)."""
+    return (points_a - points_b).norm(dim=-1).mean(dim=-1)
+
+
+@torch.inference_mode()
+def calculate_landmark_distance(
+    rec_dir: str | os.PathLike,
+    gt_dir: str | os.PathLike,
+    *,
+    device: str | torch.device = "cpu",
+    batch_size: int = 16,
+    num_workers: int = 0,
+    ckpt_dir: str | os.PathLike | None = None,
+    weights_path: str | os.PathLike | None = None,
+) -> float:
+    """Mean landmark distance (pixels of the original images) between same-named images."""
+    rec_files, gt_files, _ = paired_files(rec_dir, gt_dir, "--gt_path")
+    if weights_path is None:
+        weights_path = find_metric_checkpoint(ckpt_dir or DEFAULT_CKPT_DIR, FAN_FILE)
+    model = load_fan(weights_path).to(device)
+    total = 0.0
+    dataset = PairDataset(rec_files, gt_files, fan_input)  # every input is 256x256: always batched
+    for rec, gt in batches(dataset, batch_size, num_workers, desc="landmarks (FAN)"):
+        rec_points = predict_landmarks(model, rec["image"].to(device), rec["size"])
+        gt_points = predict_landmarks(model, gt["image"].to(device), gt["size"])
+        total += landmark_distance(rec_points, gt_points).sum().item()
+    return total / len(rec_files)

@@ -1,0 +1,183 @@
+"""MMSERectifiedFlow: every method trains, every degradation feeds its methods, EMA is used where it should."""
+
+import math
+
+import pytest
+import torch
+from helpers import METHODS, USES_MMSE, build_method, save_lightning_mmse_checkpoint
+
+from degradations import create_degradation
+from lightning_models.flow import euler_sample, sample_times
+from lightning_models.mmse_rectified_flow import MMSERectifiedFlow
+
+
+@pytest.fixture(scope="module")
+def mmse_ckpt(tmp_path_factory):
+    return save_lightning_mmse_checkpoint(tmp_path_factory.mktemp("mmse") / "mmse.ckpt")
+
+
+def fixed_batch(channels_y=3, n=4, size=16):
+    gen = torch.Generator().manual_seed(3)
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij")
+    x = torch.stack([yy, xx, (yy + xx) / 2]).expand(n, 3, size, size).clone()
+    x = (x * 0.8 + 0.2 * torch.rand(n, 3, 1, 1, generator=gen)).clamp(0, 1)
+    y = (x + 0.2 * torch.randn(x.shape, generator=gen)).clamp(0, 1)
+    if channels_y == 1:
+        y = y.mean(1, keepdim=True)
+    return {"x": x, "y": y}
+
+
+def seeded_loss(model, batch, seed=123, repeats=4):
+    with torch.no_grad():
+        torch.manual_seed(seed)
+        return sum(model.training_loss(batch).item() for _ in range(repeats)) / repeats
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_method_learns_on_a_fixed_batch(method, mmse_ckpt):
+    torch.manual_seed(0)
+    model = build_method(method, mmse_ckpt, lr=2e-3, ema_decay=-1)
+    assert model.method_name == method
+    batch = fixed_batch()
+    before = seeded_loss(model, batch)
+    optimizer = model.configure_optimizers()
+    for _ in range(30):
+        optimizer.zero_grad()
+        model.training_loss(batch).backward()
+        optimizer.step()
+    after = seeded_loss(model, batch)
+    assert after < 0.8 * before, (before, after)
+
+
+CONTROLLED = ["sr_bicubic_x8_gaussian_noise_005", "gaussian_noise_035", "colorization_gaussian_noise_025",
+              "random_inpainting_gaussian_noise_01"]
+
+
+@pytest.mark.parametrize("degradation", CONTROLLED)
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_degradation_feeds_every_method(degradation, method, mmse_ckpt):
+    colorization = degradation.startswith("colorization")
+    model = build_method(method, mmse_ckpt, colorization=colorization)
+    degrade = create_degradation(degradation)
+    pairs = [degrade(torch.rand(3, 32, 32)) for _ in range(2)]
+    y = torch.stack([p[0] for p in pairs])
+    assert y.shape[1] == (1 if colorization else 3)
+    batch = {"x": torch.rand(2, 3, 32, 32), "y": y}
+    loss = model.training_loss(batch)
+    loss.backward()
+    assert math.isfinite(loss.item())
+    xhat, trajectory, z0 = model.generate_reconstructions(batch["x"], y, None, 2)
+    assert xhat.shape == (2, 3, 32, 32) and 0 <= xhat.min() and xhat.max() <= 1
+    if method == "posterior_conditioned_on_y":
+        assert model.model.in_channels == 3 + y.shape[1]
+
+
+def test_difface_feeds_pmrf(mmse_ckpt):
+    model = build_method("pmrf", mmse_ckpt)
+    degrade = create_degradation("difface")
+    pairs = [degrade(torch.rand(3, 32, 32)) for _ in range(2)]
+    x = torch.stack([p[1] if p[1] is not None else torch.rand(3, 32, 32) for p in pairs])
+    y = torch.stack([p[0] for p in pairs])
+    assert math.isfinite(model.training_loss({"x": x, "y": y}).item())
+
+
+def test_pmrf_source_is_noisy_clipped_posterior_mean(mmse_ckpt):
+    model = build_method("pmrf", mmse_ckpt, mmse_noise_std=0.1)
+    y = torch.rand(2, 3, 16, 16)
+    gen = torch.Generator().manual_seed(5)
+    z0, condition, mmse = model.source_and_condition(y, generator=gen)
+    noise = torch.randn((2, 3, 16, 16), generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(z0, model.mmse_model(y).clamp(0, 1) + 0.1 * noise)
+    assert condition is None
+    # reflow: a given source replaces the posterior mean, noise is still added
+    z0_reflow, _, _ = model.source_and_condition(y, non_noisy_z0=torch.zeros_like(y), generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(z0_reflow, 0.1 * noise)
+
+
+def test_naive_flow_source_is_y_expanded_for_colorization():
+    model = build_method("naive_flow", None, colorization=True, mmse_noise_std=0.0)
+    y = torch.rand(2, 1, 16, 16)
+    z0, condition, _ = model.source_and_condition(y)
+    assert z0.shape == (2, 3, 16, 16) and condition is None
+    torch.testing.assert_close(z0, y.expand(-1, 3, -1, -1))
+
+
+def test_mmse_network_is_frozen_and_in_eval_mode(mmse_ckpt):
+    model = build_method("pmrf", mmse_ckpt).train()
+    assert not model.mmse_model.training
+    assert all(not p.requires_grad for p in model.mmse_model.parameters())
+    assert all(id(p) not in {id(q) for q in model.mmse_model.parameters()}
+               for group in model.configure_optimizers().param_groups for p in group["params"])
+
+
+def test_pmrf_without_mmse_model_is_a_clear_error():
+    with pytest.raises(ValueError, match="posterior-mean model"):
+        build_method("pmrf", None)
+
+
+@pytest.mark.parametrize("schedule", ["stratified_uniform", "uniform", "logit-normal"])
+def test_time_schedules_cover_eps_to_one(schedule):
+    t = sample_times(4096, schedule, eps=0.1)
+    assert t.shape == (4096,) and t.min() >= 0.1 and t.max() <= 1.0
+    assert abs(t.mean().item() - 0.55) < 0.05
+
+
+def test_stratified_schedule_gives_each_rank_its_own_strata():
+    world, batch = 4, 8
+    all_t = torch.cat([sample_times(batch, "stratified_uniform", rank=r, world_size=world) for r in range(world)])
+    strata = torch.floor(all_t * batch * world).long().sort().values
+    assert strata.tolist() == list(range(batch * world))
+
+
+def test_euler_matches_the_closed_form_for_a_constant_velocity():
+    z0 = torch.zeros(1, 3, 4, 4)
+    final, trajectory = euler_sample(lambda x, t: torch.ones_like(x), z0, num_steps=5, eps=0.2, keep_trajectory=True)
+    torch.testing.assert_close(final, torch.full_like(z0, 0.8))
+    assert len(trajectory) == 6
+
+
+def test_euler_times_follow_the_spec():
+    seen = []
+    euler_sample(lambda x, t: seen.append(t[0].item()) or torch.zeros_like(x), torch.zeros(1, 1), 4, eps=0.2)
+    assert seen == pytest.approx([0.2, 0.4, 0.6, 0.8])
+
+
+def test_validation_and_test_use_ema_weights_and_restore_raw(mmse_ckpt):
+    model = build_method("pmrf", mmse_ckpt, ema_decay=0.5)
+    raw = [p.detach().clone() for p in model.model.parameters()]
+    with torch.no_grad():
+        for shadow in model.ema.shadow_params:
+            shadow.add_(1.0)
+    model.on_test_epoch_start()
+    assert all(torch.equal(p, s) for p, s in zip(model.model.parameters(), model.ema.shadow_params))
+    model.on_test_epoch_end()
+    assert all(torch.equal(p, r) for p, r in zip(model.model.parameters(), raw))
+    model.use_ema = False  # the switch for raw weights
+    model.on_test_epoch_start()
+    assert all(torch.equal(p, r) for p, r in zip(model.model.parameters(), raw))
+    model.on_test_epoch_end()
+
+
+def test_restore_runs_the_mmse_network_once(mmse_ckpt):
+    model = build_method("pmrf", mmse_ckpt)
+    calls = []
+    model.mmse_model.register_forward_hook(lambda *args: calls.append(1))
+    out = model.restore(torch.rand(2, 3, 16, 16), num_flow_steps=3)
+    assert set(out) == {"xhat", "mmse"} and len(calls) == 1
+
+
+def test_restore_is_reproducible_with_a_generator(mmse_ckpt):
+    model = build_method("pmrf", mmse_ckpt)
+    with torch.no_grad():
+        for p in model.model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    y = torch.rand(1, 3, 16, 16)
+    a = model.restore(y, 2, generator=torch.Generator().manual_seed(7))["xhat"]
+    b = model.restore(y, 2, generator=torch.Generator().manual_seed(7))["xhat"]
+    c = model.restore(y, 2, generator=torch.Generator().manual_seed(8))["xhat"]
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_unknown_hyper_parameters_do_not_break_construction():
+    model = MMSERectifiedFlow(stage="naive_flow", arch=build_method("naive_flow", None).hparams["arch"], some_old_flag=True)
+    assert model.method_name == "naive_flow"
