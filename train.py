@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
         log_every_n_steps=args.log_every_n_steps,
         default_root_dir=str(output_dir),
         callbacks=[
-            ModelCheckpoint(dirpath=str(checkpoint_dir), save_last=True),
+            ModelCheckpoint(dirpath=str(checkpoint_dir), save_last=True, enable_version_counter=False),
             LearningRateMonitor(logging_interval="step"),
         ],
     )

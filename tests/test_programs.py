@@ -1,0 +1,115 @@
+"""train.py, test.py and inference.py as a user runs them: subprocesses on tiny data."""
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_HDIT, TINY_SWINIR
+from helpers import write_arch_json, write_images
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args, check=True):
+    result = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args[0]} failed ({result.returncode}):\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
+    return result
+
+
+def train_args(work, stage, arch, out, *extra):
+    return ["train.py", "--stage", stage, "--arch", arch, "--degradation", "gaussian_noise_035",
+            "--train_data_root", work / "train", "--val_data_root", work / "val", "--img_size", 16,
+            "--train_batch_size", 2, "--val_batch_size", 2, "--num_workers", 0, "--precision", "32",
+            "--accelerator", "cpu", "--num_flow_steps", 2, "--log_every_n_steps", 1, "--output_dir", out, *extra]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    work = tmp_path_factory.mktemp("programs")
+    write_images(work / "train", 4, (16, 16))
+    write_images(work / "val", 2, (16, 16), seed=1)
+    swinir = write_arch_json(work / "swinir.json", TINY_SWINIR)
+    hdit = write_arch_json(work / "hdit.json", TINY_HDIT)
+    run(*train_args(work, "mmse", swinir, work / "mmse", "--max_steps", 2))
+    run(*train_args(work, "flow", hdit, work / "pmrf", "--max_steps", 2, "--betas", 0.8, 0.99,
+                    "--mmse_model_ckpt_path", work / "mmse" / "checkpoints" / "last.ckpt", "--source_noise_std", 0.1))
+    return work
+
+
+def test_training_writes_checkpoints_csv_logs_and_validation_images(trained):
+    checkpoint = torch.load(trained / "pmrf" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == 2 and "ema" in checkpoint
+    assert tuple(checkpoint["hyper_parameters"]["betas"]) == (0.8, 0.99)  # two floats, not characters
+    assert checkpoint["hyper_parameters"]["mmse_model_arch"]["type"] == "swinir"  # self-contained
+    with open(next((trained / "pmrf" / "csv").glob("version_*/metrics.csv"))) as file:
+        columns = next(csv.reader(file))
+    assert "val_metrics/mse" in columns and "train/loss" in columns
+    assert list((trained / "pmrf" / "csv").glob("version_*/val_images/epoch=*/xhat.png"))
+
+
+def test_resume_from_last_continues_the_step_count(trained, tmp_path):
+    import shutil
+
+    shutil.copytree(trained / "pmrf", tmp_path / "pmrf")
+    run(*train_args(trained, "flow", trained / "hdit.json", tmp_path / "pmrf", "--max_steps", 4,
+                    "--mmse_model_ckpt_path", trained / "mmse" / "checkpoints" / "last.ckpt", "--resume_from_ckpt", "last"))
+    assert sorted(p.name for p in (tmp_path / "pmrf" / "checkpoints").iterdir())[-1] == "last.ckpt"  # no last-v1
+    checkpoint = torch.load(tmp_path / "pmrf" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == 4 and checkpoint["ema"]["num_updates"] == 4
+
+
+def test_test_py_writes_the_reference_folder_layout(trained, tmp_path):
+    run("test.py", "--degradation", "gaussian_noise_035", "--test_data_root", trained / "val",
+        "--ckpt_path", trained / "pmrf" / "checkpoints" / "last.ckpt", "--results_path", tmp_path, "--img_size", 16,
+        "--batch_size", 2, "--num_workers", 0, "--num_flow_steps", 1, 3, "--accelerator", "cpu", "--seed", 0)
+    root = tmp_path / "gaussian_noise_035" / "pmrf"
+    for folder in ["y", "mmse_samples", "num_flow_steps=1/xhat", "num_flow_steps=3/xhat",
+                   "num_flow_steps=3/source_distribution_samples"]:
+        assert sorted(p.name for p in (root / folder).iterdir()) == ["000.png", "001.png"], folder
+
+
+def test_inference_py_on_a_messy_folder(trained, tmp_path):
+    lq = tmp_path / "lq"
+    write_images(lq, 2, (16, 16), ext="jpg")
+    Image.fromarray(np.zeros((24, 32), np.uint8)).save(lq / "gray_other_size.png")
+    Image.fromarray(np.zeros((18, 18, 4), np.uint8)).save(lq / "odd_size.png")
+    (lq / "broken.png").write_bytes(b"not an image")
+    (lq / "notes.txt").write_text("hello")
+    (lq / "sub").mkdir()
+    result = run("inference.py", "--ckpt_path", trained / "pmrf" / "checkpoints" / "last.ckpt", "--lq_data_path", lq,
+                 "--output_dir", tmp_path / "out", "--num_flow_steps", 2, "--batch_size", 4, "--device", "cpu", "--seed", 3)
+    restored = sorted(p.name for p in (tmp_path / "out" / "restored_images").iterdir())
+    assert restored == ["000.jpg", "001.jpg", "gray_other_size.png"]
+    assert sorted(p.name for p in (tmp_path / "out" / "restored_images_posterior_mean").iterdir()) == restored
+    assert Image.open(tmp_path / "out" / "restored_images" / "gray_other_size.png").size == (32, 24)
+    assert "broken.png" in result.stderr and "odd_size.png" in result.stderr
+
+
+def test_inference_never_writes_into_its_input_folder(trained, tmp_path):
+    lq = write_images(tmp_path / "restored_images", 1, (16, 16))
+    result = run("inference.py", "--ckpt_path", trained / "pmrf" / "checkpoints" / "last.ckpt", "--lq_data_path", lq,
+                 "--output_dir", tmp_path, "--device", "cpu", check=False)
+    assert result.returncode != 0 and "input folder" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["inference.py", "--ckpt_path", "missing.ckpt", "--lq_data_path", ".", "--output_dir", "x"], "ckpt_path_is_huggingface"),
+        (["train.py", "--stage", "flow", "--arch", "hdit_XXL", "--degradation", "difface", "--train_data_root", "."], "hdit_XXL"),
+        (["train.py", "--stage", "mmse", "--arch", "swinir_M", "--degradation", "difface", "--train_data_root", "{empty}",
+          "--accelerator", "cpu"], "no images"),
+    ],
+)
+def test_bad_input_gives_a_one_line_error(args, message, tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = run(*[a.replace("{empty}", str(tmp_path / "empty")) for a in args], check=False)
+    assert result.returncode != 0 and message in result.stderr
+    assert "Traceback" not in result.stderr
