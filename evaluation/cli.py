@@ -180,3 +180,53 @@ def one_line(error: BaseException) -> str:
         text = text.splitlines()[-1]
         text = text.split(": ", 1)[1] if ": " in text else text
     return text
+
+
+def run_program(
+    argv: list[str] | None,
+    *,
+    program: str,
+    parser: argparse.ArgumentParser,
+    metric_names: Sequence[str],
+    unmet_needs,
+    check_folders,
+    run_metrics,
+    json_suffix: str,
+) -> int:
+    """The shared main() of the evaluation programs: parse, choose metrics, check folders, run, report."""
+    args = parser.parse_args(argv)
+    try:
+        requested = parse_metric_list(args.metrics, metric_names)
+        metrics, notes = select_metrics(requested, metric_names, unmet_needs(args))
+        args.device = resolve_device(args.device)
+        args.batch_size = default_batch_size(args.device, args.batch_size)
+        check_folders(args, metrics)
+        for note in notes:
+            print(note, file=sys.stderr)
+        runner = MetricRunner()
+        run_metrics(args, metrics, runner)
+    except (ValueError, FileNotFoundError) as error:
+        raise SystemExit(f"{program}: error: {one_line(error)}") from None
+    rec = args.rec_path.resolve()
+    return finish(runner, args.output_json or rec.parent / f"{rec.name}_{json_suffix}.json")
+
+
+def run_fidelity(args: argparse.Namespace, reference: Path, names: list[str], runner: MetricRunner) -> None:
+    """FID / KID / IS / precision-recall of args.rec_path against the `reference` image folder."""
+    from evaluation.fidelity import calculate_fidelity_metrics
+
+    runner.run(
+        names,
+        lambda: calculate_fidelity_metrics(
+            args.rec_path,
+            reference,
+            metrics=names,
+            ckpt_dir=args.metrics_ckpt_dir,
+            offline=args.offline,
+            cache_root=args.fidelity_cache_dir,
+            reference_first=args.fidelity_ffhq_first,
+            device=args.device,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+        ),
+    )

@@ -24,12 +24,8 @@ if str(_REPO_ROOT) not in sys.path:
 from evaluation.cli import (  # noqa: E402
     MetricRunner,
     add_common_arguments,
-    default_batch_size,
-    finish,
-    one_line,
-    parse_metric_list,
-    resolve_device,
-    select_metrics,
+    run_fidelity,
+    run_program,
 )
 
 BLIND_METRICS = ("niqe", "psnr", "ssim", "mse", "lpips", "deg", "lmd", "ind", "fid", "kid", "isc", "prc")
@@ -87,7 +83,6 @@ def check_folders(args: argparse.Namespace, metrics: list[str]) -> None:
 
 def run_metrics(args: argparse.Namespace, metrics: list[str], runner: MetricRunner) -> None:
     from evaluation.distortion import calculate_psnr_ssim_mse
-    from evaluation.fidelity import calculate_fidelity_metrics
     from evaluation.identity import calculate_identity_distance
     from evaluation.ind_rmse import calculate_ind_rmse
     from evaluation.landmarks import calculate_landmark_distance
@@ -110,40 +105,21 @@ def run_metrics(args: argparse.Namespace, metrics: list[str], runner: MetricRunn
         lambda: {"landmark_distance": calculate_landmark_distance(rec, gt, ckpt_dir=ckpt, **loader)},
     )
     runner.run(chosen(["ind"]), lambda: calculate_ind_rmse(rec, args.mmse_rec_path, **loader))
-    runner.run(
-        chosen(FIDELITY),
-        lambda: calculate_fidelity_metrics(
-            rec,
-            args.parent_ffhq_512_path / "ffhq512",
-            metrics=chosen(FIDELITY),
-            ckpt_dir=ckpt,
-            offline=args.offline,
-            cache_root=args.fidelity_cache_dir,
-            reference_first=args.fidelity_ffhq_first,
-            **loader,
-        ),
-    )
+    if chosen(FIDELITY):
+        run_fidelity(args, args.parent_ffhq_512_path / "ffhq512", chosen(FIDELITY), runner)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        requested = parse_metric_list(args.metrics, BLIND_METRICS)
-        metrics, notes = select_metrics(requested, BLIND_METRICS, unmet_needs(args))
-        args.device = resolve_device(args.device)
-        args.batch_size = default_batch_size(args.device, args.batch_size)
-        check_folders(args, metrics)
-        for note in notes:
-            print(note, file=sys.stderr)
-        runner = MetricRunner()
-        run_metrics(args, metrics, runner)
-    except (ValueError, FileNotFoundError) as error:
-        raise SystemExit(f"compute_metrics_blind.py: error: {one_line(error)}") from None
-    output = (
-        args.output_json
-        or args.rec_path.resolve().parent / f"{args.rec_path.resolve().name}_metrics_blind.json"
+    return run_program(
+        argv,
+        program="compute_metrics_blind.py",
+        parser=build_parser(),
+        metric_names=BLIND_METRICS,
+        unmet_needs=unmet_needs,
+        check_folders=check_folders,
+        run_metrics=run_metrics,
+        json_suffix="metrics_blind",
     )
-    return finish(runner, output)
 
 
 if __name__ == "__main__":

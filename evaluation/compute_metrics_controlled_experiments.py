@@ -23,12 +23,8 @@ if str(_REPO_ROOT) not in sys.path:
 from evaluation.cli import (  # noqa: E402
     MetricRunner,
     add_common_arguments,
-    default_batch_size,
-    finish,
-    one_line,
-    parse_metric_list,
-    resolve_device,
-    select_metrics,
+    run_fidelity,
+    run_program,
 )
 
 CONTROLLED_METRICS = ("psnr", "ssim", "mse", "lpips", "fid", "kid", "isc", "prc")
@@ -74,7 +70,6 @@ def check_folders(args: argparse.Namespace, metrics: list[str]) -> None:
 
 
 def run_metrics(args: argparse.Namespace, metrics: list[str], runner: MetricRunner) -> None:
-    from evaluation.fidelity import calculate_fidelity_metrics
     from evaluation.piq_metrics import calculate_piq_distortion, calculate_piq_lpips
 
     loader = {"device": args.device, "batch_size": args.batch_size, "num_workers": args.num_workers}
@@ -86,40 +81,21 @@ def run_metrics(args: argparse.Namespace, metrics: list[str], runner: MetricRunn
         chosen(["lpips"]),
         lambda: {"lpips": calculate_piq_lpips(rec, gt, ckpt_dir=ckpt, offline=args.offline, **loader)},
     )
-    runner.run(
-        chosen(FIDELITY),
-        lambda: calculate_fidelity_metrics(
-            rec,
-            args.parent_ffhq_256_path / "ffhq256",
-            metrics=chosen(FIDELITY),
-            ckpt_dir=ckpt,
-            offline=args.offline,
-            cache_root=args.fidelity_cache_dir,
-            reference_first=args.fidelity_ffhq_first,
-            **loader,
-        ),
-    )
+    if chosen(FIDELITY):
+        run_fidelity(args, args.parent_ffhq_256_path / "ffhq256", chosen(FIDELITY), runner)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        requested = parse_metric_list(args.metrics, CONTROLLED_METRICS)
-        metrics, notes = select_metrics(requested, CONTROLLED_METRICS, unmet_needs(args))
-        args.device = resolve_device(args.device)
-        args.batch_size = default_batch_size(args.device, args.batch_size)
-        check_folders(args, metrics)
-        for note in notes:
-            print(note, file=sys.stderr)
-        runner = MetricRunner()
-        run_metrics(args, metrics, runner)
-    except (ValueError, FileNotFoundError) as error:
-        raise SystemExit(f"compute_metrics_controlled_experiments.py: error: {one_line(error)}") from None
-    output = (
-        args.output_json
-        or args.rec_path.resolve().parent / f"{args.rec_path.resolve().name}_metrics_controlled.json"
+    return run_program(
+        argv,
+        program="compute_metrics_controlled_experiments.py",
+        parser=build_parser(),
+        metric_names=CONTROLLED_METRICS,
+        unmet_needs=unmet_needs,
+        check_folders=check_folders,
+        run_metrics=run_metrics,
+        json_suffix="metrics_controlled",
     )
-    return finish(runner, output)
 
 
 if __name__ == "__main__":
