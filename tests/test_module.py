@@ -181,3 +181,18 @@ def test_restore_is_reproducible_with_a_generator(mmse_ckpt):
 def test_unknown_hyper_parameters_do_not_break_construction():
     model = MMSERectifiedFlow(stage="naive_flow", arch=build_method("naive_flow", None).hparams["arch"], some_old_flag=True)
     assert model.method_name == "naive_flow"
+
+
+def test_missing_inception_weights_skip_fid_with_one_warning(monkeypatch, tmp_path):
+    import warnings
+
+    from lightning_models import validation
+
+    monkeypatch.setenv(validation.INCEPTION_ENV_VAR, str(tmp_path / "absent.pth"))
+    monkeypatch.setattr(validation, "_warned", set())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert validation.ValidationMetrics.create() is None
+        assert validation.ValidationMetrics.create() is None
+    messages = [str(w.message) for w in caught if "Inception" in str(w.message)]
+    assert len(messages) == 1 and "absent.pth" in messages[0]
