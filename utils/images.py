@@ -105,7 +105,8 @@ def save_rgb(array: np.ndarray, path: str | os.PathLike) -> Path:
     fmt = Image.registered_extensions().get(Path(path).suffix.lower())
     if fmt is None:
         raise ValueError(f"{path}: unknown image extension")
-    return write_atomic(path, lambda tmp: image.save(tmp, format=fmt))
+    options = {"quality": 95} if fmt == "JPEG" else {}  # outputs keep the input's name; keep JPEGs close
+    return write_atomic(path, lambda tmp: image.save(tmp, format=fmt, **options))
 
 
 def tensor_to_uint8(tensor) -> np.ndarray:
