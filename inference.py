@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     except (FileNotFoundError, ValueError, RuntimeError) as error:
         fail(str(error))
     if args.compile:
-        model.model = torch.compile(model.model)
+        model.model.compile()  # in place: keeps state-dict keys and the HDiT type
     if getattr(args, "whole_image", False):
         from whole_image.cli import run_whole_image
 
