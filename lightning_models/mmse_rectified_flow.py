@@ -356,8 +356,9 @@ class MMSERectifiedFlow(L.LightningModule):
         if self._validation_metrics is not None:
             for name, value in self._validation_metrics.compute().items():
                 self.log(f"val_metrics/{name}", value, sync_dist=True)
-        if self.global_rank == 0 and self._trainer is not None and self.trainer.log_dir:
-            self._validation_images.save(Path(self.trainer.log_dir) / "val_images", self.current_epoch, self.logger)
+        log_dir = self.trainer.log_dir if self._trainer is not None else None  # a collective: every rank asks
+        if self.global_rank == 0 and log_dir:
+            self._validation_images.save(Path(log_dir) / "val_images", self.current_epoch, self.logger)
         self._ema_swap_out()
 
     def _ema_swap_in(self) -> None:

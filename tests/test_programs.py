@@ -1,6 +1,8 @@
 """train.py, test.py and inference.py as a user runs them: subprocesses on tiny data."""
 
 import csv
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +17,17 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(*args, check=True):
-    result = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+def run(*args, check=True, timeout=600):
+    # a new session, so that a hung program and the processes it started (DDP) can all be killed
+    process = subprocess.Popen([sys.executable, *map(str, args)], cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise AssertionError(f"{args[0]} did not finish within {timeout} s") from None
+    result = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
     if check and result.returncode != 0:
         raise AssertionError(f"{args[0]} failed ({result.returncode}):\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
     return result
@@ -62,6 +73,14 @@ def test_resume_from_last_continues_the_step_count(trained, tmp_path):
     assert sorted(p.name for p in (tmp_path / "pmrf" / "checkpoints").iterdir())[-1] == "last.ckpt"  # no last-v1
     checkpoint = torch.load(tmp_path / "pmrf" / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["global_step"] == 4 and checkpoint["ema"]["num_updates"] == 4
+
+
+def test_ddp_on_two_cpu_processes_trains_and_validates(trained, tmp_path):
+    run(*train_args(trained, "naive_flow", trained / "hdit.json", tmp_path / "ddp", "--max_steps", 2, "--devices", 2,
+                    "--val_batch_size", 1), timeout=300)
+    checkpoint = torch.load(tmp_path / "ddp" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == 2
+    assert list((tmp_path / "ddp" / "csv").glob("version_*/val_images/epoch=*/xhat.png"))
 
 
 def test_test_py_writes_the_reference_folder_layout(trained, tmp_path):
