@@ -20,8 +20,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import warnings
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -402,7 +402,7 @@ class MMSERectifiedFlow(L.LightningModule):
             save(root / "mmse_samples", mmse)
         for steps in self.test_num_flow_steps:
             z0, condition, _ = self.source_and_condition(y, batch.get("non_noisy_z0"), mmse=mmse)
-            final, _ = euler_sample(lambda xt, t: self.velocity(xt, t, condition), z0, steps, self.eps)
+            final, _ = euler_sample(partial(self.velocity, condition=condition), z0, steps, self.eps)
             save(root / f"num_flow_steps={steps}" / "xhat", final.clamp(0, 1))
             save(root / f"num_flow_steps={steps}" / "source_distribution_samples", z0.clamp(0, 1))
 
@@ -484,9 +484,3 @@ class MMSERectifiedFlow(L.LightningModule):
         write_atomic(directory / loading.HF_CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2)))
         write_atomic(directory / loading.HF_WEIGHTS_NAME, lambda tmp: save_file(state, tmp))
         return directory
-
-
-def warn_once(message: str, _seen: set[str] = set()) -> None:  # noqa: B006 (intentional cache)
-    if message not in _seen:
-        _seen.add(message)
-        warnings.warn(message, stacklevel=2)

@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from helpers import METHODS, USES_MMSE, build_method, save_lightning_mmse_checkpoint
+from helpers import METHODS, build_method, save_lightning_mmse_checkpoint
 
 from degradations import create_degradation
 from lightning_models.flow import euler_sample, sample_times

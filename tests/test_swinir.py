@@ -1,9 +1,7 @@
 """SwinIR (arch/swinir.py): checkpoint layout, run-time behaviour, and agreement with BasicSR's SwinIR."""
 
 import copy
-import json
 import time
-from pathlib import Path
 
 import pytest
 import torch
