@@ -132,3 +132,20 @@ def test_bad_input_gives_a_one_line_error(args, message, tmp_path):
     result = run(*[a.replace("{empty}", str(tmp_path / "empty")) for a in args], check=False)
     assert result.returncode != 0 and message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_whole_image_flag_hands_the_model_to_the_photo_pipeline(trained, tmp_path, monkeypatch):
+    import inference
+
+    calls = {}
+
+    def fake_run_whole_image(args, restore_faces):
+        calls["args"] = args
+        calls["restored"] = restore_faces(torch.rand(2, 3, 16, 16))
+
+    monkeypatch.setattr("whole_image.cli.run_whole_image", fake_run_whole_image)
+    inference.main(["--ckpt_path", str(trained / "pmrf" / "checkpoints" / "last.ckpt"), "--lq_data_path",
+                    str(trained / "val"), "--output_dir", str(tmp_path), "--whole_image", "--upscale", "1",
+                    "--max_faces", "3", "--num_flow_steps", "1", "--device", "cpu", "--seed", "0"])
+    assert calls["args"].upscale == 1 and calls["args"].max_faces == 3
+    assert calls["restored"].shape == (2, 3, 16, 16) and 0 <= calls["restored"].min() <= calls["restored"].max() <= 1
