@@ -362,16 +362,14 @@ class MMSERectifiedFlow(L.LightningModule):
         self._ema_swap_out()
 
     def _ema_swap_in(self) -> None:
-        ema = self._ema_on_device()
-        if self.use_ema and ema is not None:
-            ema.store(self.model.parameters())
-            ema.copy_to(self.model.parameters())
-            self._ema_swapped = True
+        """Enter ema_scope for a whole validation / test epoch (left in _ema_swap_out)."""
+        self._ema_context = self.ema_scope()
+        self._ema_context.__enter__()
 
     def _ema_swap_out(self) -> None:
-        if getattr(self, "_ema_swapped", False):
-            self.ema.restore(self.model.parameters())
-            self._ema_swapped = False
+        context, self._ema_context = getattr(self, "_ema_context", None), None
+        if context is not None:
+            context.__exit__(None, None, None)
 
     # ------------------------------------------------------------------------------------------ test
 
