@@ -12,7 +12,7 @@ import torch
 
 import compat.basicsr_torchvision  # noqa: F401  (must precede basicsr)
 from basicsr.metrics.psnr_ssim import calculate_psnr_pt, calculate_ssim_pt
-from evaluation.inputs import PairDataset, batches, paired_files
+from evaluation.inputs import mean_over_pairs, paired_files
 
 
 def mse_255(rec: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
@@ -40,11 +40,6 @@ def calculate_psnr_ssim_mse(
     num_workers: int = 0,
 ) -> dict[str, float]:
     """Mean PSNR, SSIM and MSE (0-255) over same-named images of two folders."""
-    rec_files, gt_files, same_size = paired_files(rec_dir, gt_dir, "--gt_path")
-    sums = {"psnr": 0.0, "ssim": 0.0, "mse": 0.0}
-    for rec, gt in batches(
-        PairDataset(rec_files, gt_files), batch_size, num_workers, same_size, "psnr/ssim/mse"
-    ):
-        for name, values in psnr_ssim_mse_batch(rec.to(device), gt.to(device)).items():
-            sums[name] += values.sum().item()
-    return {name: total / len(rec_files) for name, total in sums.items()}
+    pairs = paired_files(rec_dir, gt_dir, "--gt_path")
+    loader = dict(device=device, batch_size=batch_size, num_workers=num_workers, desc="psnr/ssim/mse")
+    return mean_over_pairs(pairs, psnr_ssim_mse_batch, **loader)

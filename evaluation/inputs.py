@@ -140,3 +140,25 @@ def paired_files(
     other_files = match_by_name(rec_files, other_dir, flag)
     same_size = check_sizes(rec_files, other_files)
     return rec_files, other_files, same_size
+
+
+def mean_over_pairs(
+    pairs: tuple[list[Path], list[Path], bool],
+    per_batch: Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]],
+    *,
+    device: str | torch.device,
+    batch_size: int,
+    num_workers: int,
+    desc: str,
+) -> dict[str, float]:
+    """Mean over all pairs of the per-image values that `per_batch(rec, other)` returns.
+
+    `pairs` is what `paired_files` returned; `per_batch` gets uint8 (B, 3, H, W) batches on `device`
+    and returns {name: (B,) tensor}.
+    """
+    rec_files, other_files, same_size = pairs
+    sums: dict[str, float] = {}
+    for rec, other in batches(PairDataset(rec_files, other_files), batch_size, num_workers, same_size, desc):
+        for name, values in per_batch(rec.to(device), other.to(device)).items():
+            sums[name] = sums.get(name, 0.0) + values.sum().item()
+    return {name: total / len(rec_files) for name, total in sums.items()}

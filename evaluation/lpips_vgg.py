@@ -12,7 +12,7 @@ import warnings
 
 import torch
 
-from evaluation.inputs import PairDataset, batches, paired_files
+from evaluation.inputs import mean_over_pairs, paired_files
 from evaluation.weights import VGG16_WEIGHTS, find_hub_weights, load_into, read_weights
 
 
@@ -65,11 +65,10 @@ def calculate_lpips(
     offline: bool = False,
 ) -> float:
     """Mean LPIPS-VGG between same-named images of two folders."""
-    rec_files, gt_files, same_size = paired_files(rec_dir, gt_dir, "--gt_path")
+    pairs = paired_files(rec_dir, gt_dir, "--gt_path")
     if vgg_weights_path is None:
         vgg_weights_path = find_hub_weights(VGG16_WEIGHTS, ckpt_dir, offline)
     model = build_lpips_vgg(vgg_weights_path).to(device)
-    total = 0.0
-    for rec, gt in batches(PairDataset(rec_files, gt_files), batch_size, num_workers, same_size, "lpips"):
-        total += lpips_batch(model, rec.to(device), gt.to(device)).sum().item()
-    return total / len(rec_files)
+    per_batch = lambda rec, gt: {"lpips": lpips_batch(model, rec, gt)}  # noqa: E731
+    loader = dict(device=device, batch_size=batch_size, num_workers=num_workers, desc="lpips")
+    return mean_over_pairs(pairs, per_batch, **loader)["lpips"]

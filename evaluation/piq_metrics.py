@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from evaluation.distortion import mse_255
-from evaluation.inputs import PairDataset, batches, paired_files
+from evaluation.inputs import mean_over_pairs, paired_files
 from evaluation.lpips_vgg import vgg16_trunk_weights
 from evaluation.weights import PIQ_LPIPS_WEIGHTS, VGG16_WEIGHTS, find_hub_weights, load_into
 
@@ -70,17 +70,17 @@ def calculate_piq_distortion(
     """Mean piq PSNR, piq SSIM and MSE (0-255) over same-named images of two folders."""
     import piq
 
-    rec_files, gt_files, same_size = paired_files(rec_dir, gt_dir, "--gt_path")
-    sums = {"psnr": 0.0, "ssim": 0.0, "mse": 0.0}
-    for rec, gt in batches(
-        PairDataset(rec_files, gt_files), batch_size, num_workers, same_size, "psnr/ssim/mse"
-    ):
-        rec, gt = rec.to(device), gt.to(device)
+    def per_batch(rec: torch.Tensor, gt: torch.Tensor) -> dict[str, torch.Tensor]:
         rec01, gt01 = rec.float() / 255.0, gt.float() / 255.0
-        sums["psnr"] += piq.psnr(gt01, rec01, data_range=1.0, reduction="sum").item()
-        sums["ssim"] += piq.ssim(gt01, rec01, data_range=1.0, reduction="sum").item()
-        sums["mse"] += mse_255(rec, gt).sum().item()
-    return {name: total / len(rec_files) for name, total in sums.items()}
+        return {
+            "psnr": piq.psnr(gt01, rec01, data_range=1.0, reduction="none"),
+            "ssim": piq.ssim(gt01, rec01, data_range=1.0, reduction="none"),
+            "mse": mse_255(rec, gt),
+        }
+
+    pairs = paired_files(rec_dir, gt_dir, "--gt_path")
+    loader = dict(device=device, batch_size=batch_size, num_workers=num_workers, desc="psnr/ssim/mse")
+    return mean_over_pairs(pairs, per_batch, **loader)
 
 
 @torch.inference_mode()
@@ -97,13 +97,10 @@ def calculate_piq_lpips(
     offline: bool = False,
 ) -> float:
     """Mean piq LPIPS between same-named images of two folders."""
-    rec_files, gt_files, same_size = paired_files(rec_dir, gt_dir, "--gt_path")
+    pairs = paired_files(rec_dir, gt_dir, "--gt_path")
     vgg_weights_path = Path(vgg_weights_path or find_hub_weights(VGG16_WEIGHTS, ckpt_dir, offline))
     lpips_weights_path = Path(lpips_weights_path or find_hub_weights(PIQ_LPIPS_WEIGHTS, ckpt_dir, offline))
     metric = build_piq_lpips(vgg_weights_path, lpips_weights_path).to(device)
-    total = 0.0
-    for rec, gt in batches(
-        PairDataset(rec_files, gt_files), batch_size, num_workers, same_size, "lpips (piq)"
-    ):
-        total += metric(gt.to(device).float() / 255.0, rec.to(device).float() / 255.0).sum().item()
-    return total / len(rec_files)
+    per_batch = lambda rec, gt: {"lpips": metric(gt.float() / 255.0, rec.float() / 255.0)}  # noqa: E731
+    loader = dict(device=device, batch_size=batch_size, num_workers=num_workers, desc="lpips (piq)")
+    return mean_over_pairs(pairs, per_batch, **loader)["lpips"]
