@@ -23,8 +23,8 @@ import warnings
 
 import numpy as np
 
+from utils.cli import resolve_device
 from utils.images import save_rgb
-from whole_image.cli import pick_device
 from whole_image.detect import FaceDetector, load_retinaface
 from whole_image.paste import FaceParser, load_face_parser
 from whole_image.pipeline import RestoreFaces, as_rgb, restore_aligned, restore_photo, side_by_side
@@ -43,7 +43,7 @@ class ModelStore:
 
     def __init__(self, settings: argparse.Namespace):
         self.settings = settings
-        self.device = pick_device(settings.device)
+        self.device = resolve_device(settings.device)
         self._lock = threading.Lock()
         self._inference = None  # the inference module, imported with the model
         self._model = None

@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from utils.cli import default_device, fail
+from utils.cli import fail, resolve_device
 
 DEFAULT_CKPT = "./checkpoints/blind_face_restoration_pmrf.ckpt"
 HF_REPO = "ohayonguy/PMRF_blind_face_image_restoration"
@@ -171,8 +171,8 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if not Path(args.lq_data_path).is_dir():
         fail(f"--lq_data_path {args.lq_data_path}: folder does not exist")
-    device = torch.device(args.device or default_device())
     try:
+        device = resolve_device(args.device)
         model = load_model(args.ckpt_path, args.ckpt_path_is_huggingface, device, use_ema=not args.use_raw_weights)
     except (FileNotFoundError, ValueError, RuntimeError) as error:
         fail(str(error))

@@ -30,6 +30,8 @@ from typing import Any, Self
 
 import torch
 
+from utils import cli
+
 MIB = 2**20
 
 
@@ -50,12 +52,10 @@ def parse_names(text: str, allowed: Sequence[str]) -> list[str]:
 
 
 def resolve_device(requested: str) -> torch.device:
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(requested)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda was asked for but CUDA is not available")
-    return device
+    try:
+        return cli.resolve_device(requested, prefer_mps=False)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
 
 
 # ------------------------------------------------------------------------------------------ memory

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from evaluation.report import format_table, save_json
+from utils.cli import resolve_device
 from evaluation.weights import DEFAULT_CKPT_DIR, MetricUnavailable
 
 EXIT_SKIPPED = 3
@@ -116,15 +117,6 @@ def select_metrics(
     ]
 
 
-def resolve_device(text: str | None) -> torch.device:
-    if text is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(text)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {text}: CUDA is not available here")
-    return device
-
-
 def default_batch_size(device: torch.device, batch_size: int | None) -> int:
     if batch_size is not None:
         if batch_size < 1:
@@ -198,7 +190,7 @@ def run_program(
     try:
         requested = parse_metric_list(args.metrics, metric_names)
         metrics, notes = select_metrics(requested, metric_names, unmet_needs(args))
-        args.device = resolve_device(args.device)
+        args.device = resolve_device(args.device, prefer_mps=False)
         args.batch_size = default_batch_size(args.device, args.batch_size)
         check_folders(args, metrics)
         for note in notes:

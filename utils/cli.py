@@ -37,6 +37,21 @@ def default_device() -> str:
     return "cpu"
 
 
+def resolve_device(requested: str | torch.device | None, prefer_mps: bool = True) -> torch.device:
+    """`requested`, or for None / "auto" CUDA, else (with `prefer_mps`) Apple MPS, else CPU.
+
+    Asking for CUDA where there is none is a ValueError rather than a failure deep inside.
+    """
+    if requested is None or str(requested) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device(default_device() if prefer_mps else "cpu")
+    device = torch.device(requested)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {requested}: CUDA is not available here")
+    return device
+
+
 def fail(message: str, code: int = 2) -> None:
     """Stop a program with a one-line error instead of a traceback."""
     print(f"error: {message}", file=sys.stderr)

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from utils.cli import resolve_device
 from utils.images import ImageReadError, is_image_file, list_images, read_rgb, save_rgb
 from whole_image.detect import FaceDetector, load_retinaface
 from whole_image.paste import FaceParser, load_face_parser
@@ -100,15 +101,6 @@ def add_whole_image_arguments(parser: argparse.ArgumentParser) -> argparse.Argum
     return parser
 
 
-def pick_device(device: str | torch.device | None) -> torch.device:
-    """`device`, or for None / "auto" the project's default (CUDA, else Apple MPS, else CPU)."""
-    if device is None or str(device) == "auto":
-        from utils.cli import default_device
-
-        return torch.device(default_device())
-    return torch.device(device)
-
-
 @dataclass
 class WholeImageTools:
     detector: FaceDetector
@@ -195,7 +187,7 @@ def run_whole_image(
     inputs = collect_inputs(args.lq_data_path)
     output_dir = Path(args.output_dir)
     refuse_overwriting_inputs(inputs, output_dir)
-    tools = load_tools(args, pick_device(getattr(args, "device", None)), detector)
+    tools = load_tools(args, resolve_device(getattr(args, "device", None)), detector)
     stems = face_stems(inputs)
     written, unreadable, faceless = [], [], []
     for photo in tqdm(inputs, desc="whole photos", unit="photo"):
