@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import functools
+import importlib
 import os
 import random
 import shutil
@@ -45,7 +46,7 @@ class ModelStore:
         self.settings = settings
         self.device = resolve_device(settings.device)
         self._lock = threading.Lock()
-        self._inference = None  # the inference module, imported with the model
+        self._inference = None  # lightning_models.restoration, imported with the model
         self._model = None
         self._detector: FaceDetector | None = None
         self._parser: FaceParser | None = None
@@ -65,9 +66,8 @@ class ModelStore:
         ckpt = self.settings.ckpt_path
         huggingface = self.settings.ckpt_path_is_huggingface or ckpt == DEFAULT_CHECKPOINT
         try:
-            import inference
-
-            return inference, inference.load_model(ckpt, huggingface=huggingface, device=self.device)
+            restoration = importlib.import_module("lightning_models.restoration")
+            return restoration, restoration.load_model(ckpt, huggingface=huggingface, device=self.device)
         except Exception as error:  # offline hub, missing file, wrong format: one message for the page
             where = (
                 f"the Hugging Face repo '{ckpt}' (needs internet once; it is cached afterwards)"

@@ -16,67 +16,14 @@ import os
 import sys
 from collections import defaultdict
 from collections.abc import Callable
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from utils.cli import fail, resolve_device
-
-DEFAULT_CKPT = "./checkpoints/blind_face_restoration_pmrf.ckpt"
-HF_REPO = "ohayonguy/PMRF_blind_face_image_restoration"
-
-
-def load_model(
-    ckpt_path: str,
-    huggingface: bool = False,
-    device: str | torch.device = "cpu",
-    use_ema: bool = True,
-    **overrides,
-):
-    """A ready-to-use model from a Lightning .ckpt, a saved folder (save_pretrained) or a Hub id.
-
-    With `use_ema` the EMA weights of a Lightning checkpoint become the model's weights (Hub and
-    saved folders already hold EMA weights).
-    """
-    from lightning_models.mmse_rectified_flow import MMSERectifiedFlow
-
-    if huggingface or Path(ckpt_path).is_dir():
-        model = MMSERectifiedFlow.from_pretrained(ckpt_path)
-    else:
-        if not Path(ckpt_path).is_file():
-            raise FileNotFoundError(
-                f"checkpoint {ckpt_path} not found. Put the official checkpoint there, or use "
-                f"--ckpt_path {HF_REPO} --ckpt_path_is_huggingface"
-            )
-        model = MMSERectifiedFlow.load_from_checkpoint(ckpt_path, **overrides)
-        if use_ema:
-            model.copy_ema_to_model()
-    return model.eval().to(device)
-
-
-def autocast_for(device: torch.device, bf16: bool):
-    if bf16 and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
-
-
-def make_face_restorer(
-    model, num_flow_steps: int, seed: int | None = None, bf16: bool = False
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A function from degraded images (N, C, H, W) in [0, 1] to restored ones, on the model's device."""
-    generator = torch.Generator().manual_seed(seed) if seed is not None else None
-
-    def restore_faces(images: torch.Tensor) -> torch.Tensor:
-        device = next(model.parameters()).device
-        with torch.no_grad(), autocast_for(device, bf16):
-            out = model.restore(images.to(device), num_flow_steps, generator=generator)["xhat"]
-        return out.float().cpu()
-
-    return restore_faces
-
+from lightning_models.restoration import load_model, make_face_restorer, precision_context
+from utils.cli import DEFAULT_CKPT, fail, resolve_device
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -149,7 +96,7 @@ def restore_folder(args, model) -> None:
     generator = torch.Generator().manual_seed(args.seed) if args.seed is not None else None
     written = 0
     for batch in tqdm(loader, desc="restoring", unit="batch"):
-        with torch.no_grad(), autocast_for(device, args.bf16):
+        with torch.no_grad(), precision_context(device, args.bf16):
             result = model.restore(batch["y"].to(device), args.num_flow_steps, generator=generator)
         for key, folder in (("xhat", restored_dir), ("mmse", mmse_dir)):
             if key in result:

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from data import ImageFolderDataset, make_transform
 from degradations import DEGRADATION_NAMES, create_degradation
-from inference import load_model
+from lightning_models.restoration import load_model
 from utils.cli import arch_argument, configure_torch, existing_folder, fail, resolve_devices
 
 

@@ -1,16 +1,22 @@
 """Attention kernels used by HDiT, all on tensors laid out (batch, height, width, heads, d_head).
 
-Neighbourhood attention has two backends behind `neighborhood_attention`:
+Neighbourhood attention (each query attends to the k×k window of keys around it, the window shifted
+inward at the borders: NATTEN's definition, dilation 1) has three backends behind
+`neighborhood_attention`:
 
-* ``natten``: ``natten.na2d`` (fused kernels on CUDA; on CPU it runs through flex attention, slowly and
-  without a backward pass).
+* ``flex``: PyTorch's FlexAttention with a block-sparse mask built from that definition. On CUDA the
+  kernel is compiled once per process (forward and backward); on CPU it runs uncompiled, which
+  materialises the scores, so it is for checking, not speed.
+* ``natten``: ``natten.na2d``. Fast only where natten was built with its fused kernels
+  (``natten.HAS_LIBNATTEN``); otherwise it falls back to uncompiled flex attention with (H·W)² scores.
 * ``torch``: pure PyTorch. It gathers each query's k×k window of keys and values, a chunk of query
-  rows at a time, so memory grows with H·W·k² (and is capped per chunk) rather than (H·W)²; it
-  supports autograd and runs anywhere.
+  rows at a time, so memory grows with H·W·k² (capped per chunk) rather than (H·W)²; it has a backward
+  pass and runs anywhere.
 
-``auto`` (the default) picks natten on CUDA when it is importable and the torch backend otherwise. Force
-a backend with the ``backend`` argument or the ``PMRF_NA_BACKEND`` environment variable;
-``last_backend()`` tells which one ran last.
+``auto`` (the default) picks, on CUDA, natten when it has fused kernels for the device and flex
+otherwise; on every other device, torch. Force a backend with the ``backend`` argument, the
+``PMRF_NA_BACKEND`` environment variable or ``HDiT.set_neighborhood_backend``; ``last_backend()`` tells
+which one ran last.
 """
 
 from __future__ import annotations
@@ -18,12 +24,13 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import warnings
 
 import torch
 from einops import rearrange
 from torch.nn import functional as F
 
-BACKENDS = ("auto", "natten", "torch")
+BACKENDS = ("auto", "flex", "natten", "torch")
 BACKEND_ENV_VAR = "PMRF_NA_BACKEND"
 
 log = logging.getLogger(__name__)
@@ -40,15 +47,40 @@ def natten_available() -> bool:
     return True
 
 
+def natten_has_fused_kernels(device: torch.device) -> bool:
+    """True when natten was built with its fused (libnatten) kernels and `device` can run them."""
+    if device.type != "cuda" or not natten_available():
+        return False
+    import natten
+
+    if not getattr(natten, "HAS_LIBNATTEN", False):
+        return False
+    return torch.cuda.get_device_capability(device) >= (6, 0)
+
+
+def flex_available() -> bool:
+    try:
+        from torch.nn.attention import flex_attention  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def resolve_backend(device: torch.device, requested: str | None = None) -> str:
     """The backend that `neighborhood_attention` will use on `device`."""
     requested = (requested or os.environ.get(BACKEND_ENV_VAR) or "auto").lower()
     if requested not in BACKENDS:
         raise ValueError(f"unknown neighbourhood-attention backend {requested!r}; choose one of {BACKENDS}")
     if requested == "auto":
-        return "natten" if device.type == "cuda" and natten_available() else "torch"
+        if device.type != "cuda":
+            return "torch"
+        if natten_has_fused_kernels(device):
+            return "natten"
+        return "flex" if flex_available() else "torch"
     if requested == "natten" and not natten_available():
         raise RuntimeError("neighbourhood-attention backend 'natten' was requested but natten is not installed")
+    if requested == "flex" and not flex_available():
+        raise RuntimeError(f"neighbourhood-attention backend 'flex' needs torch >= 2.5, found {torch.__version__}")
     return requested
 
 
@@ -57,12 +89,13 @@ def last_backend() -> str | None:
     return _last_backend
 
 
-def _record(name: str) -> None:
+def _record(name: str, device: torch.device) -> None:
     global _last_backend
     _last_backend = name
-    if name not in _announced:
-        _announced.add(name)
-        log.info("neighbourhood attention: using the %s backend", name)
+    key = f"{name}@{device.type}"
+    if not torch.compiler.is_compiling() and key not in _announced:
+        _announced.add(key)
+        log.info("neighbourhood attention on %s: using the %s backend", device.type, name)
 
 
 def window_starts(n: int, kernel_size: int, device=None) -> torch.Tensor:
@@ -76,6 +109,8 @@ def check_kernel(h: int, w: int, kernel_size: int) -> None:
     if kernel_size > h or kernel_size > w:
         raise ValueError(f"a {kernel_size}×{kernel_size} neighbourhood does not fit a {h}×{w} token grid")
 
+
+# ------------------------------------------------------------------------------------ torch backend
 
 # Gathered keys/values of one chunk of query rows hold at most this many elements, which bounds the
 # backend's working memory whatever the image size (it grows with rows · W · k² · heads · d_head).
@@ -105,6 +140,100 @@ def _na2d_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: 
     return rearrange(out, "(n nh) (h w) e -> n h w nh e", n=n, h=h)
 
 
+# ------------------------------------------------------------------------------------- flex backend
+
+_BLOCK_MASKS: dict[tuple, object] = {}
+
+
+def neighborhood_mask_mod(h: int, w: int, kernel_size: int):
+    """FlexAttention mask_mod of NATTEN's window rule on a row-major h×w token grid."""
+    half = kernel_size // 2
+
+    def mask_mod(b, head, q_idx, kv_idx):
+        q_row, q_col = q_idx // w, q_idx % w
+        kv_row, kv_col = kv_idx // w, kv_idx % w
+        top = (q_row - half).clamp(0, h - kernel_size)
+        left = (q_col - half).clamp(0, w - kernel_size)
+        return (kv_row >= top) & (kv_row < top + kernel_size) & (kv_col >= left) & (kv_col < left + kernel_size)
+
+    return mask_mod
+
+
+def _mask_key(h: int, w: int, kernel_size: int, device: torch.device) -> tuple:
+    index = device.index
+    if device.type == "cuda" and index is None:
+        index = torch.cuda.current_device()
+    return h, w, kernel_size, device.type, index
+
+
+def build_flex_block_masks(sizes: list[tuple[int, int, int]], device: torch.device) -> None:
+    """Build and cache the BlockMasks of these (h, w, k) neighbourhoods on `device`.
+
+    HDiT does this at the top of its forward pass, outside any compiled graph (through
+    `prepare_neighborhood_attention`), so that the lookups in `flex_block_mask` trace into a compiled
+    HDiT without graph breaks.
+    """
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    for h, w, kernel_size in sizes:
+        key = _mask_key(h, w, kernel_size, device)
+        if key not in _BLOCK_MASKS:
+            _BLOCK_MASKS[key] = create_block_mask(
+                neighborhood_mask_mod(h, w, kernel_size), None, None, h * w, h * w, device=device
+            )
+
+
+@torch.compiler.disable
+def prepare_neighborhood_attention(
+    grids: list[tuple[int, int, int]], device: torch.device, backend: str | None = None
+) -> None:
+    """Get a forward pass's neighbourhood attention ready outside any compiled graph: with the flex
+    backend, build the block masks of these (rows, cols, kernel) grids."""
+    if grids and resolve_backend(device, backend) == "flex":
+        build_flex_block_masks(grids, device)
+
+
+def flex_block_mask(h: int, w: int, kernel_size: int, device: torch.device):
+    """The BlockMask of a k×k neighbourhood on an h×w grid, built once per (h, w, k, device)."""
+    key = _mask_key(h, w, kernel_size, device)
+    if key not in _BLOCK_MASKS:
+        build_flex_block_masks([(h, w, kernel_size)], device)
+    return _BLOCK_MASKS[key]
+
+
+@functools.cache
+def _compiled_flex_attention():
+    """flex_attention compiled once per process (CUDA); without compiling it materialises all scores."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def _na2d_flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    _, h, w, _, _ = q.shape
+    if q.device.type != "cuda" and torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        raise RuntimeError(
+            "the 'flex' neighbourhood-attention backend is forward-only off CUDA; "
+            "train on CPU with the 'torch' backend"
+        )
+    from torch.nn.attention.flex_attention import flex_attention
+
+    block_mask = flex_block_mask(h, w, kernel_size, q.device)
+    q, k, v = (rearrange(t, "n h w nh e -> n nh (h w) e") for t in (q, k, v))
+    if torch.compiler.is_compiling():
+        out = flex_attention(q, k, v, block_mask=block_mask, scale=1.0)  # the enclosing compile lowers it
+    elif q.device.type == "cuda":
+        out = _compiled_flex_attention()(q, k, v, block_mask=block_mask, scale=1.0)
+    else:
+        with warnings.catch_warnings():  # uncompiled off CUDA on purpose: exact, for small problems
+            warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
+            out = flex_attention(q, k, v, block_mask=block_mask, scale=1.0)
+    return rearrange(out, "n nh (h w) e -> n h w nh e", h=h)
+
+
+# ------------------------------------------------------------------------------------ the dispatcher
+
+
 def neighborhood_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: int, backend: str | None = None
 ) -> torch.Tensor:
@@ -112,7 +241,9 @@ def neighborhood_attention(
     _, h, w, _, _ = q.shape
     check_kernel(h, w, kernel_size)
     name = resolve_backend(q.device, backend)
-    _record(name)
+    _record(name, q.device)
+    if name == "flex":
+        return _na2d_flex(q, k, v, kernel_size)
     if name == "natten":
         if q.device.type != "cuda" and torch.is_grad_enabled() and (q.requires_grad or k.requires_grad):
             raise RuntimeError(

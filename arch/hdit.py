@@ -14,7 +14,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from .attention import global_attention, neighborhood_attention, shifted_window_attention
+from .attention import global_attention, neighborhood_attention, prepare_neighborhood_attention, shifted_window_attention
 from .layers import (
     AdaRMSNorm,
     FourierFeatures,
@@ -201,12 +201,23 @@ class HDiT(nn.Module):
         self.out_norm = RMSNorm(width0)
         self.patch_out = TokenSplitWithoutSkip(width0, out_channels, self.patch_size)
         zero_init(self.patch_out.proj)
+        self.neighborhood_backend: str | None = None  # None: automatic (see arch.attention)
 
     def set_neighborhood_backend(self, backend: str | None) -> None:
-        """Force 'natten' or 'torch' for every neighbourhood-attention block (None: automatic)."""
+        """Force 'flex', 'natten' or 'torch' for every neighbourhood-attention block (None: automatic)."""
+        self.neighborhood_backend = backend
         for module in self.modules():
             if isinstance(module, SelfAttentionBlock):
                 module.backend = backend
+
+    def neighborhood_grids(self, h: int, w: int) -> list[tuple[int, int, int]]:
+        """(rows, cols, kernel) of the token grid of every level with neighbourhood attention."""
+        gh, gw = h // self.patch_size[0], w // self.patch_size[1]
+        return [
+            (gh // 2**index, gw // 2**index, spec.attention.kernel_size)
+            for index, spec in enumerate(self.levels)
+            if spec.attention.kind == "neighborhood"
+        ]
 
     def check_input_size(self, h: int, w: int) -> None:
         ph, pw = self.patch_size
@@ -237,6 +248,7 @@ class HDiT(nn.Module):
         if c != self.in_channels:
             raise ValueError(f"HDiT expects {self.in_channels} input channels, got {c}")
         self.check_input_size(h, w)
+        prepare_neighborhood_attention(self.neighborhood_grids(h, w), x.device, self.neighborhood_backend)
         x = self.patch_in(x.movedim(1, -1))
         pos = make_axial_pos(x.shape[1], x.shape[2], device=x.device)
 

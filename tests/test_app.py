@@ -1,6 +1,6 @@
 """The Gradio demo: the Restore handler with stub networks, lazy model loading, and the served page.
 
-The model is a stub installed as a fake `inference` module (the real one needs the checkpoint); the
+The model is a stub installed as a fake `lightning_models.restoration` module (the real one needs the checkpoint); the
 face detector is stubbed; every download fails as it would offline.
 """
 
@@ -41,10 +41,10 @@ def invert(faces: torch.Tensor) -> torch.Tensor:
 
 
 class FakeInference(types.ModuleType):
-    """Stands in for inference.py: records how the demo loads and uses the model."""
+    """Stands in for lightning_models.restoration: records how the demo loads and uses the model."""
 
     def __init__(self, fail: bool = False):
-        super().__init__("inference")
+        super().__init__("lightning_models.restoration")
         self.fail = fail
         self.loads = []
         self.restorers = []
@@ -131,7 +131,7 @@ def test_whole_photo_without_faces_warns_and_resizes(tmp_path):
 
 def test_model_loads_lazily_once_with_the_settings(tmp_path, monkeypatch):
     fake = FakeInference()
-    monkeypatch.setitem(sys.modules, "inference", fake)
+    monkeypatch.setitem(sys.modules, "lightning_models.restoration", fake)
     store = store_for(tmp_path)
     assert fake.loads == []  # nothing is loaded before the first click
     app.restore_image(photo(64, 64), app.ALIGNED, 10, 1, 5, store=store)
@@ -143,14 +143,14 @@ def test_model_loads_lazily_once_with_the_settings(tmp_path, monkeypatch):
 
 def test_a_local_checkpoint_is_not_treated_as_a_hub_id(tmp_path, monkeypatch):
     fake = FakeInference()
-    monkeypatch.setitem(sys.modules, "inference", fake)
+    monkeypatch.setitem(sys.modules, "lightning_models.restoration", fake)
     store = store_for(tmp_path, "--ckpt_path", str(tmp_path / "model.ckpt"))
     app.restore_image(photo(32, 32), app.ALIGNED, 1, 1, 0, store=store)
     assert fake.loads[0][:2] == (str(tmp_path / "model.ckpt"), False)
 
 
 def test_missing_checkpoint_is_a_clear_page_error(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "inference", FakeInference(fail=True))
+    monkeypatch.setitem(sys.modules, "lightning_models.restoration", FakeInference(fail=True))
     with pytest.raises(gr.Error) as caught:
         app.restore_image(
             photo(32, 32), app.ALIGNED, 1, 1, 0, store=store_for(tmp_path, "--ckpt_path", "nowhere.ckpt")
@@ -188,7 +188,7 @@ def test_the_served_page_restores_through_the_gradio_api(tmp_path, monkeypatch):
     from gradio_client import Client, handle_file
     from PIL import Image
 
-    monkeypatch.setitem(sys.modules, "inference", FakeInference())
+    monkeypatch.setitem(sys.modules, "lightning_models.restoration", FakeInference())
     monkeypatch.setattr(app, "STORE", store_for(tmp_path))
     demo = app.build_demo()
     port = free_port()
@@ -350,7 +350,7 @@ def test_browser_upload_and_click_shows_the_restored_image(tmp_path, monkeypatch
     if executable is None:
         pytest.skip("no chromium (apt-get install chromium)")
     fake = FakeInference()
-    monkeypatch.setitem(sys.modules, "inference", fake)
+    monkeypatch.setitem(sys.modules, "lightning_models.restoration", fake)
     monkeypatch.setattr(app, "STORE", store_for(tmp_path))
     demo = app.build_demo()
     demo.queue(default_concurrency_limit=1)

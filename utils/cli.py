@@ -1,19 +1,78 @@
-"""Pieces shared by train.py, test.py and inference.py."""
+"""Pieces shared by the programs: checked argument types, the options several programs take, devices.
+
+Every number a program takes goes through one of the checked types below, so a bad count is refused
+when the arguments are parsed (``error: argument --batch_size: expected a whole number >= 1, got 0``)
+instead of failing, or silently doing something else, later.
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
 
 import torch
 
-from arch import NAMED_CONFIGS
+DEFAULT_CKPT = "./checkpoints/blind_face_restoration_pmrf.ckpt"
+HF_REPO = "ohayonguy/PMRF_blind_face_image_restoration"
+
+# ------------------------------------------------------------------------------------ checked types
+
+
+def _number(text: str, kind: type, what: str):
+    try:
+        value = kind(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+    return value
+
+
+def int_range(low: int | None = None, high: int | None = None):
+    """An argparse type: a whole number in [low, high] (either bound may be open)."""
+    what = "a whole number" + (f" >= {low}" if low is not None else "") + (f" <= {high}" if high is not None else "")
+
+    def parse(text: str) -> int:
+        value = _number(text, int, what)
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
+        return value
+
+    parse.__name__ = "int"
+    return parse
+
+
+def float_range(low: float | None = None, high: float | None = None, low_open: bool = False):
+    """An argparse type: a finite number in [low, high] ((low, high] with `low_open`)."""
+    bound = "> " if low_open else ">= "
+    what = "a number" + (f" {bound}{low:g}" if low is not None else "") + (f" <= {high:g}" if high is not None else "")
+
+    def parse(text: str) -> float:
+        value = _number(text, float, what)
+        too_low = low is not None and (value <= low if low_open else value < low)
+        if too_low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
+        return value
+
+    parse.__name__ = "float"
+    return parse
+
+
+positive_int = int_range(1)
+non_negative_int = int_range(0)
+positive_float = float_range(0.0, low_open=True)
+non_negative_float = float_range(0.0)
+probability = float_range(0.0, 1.0)
+seed_int = int_range(0, 2**63 - 1)
 
 
 def arch_argument(value: str) -> str:
     """A named architecture or a path to a JSON config (checked at parse time)."""
+    from arch import NAMED_CONFIGS
+
     if value in NAMED_CONFIGS:
         return value
     if value.endswith(".json"):
@@ -24,9 +83,57 @@ def arch_argument(value: str) -> str:
 
 
 def existing_folder(value: str) -> str:
-    if not Path(value).is_dir():
+    path = Path(value)
+    if path.is_file():
+        raise argparse.ArgumentTypeError(f"{value} is a file; give the folder that holds the images")
+    if not path.is_dir():
         raise argparse.ArgumentTypeError(f"{value}: folder does not exist")
     return value
+
+
+def existing_path(value: str) -> str:
+    """An image file or a folder that exists."""
+    if not Path(value).exists():
+        raise argparse.ArgumentTypeError(f"{value}: no such file or folder")
+    return value
+
+
+# -------------------------------------------------------------------------------- shared options
+
+
+def add_checkpoint_arguments(parser: argparse.ArgumentParser, required: bool = False) -> None:
+    """--ckpt_path, --ckpt_path_is_huggingface and --use_raw_weights (inference.py, test.py, app.py)."""
+    parser.add_argument(
+        "--ckpt_path",
+        required=required,
+        default=None if required else DEFAULT_CKPT,
+        help=f"Lightning .ckpt, save_pretrained folder, or Hub id with --ckpt_path_is_huggingface"
+        + ("" if required else f" (default {DEFAULT_CKPT}; the Hub id is {HF_REPO})"),
+    )
+    parser.add_argument("--ckpt_path_is_huggingface", action="store_true", help="--ckpt_path is a Hugging Face Hub id")
+    parser.add_argument("--use_raw_weights", action="store_true", help="ignore the EMA weights of a .ckpt")
+
+
+def add_runtime_arguments(parser: argparse.ArgumentParser, compile_help: str | None = None) -> None:
+    """--device, --bf16, --compile and --attention_backend (inference.py, app.py)."""
+    from arch.attention import BACKENDS
+
+    parser.add_argument("--device", default=None, help="auto (default: CUDA, else MPS, else CPU), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CUDA; about 1.3-2x faster)")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help=compile_help or "torch.compile the flow network, attention included (CUDA; the first batch compiles)",
+    )
+    parser.add_argument(
+        "--attention_backend",
+        choices=BACKENDS,
+        default=None,
+        help="neighbourhood-attention kernel (default auto: natten with fused kernels or flex on CUDA, torch elsewhere)",
+    )
+
+
+# ----------------------------------------------------------------------------------------- devices
 
 
 def default_device() -> str:
@@ -46,37 +153,15 @@ def resolve_device(requested: str | torch.device | None, prefer_mps: bool = True
         if torch.cuda.is_available():
             return torch.device("cuda")
         return torch.device(default_device() if prefer_mps else "cpu")
-    device = torch.device(requested)
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise ValueError(f"--device {requested}: not a device name (cpu, cuda, cuda:1, mps)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {requested}: CUDA is not available here")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {requested}: only {torch.cuda.device_count()} CUDA device(s) here")
     return device
-
-
-def fail(message: str, code: int = 2) -> None:
-    """Stop a program with a one-line error instead of a traceback."""
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(code)
-
-
-def wandb_configured() -> bool:
-    """True when Weights & Biases can log without asking anything: an API key, a login, or offline mode."""
-    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE", "").lower() in ("offline", "dryrun"):
-        return True
-    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
-    try:
-        return "api.wandb.ai" in netrc.read_text()
-    except OSError:
-        return False
-
-
-def configure_torch() -> None:
-    torch.set_float32_matmul_precision("high")
-    try:
-        import cv2
-
-        cv2.setNumThreads(0)  # DataLoader workers each run OpenCV; avoid oversubscribing the cores
-    except ImportError:
-        pass
 
 
 def resolve_devices(accelerator: str, devices: int | None, num_gpus: int) -> tuple[str, int]:
@@ -90,3 +175,53 @@ def resolve_devices(accelerator: str, devices: int | None, num_gpus: int) -> tup
     if num_gpus > available:
         print(f"warning: --num_gpus {num_gpus} but only {available} GPU(s) visible; using {available}")
     return accelerator, max(1, min(num_gpus, available))
+
+
+def configure_torch() -> None:
+    """TF32 matmuls (the reference's setting) and no OpenCV thread pools inside DataLoader workers."""
+    torch.set_float32_matmul_precision("high")
+    try:
+        import cv2
+
+        cv2.setNumThreads(0)
+    except ImportError:
+        pass
+
+
+# ------------------------------------------------------------------------------------------ output
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Stop a program with a one-line error instead of a traceback."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def check_writable_folder(folder: str | os.PathLike, option: str = "--output_dir") -> Path:
+    """Create `folder` if needed and make sure files can be written in it, before any compute.
+
+    A read-only folder, a file in its place or a parent that cannot be created ends the program with
+    one line naming the option.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        fail(f"{option} {folder}: a file is in the way; choose a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".pmrf-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        fail(f"{option} {folder}: cannot write there ({error.strerror or error}); choose a writable folder")
+    return folder
+
+
+def wandb_configured() -> bool:
+    """True when Weights & Biases can log without asking anything: an API key, a login or offline mode."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE", "").lower() in ("offline", "dryrun"):
+        return True
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    try:
+        return "api.wandb.ai" in netrc.read_text()
+    except OSError:
+        return False

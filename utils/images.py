@@ -1,20 +1,36 @@
-"""Reading messy image folders and writing outputs safely.
+"""Reading messy image files and writing outputs safely.
 
-Every program in this project reads images through `read_rgb` and lists folders through
-`list_images`, so gray, RGBA, palette and 16-bit files, and stray non-image files, behave the same
-everywhere.
+Every program in this project reads images through `read_rgb` (or `read_image` where an alpha channel
+matters) and lists folders through `list_images`, so that these behave the same everywhere:
+
+* the EXIF orientation tag is applied (phone portraits come out upright), and outputs are written in
+  that displayed orientation;
+* gray, palette, RGBA, 16-bit and float files become 8-bit RGB, using the file's declared bit depth
+  (a dark 16-bit image stays dark);
+* a file that cannot be decoded, or whose header claims more pixels than Pillow's decompression-bomb
+  limit (``PIL.Image.MAX_IMAGE_PIXELS``, 89,478,485 pixels by default; set ``PMRF_MAX_IMAGE_PIXELS``
+  to change it, 0 for none), raises `ImageReadError` naming it, which programs turn into a listed skip;
+* outputs are written atomically (`write_atomic`) with the permissions the user's umask gives, and
+  rounded as torchvision's ``save_image`` rounds: ``floor(255·v + 0.5)``, JPEG at quality 75 unless
+  asked otherwise.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+JPEG_QUALITY = 75  # what torchvision's save_image (and so the reference) writes
+if os.environ.get("PMRF_MAX_IMAGE_PIXELS"):
+    Image.MAX_IMAGE_PIXELS = int(os.environ["PMRF_MAX_IMAGE_PIXELS"]) or None
+_BIT_DEPTH_OF_MODE = {"I;16": 16, "I;16B": 16, "I;16L": 16, "I;16N": 16, "I;16S": 16}
 
 
 class ImageReadError(ValueError):
@@ -34,61 +50,108 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     return sorted((p for p in folder.iterdir() if is_image_file(p)), key=lambda p: p.name)
 
 
-def _to_uint8(array: np.ndarray) -> np.ndarray:
+def _declared_bit_depth(image: Image.Image) -> int:
+    """Bits per sample that the file declares for an integer image ('I;16' modes, 16-bit PNGs)."""
+    if image.mode in _BIT_DEPTH_OF_MODE:
+        return 16
+    if image.format == "PNG" and image.mode == "I":  # older Pillow opens 16-bit gray PNGs as 'I'
+        return 16
+    return 32 if image.mode == "I" else 8
+
+
+def _to_uint8(array: np.ndarray, bits: int = 8) -> np.ndarray:
     if array.dtype == np.uint8:
         return array
     if array.dtype == np.bool_:
         return array.astype(np.uint8) * 255
     if np.issubdtype(array.dtype, np.integer):
-        top = 65535 if array.max(initial=0) > 255 else 255
-        return np.clip(np.round(array.astype(np.float64) * 255.0 / top), 0, 255).astype(np.uint8)
-    array = array.astype(np.float64)
-    if array.max(initial=0.0) > 1.0:  # float images stored on the 0-255 scale
-        array = array / 255.0
-    return np.clip(np.round(array * 255.0), 0, 255).astype(np.uint8)
+        top = float(2**bits - 1)
+        return np.clip(np.floor(array.astype(np.float64) * 255.0 / top + 0.5), 0, 255).astype(np.uint8)
+    array = np.nan_to_num(array.astype(np.float64))
+    return np.clip(np.floor(array * 255.0 + 0.5), 0, 255).astype(np.uint8)  # float images are in [0, 1]
+
+
+def _open(path: Path) -> Image.Image:
+    """Decode the whole file (first frame), upright; ImageReadError for anything that goes wrong."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.load()
+                upright = ImageOps.exif_transpose(image)
+                upright.format = image.format
+                return upright
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageReadError(
+            f"{path}: skipped: {error} (the limit guards against decompression bombs; set "
+            "PMRF_MAX_IMAGE_PIXELS to a larger number of pixels for a trusted file)"
+        ) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, MemoryError) as error:
+        raise ImageReadError(f"{path}: cannot read image ({error.__class__.__name__}: {error})") from None
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Any supported image as 8-bit (H, W, 3) RGB, or (H, W, 4) RGBA when the file has transparency."""
+    path = Path(path)
+    image = _open(path)
+    if image.mode in ("P", "PA", "LA", "La", "RGBa"):
+        image = image.convert("RGBA" if "A" in image.mode or "a" in image.mode or "transparency" in image.info else "RGB")
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        array = _to_uint8(np.asarray(image), _declared_bit_depth(image))
+    elif image.mode in ("RGB", "L", "RGBA", "1"):
+        array = _to_uint8(np.asarray(image))
+    else:  # CMYK, YCbCr, LAB, HSV...
+        array = np.asarray(image.convert("RGB"))
+    if array.ndim == 2:
+        array = np.repeat(array[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(array)
 
 
 def read_rgb(path: str | os.PathLike) -> np.ndarray:
-    """Load any supported image as an 8-bit RGB array of shape (H, W, 3).
+    """Any supported image as an 8-bit RGB array (H, W, 3), upright; alpha is dropped (faces are opaque)."""
+    array = read_image(path)
+    return np.ascontiguousarray(array[:, :, :3]) if array.shape[2] == 4 else array
 
-    Gray is replicated, alpha is dropped (faces are opaque),
-    palettes are expanded and 16-bit or float data is rescaled to 8 bits.
-    """
-    path = Path(path)
+
+def is_gray(image: np.ndarray, tolerance: int = 2) -> bool:
+    """True when the three colour channels of an (H, W, 3+) uint8 image are (nearly) equal."""
+    rgb = image[:, :, :3].astype(np.int16)
+    return bool(np.abs(rgb[:, :, 0] - rgb[:, :, 1]).max(initial=0) <= tolerance
+                and np.abs(rgb[:, :, 1] - rgb[:, :, 2]).max(initial=0) <= tolerance)
+
+
+# ------------------------------------------------------------------------------------------- writing
+
+
+def _read_umask() -> int:
     try:
-        with Image.open(path) as image:
-            image.load()
-            if image.mode == "P" or image.mode == "PA":
-                image = image.convert("RGBA")
-            if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-                array = _to_uint8(np.asarray(image))
-            elif image.mode in ("RGB", "L", "RGBA", "LA"):
-                array = np.asarray(image)
-            else:
-                array = np.asarray(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise ImageReadError(f"{path}: cannot read image ({error.__class__.__name__}: {error})") from None
-    array = _to_uint8(array)
-    if array.ndim == 2:
-        array = np.repeat(array[:, :, None], 3, axis=2)
-    elif array.shape[2] == 2:  # gray + alpha
-        array = np.repeat(array[:, :, :1], 3, axis=2)
-    elif array.shape[2] >= 4:
-        array = array[:, :, :3]
-    return np.ascontiguousarray(array)
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # read it by setting it (once, at import, before any thread starts)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_read_umask()
 
 
 def write_atomic(path: str | os.PathLike, write_to) -> Path:
     """Call `write_to(tmp_path)` and move the result to `path` in one step.
 
-    An interrupted run never leaves a half-written file under the final name.
+    An interrupted run never leaves a half-written file under the final name. The file gets the
+    permissions a plain ``open(path, 'w')`` would (0644 under umask 022).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix + ".part", dir=path.parent)
     os.close(fd)
     try:
         write_to(tmp)
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -97,22 +160,25 @@ def write_atomic(path: str | os.PathLike, write_to) -> Path:
     return path
 
 
-def save_rgb(array: np.ndarray, path: str | os.PathLike) -> Path:
-    """Write an (H, W, 3) uint8 RGB array atomically; the format follows the file extension."""
+def save_rgb(array: np.ndarray, path: str | os.PathLike, jpeg_quality: int = JPEG_QUALITY) -> Path:
+    """Write an (H, W, 3) RGB or (H, W, 4) RGBA uint8 array atomically; the format follows the extension."""
     if array.dtype != np.uint8:
         raise ValueError(f"{path}: expected a uint8 array, got {array.dtype}")
     image = Image.fromarray(array)
     fmt = Image.registered_extensions().get(Path(path).suffix.lower())
     if fmt is None:
         raise ValueError(f"{path}: unknown image extension")
-    options = {"quality": 95} if fmt == "JPEG" else {}  # outputs keep the input's name; keep JPEGs close
+    if image.mode == "RGBA" and fmt in ("JPEG", "BMP"):
+        image = image.convert("RGB")  # these formats have no alpha channel
+    options = {"quality": int(jpeg_quality)} if fmt == "JPEG" else {}
     return write_atomic(path, lambda tmp: image.save(tmp, format=fmt, **options))
 
 
 def tensor_to_uint8(tensor) -> np.ndarray:
-    """(3, H, W) or (1, H, W) float tensor in [0, 1] -> (H, W, 3) uint8 array (rounded)."""
-    array = tensor.detach().float().clamp(0, 1).mul(255).round().to("cpu").numpy().astype(np.uint8)
+    """(C, H, W) float tensor in [0, 1] -> (H, W, 3) uint8, rounded as torchvision's save_image does
+    (``floor(255·v + 0.5)``); one channel is replicated to three."""
+    array = tensor.detach().float().mul(255).add_(0.5).clamp_(0, 255).to("cpu", dtype=torch.uint8).numpy()
     array = np.transpose(array, (1, 2, 0))
     if array.shape[2] == 1:
         array = np.repeat(array, 3, axis=2)
-    return array
+    return np.ascontiguousarray(array)
