@@ -133,6 +133,20 @@ def add_runtime_arguments(parser: argparse.ArgumentParser, compile_help: str | N
     )
 
 
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """--suffix, --ext and --jpeg_quality: how restored images are named and encoded (GFPGAN's habits)."""
+    parser.add_argument("--suffix", default=None, help="add _SUFFIX to the restored images' names (default: none)")
+    parser.add_argument(
+        "--ext", choices=("auto", "png", "jpg"), default="auto", help="format of the outputs (auto: the input's)"
+    )
+    parser.add_argument(
+        "--jpeg_quality",
+        type=int_range(1, 100),
+        default=75,
+        help="JPEG quality of .jpg outputs (default 75, what torchvision's save_image writes)",
+    )
+
+
 # ----------------------------------------------------------------------------------------- devices
 
 

@@ -160,6 +160,14 @@ def write_atomic(path: str | os.PathLike, write_to) -> Path:
     return path
 
 
+def output_name(name: str, suffix: str | None = None, ext: str = "auto") -> str:
+    """The file name of an output made from input `name`: `stem[_suffix].ext` (ext 'auto' keeps the input's)."""
+    path = Path(name)
+    stem = f"{path.stem}_{suffix}" if suffix else path.stem
+    extension = path.suffix if ext == "auto" else f".{ext.lstrip('.')}"
+    return stem + extension
+
+
 def save_rgb(array: np.ndarray, path: str | os.PathLike, jpeg_quality: int = JPEG_QUALITY) -> Path:
     """Write an (H, W, 3) RGB or (H, W, 4) RGBA uint8 array atomically; the format follows the extension."""
     if array.dtype != np.uint8:
