@@ -1,6 +1,9 @@
-"""Restore a folder of clean test images degraded on the fly and save every output (spec §6).
+"""Restore a folder of clean test images degraded on the fly, and save every output.
 
-Writes <results_path>/<degradation>/<method>/{y, xhat | num_flow_steps=K/xhat, ...}; see README.
+Writes <results_path>/<degradation>/<method>/: y/, and for flows num_flow_steps=<K>/xhat/ for every K,
+source_distribution_samples/ (drawn for the first K) and mmse_samples/ (when the model has a
+posterior-mean network); for the mmse stage, xhat/. File names are the inputs'.
+Example: scripts/test/test.sh (all five methods of one controlled experiment).
 """
 
 from __future__ import annotations
@@ -14,52 +17,102 @@ from torch.utils.data import DataLoader
 from data import ImageFolderDataset, make_transform
 from degradations import DEGRADATION_NAMES, create_degradation
 from lightning_models.restoration import load_model
-from utils.cli import arch_argument, configure_torch, existing_folder, fail, resolve_devices
+from utils.cli import (
+    add_checkpoint_arguments,
+    arch_argument,
+    check_writable_folder,
+    configure_torch,
+    existing_folder,
+    fail,
+    int_range,
+    non_negative_int,
+    positive_int,
+    resolve_devices,
+    seed_int,
+)
+from utils.images import ImageWriter, WriteError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--precision", choices=["bf16-mixed", "32", "16-mixed"], default="32")
     p.add_argument("--degradation", choices=DEGRADATION_NAMES, required=True)
     p.add_argument("--test_data_root", type=existing_folder, required=True, help="clean images")
-    p.add_argument("--num_gpus", type=int, default=1)
+    p.add_argument("--num_gpus", type=positive_int, default=4, help="GPUs per node (default 4, as the reference)")
+    p.add_argument("--num_nodes", type=positive_int, default=1, help="machines (multi-node DDP: torchrun or SLURM)")
     p.add_argument("--accelerator", default="auto")
-    p.add_argument("--batch_size", type=int, default=32)
-    p.add_argument("--num_workers", type=int, default=4)
-    p.add_argument("--ckpt_path", required=True, help="Lightning .ckpt, saved folder, or Hub id (with the flag)")
-    p.add_argument("--ckpt_path_is_huggingface", action="store_true")
+    p.add_argument("--batch_size", type=positive_int, default=32, help="per device, as in the reference")
+    p.add_argument("--num_workers", type=non_negative_int, default=10, help="data-loading workers of all a node's devices")
+    add_checkpoint_arguments(p, required=True)
     p.add_argument("--mmse_model_arch", type=arch_argument, default=None,
                    help="only needed when the checkpoint does not record it")
     p.add_argument("--results_path", required=True)
-    p.add_argument("--img_size", type=int, default=256)
-    p.add_argument("--num_flow_steps", type=int, nargs="+", default=[50])
-    p.add_argument("--seed", type=int, default=None, help="makes degradations and source noise reproducible")
-    p.add_argument("--use_raw_weights", action="store_true", help="evaluate without the EMA weights")
+    p.add_argument("--img_size", type=positive_int, default=256)
+    p.add_argument("--num_flow_steps", type=int_range(1, 10_000), nargs="+", required=True,
+                   help="K, the Euler steps; several values test several K")
+    p.add_argument("--seed", type=seed_int, default=None, help="makes degradations and source noise reproducible")
+    p.add_argument("--jpeg_quality", type=int_range(1, 100), default=75, help="for .jpg outputs (default 75)")
     return p
+
+
+class TestImageWriter(L.Callback):
+    """Writes what `MMSERectifiedFlow.test_step` returns into the reference's results layout."""
+
+    def __init__(self, root: Path, jpeg_quality: int):
+        self.root = root
+        self.writer = ImageWriter(jpeg_quality)
+
+    def _write(self, folder: Path, images, names) -> None:
+        for name, image in zip(names, images.detach().float().cpu()):
+            self.writer.submit(image, folder / name)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        names = batch["img_file_name"]
+        self._write(self.root / "y", outputs["y"], names)
+        if pl_module.stage == "mmse":
+            self._write(self.root / "xhat", outputs["xhat"], names)
+            return
+        for steps, images in outputs["xhat"].items():
+            self._write(self.root / f"num_flow_steps={steps}" / "xhat", images, names)
+        self._write(self.root / "source_distribution_samples", outputs["source"].clamp(0, 1), names)
+        if outputs["posterior_mean"] is not None:
+            self._write(self.root / "mmse_samples", outputs["posterior_mean"], names)
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        self.writer.close()
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     configure_torch()
     if args.seed is not None:
-        L.seed_everything(args.seed, workers=True)
+        L.seed_everything(args.seed, workers=True, verbose=False)
+    check_writable_folder(args.results_path, "--results_path")
     overrides = {"mmse_model_arch": args.mmse_model_arch} if args.mmse_model_arch else {}
     try:
         model = load_model(args.ckpt_path, args.ckpt_path_is_huggingface, "cpu", use_ema=False, **overrides)
     except (FileNotFoundError, ValueError, RuntimeError) as error:
         fail(str(error))
     model.use_ema = not args.use_raw_weights
-    model.test_results_dir = str(Path(args.results_path) / args.degradation)
     model.test_num_flow_steps = list(args.num_flow_steps)
+    results = Path(args.results_path) / args.degradation / model.method_name
     try:
         dataset = ImageFolderDataset(args.test_data_root, create_degradation(args.degradation), make_transform(args.img_size))
     except (ValueError, FileNotFoundError) as error:
         fail(str(error))
-    loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False, num_workers=args.num_workers)
     accelerator, devices = resolve_devices(args.accelerator, None, args.num_gpus)
-    trainer = L.Trainer(accelerator=accelerator, devices=devices, precision=args.precision, logger=False)
-    trainer.test(model, loader)
-    print(f"results: {Path(model.test_results_dir) / model.method_name}")
+    processes = devices * args.num_nodes
+    loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False,
+                        num_workers=args.num_workers // devices, pin_memory=accelerator != "cpu")
+    writer = TestImageWriter(results, args.jpeg_quality)
+    trainer = L.Trainer(accelerator=accelerator, devices=devices, num_nodes=args.num_nodes,
+                        strategy="ddp" if processes > 1 else "auto", precision=args.precision,
+                        logger=False, callbacks=[writer])
+    try:
+        trainer.test(model, loader, verbose=False)
+    except WriteError as error:
+        fail(str(error))
+    print(f"results: {results}")
 
 
 if __name__ == "__main__":

@@ -1,24 +1,52 @@
-"""Train PMRF or one of its baselines (spec §6). Example: scripts/train/blind_face_restoration/train_pmrf.sh."""
+"""Train PMRF or one of its baselines. Examples: scripts/train/ (the paper's runs).
+
+One machine:   python train.py --stage flow --arch hdit_XL2 ... --num_gpus 4
+Several nodes: torchrun --nnodes 2 --nproc_per_node 8 ... train.py ... --num_nodes 2 --num_gpus 8
+               (or srun under SLURM); --train_batch_size and --num_workers are totals over all processes.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import socket
+import warnings
 from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from torch.utils.data import DataLoader
 
+from arch.attention import BACKENDS
 from data import ImageFolderDataset, make_transform
-from degradations import DEGRADATION_NAMES, create_degradation
+from degradations import DEGRADATION_NAMES, create_degradation, degradation_channels
 from lightning_models.flow import T_SCHEDULES
 from lightning_models.mmse_rectified_flow import STAGES, MMSERectifiedFlow
-from utils.cli import arch_argument, configure_torch, existing_folder, fail, resolve_devices, wandb_configured
+from utils.cli import (
+    arch_argument,
+    check_writable_folder,
+    configure_torch,
+    existing_folder,
+    fail,
+    float_range,
+    int_range,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    probability,
+    resolve_devices,
+    seed_int,
+    wandb_configured,
+)
+from utils.images import write_atomic
+from utils.weights import MissingWeightsError, WeightsReadError, read_checkpoint
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--precision", choices=["bf16-mixed", "32", "16-mixed"], default="bf16-mixed")
     p.add_argument("--stage", choices=STAGES, required=True)
     p.add_argument("--conditional", action="store_true", help="condition the flow on y or on the MMSE estimate")
@@ -30,38 +58,72 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", type=arch_argument, required=True, help="named architecture or JSON config path")
     p.add_argument("--mmse_model_ckpt_path", default=None)
     p.add_argument("--mmse_model_arch", type=arch_argument, default=None)
-    p.add_argument("--source_noise_std", type=float, default=0.0, help="sigma_s, noise added to the source")
-    p.add_argument("--num_flow_steps", type=int, default=50, help="Euler steps used in validation")
-    p.add_argument("--num_gpus", type=int, default=4, help="GPUs to use when training on GPU (see --devices)")
-    p.add_argument("--check_val_every_n_epoch", type=int, default=1)
-    p.add_argument("--train_batch_size", type=int, default=256, help="global batch size (all devices)")
-    p.add_argument("--val_batch_size", type=int, default=32, help="per device")
-    p.add_argument("--num_workers", type=int, default=10, help="data-loading workers in total")
-    p.add_argument("--img_size", type=int, default=512)
-    p.add_argument("--max_epochs", type=int, default=1000)
-    p.add_argument("--max_steps", type=int, default=-1)
-    p.add_argument("--ema_decay", type=float, default=0.9999, help="-1 disables the EMA")
-    p.add_argument("--eps", type=float, default=0.0)
+    p.add_argument("--source_noise_std", type=non_negative_float, default=0.0, help="sigma_s, noise added to the source")
+    p.add_argument("--num_flow_steps", type=int_range(1, 10_000), default=50, help="Euler steps used in validation")
+    p.add_argument("--num_gpus", type=positive_int, default=4, help="GPUs per node when training on GPU (see --devices)")
+    p.add_argument("--num_nodes", type=positive_int, default=1, help="machines (multi-node DDP under torchrun or SLURM)")
+    p.add_argument("--check_val_every_n_epoch", type=positive_int, default=1)
+    p.add_argument("--train_batch_size", type=positive_int, default=256, help="global batch size (all processes)")
+    p.add_argument("--val_batch_size", type=positive_int, default=32, help="per device")
+    p.add_argument("--num_workers", type=non_negative_int, default=10, help="data-loading workers in total")
+    p.add_argument("--img_size", type=positive_int, default=512)
+    p.add_argument("--max_epochs", type=int_range(-1), default=1000)
+    p.add_argument("--max_steps", type=int_range(-1), default=-1)
+    p.add_argument("--ema_decay", type=float_range(-1.0, 1.0), default=0.9999, help="-1 disables the EMA")
+    p.add_argument("--eps", type=float_range(0.0, 1.0), default=0.0, help="t_min: the flow runs on [eps, 1]")
     p.add_argument("--t_schedule", choices=T_SCHEDULES, default="stratified_uniform")
-    p.add_argument("--weight_decay", type=float, default=1e-2)
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--betas", type=float, nargs=2, default=(0.9, 0.95), metavar=("BETA1", "BETA2"))
+    p.add_argument("--weight_decay", type=non_negative_float, default=1e-2)
+    p.add_argument("--lr", type=positive_float, default=5e-4)
+    p.add_argument("--betas", type=probability, nargs=2, default=(0.9, 0.95), metavar=("BETA1", "BETA2"))
     p.add_argument("--wandb_project_name", default="PMRF")
     p.add_argument("--wandb_group", default=None)
     p.add_argument("--wandb_id", default=None)
     p.add_argument("--resume_from_ckpt", default=None, help="checkpoint path, or 'last' for OUTPUT_DIR's last.ckpt")
     p.add_argument("--accelerator", default="auto", help="auto, cpu, gpu, mps, ...")
-    p.add_argument("--devices", type=int, default=None, help="devices to use (default: --num_gpus on GPU, else 1)")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--devices", type=positive_int, default=None, help="devices per node (default: --num_gpus on GPU, else 1)")
+    p.add_argument("--seed", type=seed_int, default=None)
     p.add_argument("--logger", choices=["wandb", "csv", "tensorboard"], default=None,
-                   help="default: wandb when it is configured (API key, login or offline mode), else csv")
+                   help="default: wandb when it is configured (API key, login or offline mode) and reachable, else csv")
     p.add_argument("--output_dir", default="outputs", help="checkpoints and local logs go here")
-    p.add_argument("--log_every_n_steps", type=int, default=50)
+    p.add_argument("--log_every_n_steps", type=positive_int, default=50)
+    p.add_argument("--compile", action="store_true", help="torch.compile the trained network (GPU; the first steps compile)")
+    p.add_argument("--attention_backend", choices=BACKENDS, default=None,
+                   help="neighbourhood-attention kernel (default auto: natten with fused kernels or flex on CUDA, torch elsewhere)")
+    p.add_argument("--skip_bad_images", action="store_true",
+                   help="train without the unreadable or odd-sized images that the start-up scan lists")
     return p
 
 
+# ------------------------------------------------------------------------------------------ logging
+
+
+def wandb_reachable(timeout: float = 5.0) -> bool:
+    if os.environ.get("WANDB_MODE", "").lower() in ("offline", "dryrun", "disabled"):
+        return True
+    host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0]
+    try:
+        socket.create_connection((host.split(":")[0], 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def choose_logger(requested: str | None) -> str:
+    """The logger kind. W&B asked for explicitly but not usable ends the program at once with one line;
+    W&B chosen by default falls back to the CSV logger with a warning."""
+    if requested not in (None, "wandb"):
+        return requested
+    usable = wandb_configured() and wandb_reachable()
+    if requested == "wandb" and not usable:
+        fail("--logger wandb: Weights & Biases is not configured (no API key or login) or not reachable; "
+             "run `wandb login`, set WANDB_MODE=offline, or use --logger csv")
+    if requested is None and wandb_configured() and not usable:
+        warnings.warn("Weights & Biases is configured but not reachable: logging to CSV instead", stacklevel=2)
+    return "wandb" if usable else "csv"
+
+
 def make_logger(args, output_dir: Path):
-    kind = args.logger or ("wandb" if wandb_configured() else "csv")
+    kind = choose_logger(args.logger)
     if kind == "wandb":
         from lightning.pytorch.loggers import WandbLogger
 
@@ -76,10 +138,30 @@ def make_logger(args, output_dir: Path):
     return CSVLogger(save_dir=str(output_dir), name="csv")
 
 
-def make_loaders(args, devices: int):
-    if args.train_batch_size % devices:
-        fail(f"--train_batch_size {args.train_batch_size} is not divisible by the {devices} devices")
-    workers = max(0, args.num_workers // devices)
+# --------------------------------------------------------------------------------------------- data
+
+
+def scan_images(dataset: ImageFolderDataset, img_size: int, skip: bool, what: str, workers: int) -> None:
+    """Decode every image once before the first step; list unreadable and odd-sized ones.
+
+    Without --skip_bad_images the program stops with that list; with it, training goes on without them.
+    """
+    problems = dataset.scan(img_size, workers)
+    if not problems:
+        return
+    listing = "\n".join(f"  {path.name}: {reason}" for path, reason in problems[:20])
+    more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+    if not skip:
+        fail(f"{what}: {len(problems)} image(s) cannot be used:\n{listing}{more}\n"
+             "fix or remove them, or pass --skip_bad_images to train without them")
+    print(f"warning: {what}: training without {len(problems)} image(s):\n{listing}{more}")
+    dataset.drop([path for path, _ in problems])
+
+
+def make_loaders(args, processes: int):
+    if args.train_batch_size % processes:
+        fail(f"--train_batch_size {args.train_batch_size} is not divisible by the {processes} processes (nodes × devices)")
+    workers = args.num_workers // processes
     degradation = create_degradation(args.degradation)
     transform = make_transform(args.img_size)
     try:
@@ -87,29 +169,69 @@ def make_loaders(args, devices: int):
         val_set = ImageFolderDataset(args.val_data_root, degradation, transform) if args.val_data_root else None
     except (ValueError, FileNotFoundError) as error:
         fail(str(error))
+    scan_images(train_set, args.img_size, args.skip_bad_images, "--train_data_root", workers)
+    if val_set is not None:
+        scan_images(val_set, args.img_size, args.skip_bad_images, "--val_data_root", workers)
     common = dict(num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
-    train = DataLoader(train_set, batch_size=args.train_batch_size // devices, shuffle=True, drop_last=False, **common)
+    per_process = args.train_batch_size // processes
+    if len(train_set) < per_process:
+        fail(f"--train_data_root has {len(train_set)} image(s), fewer than one batch of {per_process} per process; "
+             "lower --train_batch_size")
+    train = DataLoader(train_set, batch_size=per_process, shuffle=True, drop_last=True, **common)
     val = DataLoader(val_set, batch_size=args.val_batch_size, shuffle=False, **common) if val_set else None
     return train, val
 
 
+# -------------------------------------------------------------------------------------- checkpoints
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints are written to a temporary file in the target folder and renamed: a full disk or a
+    kill never leaves a truncated `epoch=…ckpt` or `last.ckpt` under its final name."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO takes no storage_options")
+        write_atomic(path, lambda tmp: torch.save(checkpoint, tmp))
+
+
 def resume_path(args, checkpoint_dir: Path) -> str | None:
+    """The checkpoint to resume from, checked: readable, and of the same stage and networks."""
     if args.resume_from_ckpt is None:
         return None
     path = checkpoint_dir / "last.ckpt" if args.resume_from_ckpt == "last" else Path(args.resume_from_ckpt)
     if not path.is_file():
         fail(f"--resume_from_ckpt: {path} does not exist")
+    try:
+        checkpoint = read_checkpoint(path)
+    except (WeightsReadError, MissingWeightsError) as error:
+        fail(f"--resume_from_ckpt: {error}")
+    saved = checkpoint.get("hyper_parameters") or {}
+    if "state_dict" not in checkpoint or not saved:
+        fail(f"--resume_from_ckpt {path}: not a training checkpoint of train.py (no state_dict / hyper_parameters)")
+    here = {"stage": args.stage, "conditional": args.conditional}
+    for key, value in here.items():
+        if key in saved and saved[key] != value:
+            fail(f"--resume_from_ckpt {path}: trained with {key}={saved[key]!r}, this run has {key}={value!r}; "
+                 "a run resumes only from a checkpoint of the same stage")
     return str(path)
+
+
+# --------------------------------------------------------------------------------------------- main
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     configure_torch()
+    if args.conditional and args.stage != "flow":
+        fail(f"--conditional applies to --stage flow only, not {args.stage}")
     if args.seed is not None:
-        L.seed_everything(args.seed, workers=True)
-    output_dir = Path(args.output_dir)
+        L.seed_everything(args.seed, workers=True, verbose=False)
+    output_dir = check_writable_folder(args.output_dir)
     checkpoint_dir = output_dir / "checkpoints"
     accelerator, devices = resolve_devices(args.accelerator, args.devices, args.num_gpus)
+    processes = devices * args.num_nodes
+    ckpt_path = resume_path(args, checkpoint_dir)
     try:
         model = MMSERectifiedFlow(
             stage=args.stage, arch=args.arch, conditional=args.conditional,
@@ -117,16 +239,21 @@ def main(argv: list[str] | None = None) -> None:
             lr=args.lr, weight_decay=args.weight_decay, betas=tuple(args.betas),
             mmse_noise_std=args.source_noise_std, num_flow_steps=args.num_flow_steps, ema_decay=args.ema_decay,
             eps=args.eps, t_schedule=args.t_schedule,
-            colorization=args.degradation == "colorization_gaussian_noise_025",
+            colorization=degradation_channels(args.degradation) == 1,
         )
     except (ValueError, FileNotFoundError) as error:
         fail(str(error))
-    train_loader, val_loader = make_loaders(args, devices)
+    if args.attention_backend is not None and hasattr(model.model, "set_neighborhood_backend"):
+        model.model.set_neighborhood_backend(args.attention_backend)
+    if args.compile:
+        model.model.compile()  # in place: state-dict keys, EMA order and checkpoints are unchanged
+    train_loader, val_loader = make_loaders(args, processes)
     logger = make_logger(args, output_dir)
     trainer = L.Trainer(
         accelerator=accelerator,
         devices=devices,
-        strategy="ddp" if devices > 1 else "auto",
+        num_nodes=args.num_nodes,
+        strategy="ddp" if processes > 1 else "auto",
         precision=args.precision,
         max_epochs=args.max_epochs,
         max_steps=args.max_steps,
@@ -134,12 +261,13 @@ def main(argv: list[str] | None = None) -> None:
         logger=logger,
         log_every_n_steps=args.log_every_n_steps,
         default_root_dir=str(output_dir),
+        plugins=[AtomicCheckpointIO()],
         callbacks=[
             ModelCheckpoint(dirpath=str(checkpoint_dir), save_last=True, enable_version_counter=False),
             LearningRateMonitor(logging_interval="step"),
         ],
     )
-    trainer.fit(model, train_loader, val_loader, ckpt_path=resume_path(args, checkpoint_dir), weights_only=True)
+    trainer.fit(model, train_loader, val_loader, ckpt_path=ckpt_path, weights_only=True)
     print(f"checkpoints: {checkpoint_dir}")
 
 

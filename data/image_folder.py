@@ -90,6 +90,30 @@ class ImageFolderDataset(Dataset):
             raise TypeError(f"{path}: the transform must return a (3, H, W) tensor, got {describe(tensor)}")
         return tensor
 
+    def scan(self, img_size: int | None = None, num_workers: int = 0) -> list[tuple[Path, str]]:
+        """Decode every image (and source sample) once; (path, reason) of those a batch cannot use:
+        unreadable files and, when `img_size` is given, images that are not square (after resizing the
+        shorter side to `img_size` they would not stack into a batch)."""
+        from torch.utils.data import DataLoader
+
+        checker = _ImageChecker(self.image_paths, self.source_paths)
+        loader = DataLoader(checker, batch_size=None, num_workers=num_workers)
+        problems = []
+        for index, reason in tqdm(loader, total=len(checker), desc=f"checking {self.root}", unit="img", disable=None):
+            if reason is not None:
+                problems.append((self.image_paths[index], reason))
+        return problems
+
+    def drop(self, paths: list[Path]) -> None:
+        """Leave these images (and their source samples) out."""
+        dropped = set(paths)
+        keep = [i for i, path in enumerate(self.image_paths) if path not in dropped]
+        if not keep:
+            raise ValueError(f"{self.root}: no usable image left")
+        self.image_paths = [self.image_paths[i] for i in keep]
+        if self.source_paths is not None:
+            self.source_paths = [self.source_paths[i] for i in keep]
+
     def _drop_unreadable(self) -> None:
         pairs = list(zip(self.image_paths, self.source_paths or [None] * len(self.image_paths)))
         kept = []
@@ -109,6 +133,28 @@ class ImageFolderDataset(Dataset):
         self.image_paths = [image_path for image_path, _ in kept]
         if self.source_paths is not None:
             self.source_paths = [source_path for _, source_path in kept]
+
+
+class _ImageChecker(Dataset):
+    """(index, None or the reason image `index` cannot be used), computed in DataLoader workers."""
+
+    def __init__(self, image_paths: list[Path], source_paths: list[Path] | None):
+        self.image_paths, self.source_paths = image_paths, source_paths
+
+    def __len__(self) -> int:
+        return len(self.image_paths)
+
+    def __getitem__(self, index: int) -> tuple[int, str | None]:
+        paths = [self.image_paths[index]] + ([self.source_paths[index]] if self.source_paths else [])
+        for path in paths:
+            try:
+                image = read_rgb(path)
+            except ImageReadError as error:
+                return index, str(error)
+            height, width = image.shape[:2]
+            if height != width:
+                return index, f"{path}: {width}×{height} is not square; training batches need square images"
+        return index, None
 
 
 def list_nonempty(folder: Path) -> list[Path]:

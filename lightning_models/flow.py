@@ -1,4 +1,4 @@
-"""The rectified-flow pieces of PMRF as plain functions: time sampling, interpolation, Euler sampling."""
+"""The rectified-flow pieces of PMRF as plain functions: training times, interpolation, Euler sampling."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from collections.abc import Callable
 import torch
 
 T_SCHEDULES = ("stratified_uniform", "uniform", "logit-normal")
+
+Velocity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def sample_times(
@@ -37,30 +39,34 @@ def sample_times(
 
 
 def interpolate(x: torch.Tensor, z0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """x_t = t·x + (1 − t)·z0 with one t per sample."""
+    """x_t = t·x + (1 − t)·z0, one t per sample: z0 at t = 0, x at t = 1."""
     t = t.view(-1, *([1] * (x.dim() - 1)))
     return t * x + (1 - t) * z0
 
 
-def euler_sample(
-    velocity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    z0: torch.Tensor,
-    num_steps: int,
-    eps: float = 0.0,
-    keep_trajectory: bool = False,
-) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Integrate dx/dt = v(x, t) from z0 at t = eps to t = 1 with `num_steps` Euler steps.
-
-    Returns the final state (not clipped) and, if asked, every state from z0 on.
-    """
+def euler_times(num_steps: int, eps: float = 0.0) -> list[float]:
+    """t_i = eps + (1 − eps)·i/K for i = 0..K−1: where the K Euler steps evaluate the velocity."""
     if num_steps < 1:
         raise ValueError(f"num_flow_steps must be at least 1, got {num_steps}")
-    x = z0
-    trajectory = [x] if keep_trajectory else []
+    return [eps + (1 - eps) * i / num_steps for i in range(num_steps)]
+
+
+def sample_euler(
+    velocity: Velocity,
+    x: torch.Tensor,
+    num_steps: int,
+    eps: float = 0.0,
+    callback: Callable[[dict], None] | None = None,
+) -> torch.Tensor:
+    """Integrate dx/dt = v(x, t) from x at t = eps to t = 1 with `num_steps` Euler steps of (1 − eps)/K.
+
+    The update is computed in float32 whatever precision the velocity came in (bf16 autocast).
+    After each step `callback({"i", "t", "x", "velocity"})` receives the new state. Not clipped.
+    """
     dt = (1 - eps) / num_steps
-    for i in range(num_steps):
-        t = torch.full((x.shape[0],), eps + (1 - eps) * i / num_steps, device=x.device, dtype=torch.float32)
-        x = x + dt * velocity(x, t)
-        if keep_trajectory:
-            trajectory.append(x)
-    return x, trajectory
+    for i, t in enumerate(euler_times(num_steps, eps)):
+        v = velocity(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.float32))
+        x = x + dt * v.float()
+        if callback is not None:
+            callback({"i": i, "t": t, "x": x, "velocity": v})
+    return x

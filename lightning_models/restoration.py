@@ -1,19 +1,32 @@
-"""Using a trained model: loading it ready for inference, and restoring batches of faces with it.
+"""Using a trained model: loading it ready for inference, and restoring aligned faces with it.
 
-`load_model` is what inference.py, test.py and app.py share; `FaceRestorer` is the callable the
-whole-photo pipeline and the web demo hand their aligned faces to.
+* `load_model` (inference.py, test.py, app.py) and `prepare_for_inference` (attention kernel, compile);
+* `FaceRestorer`: the callable the whole-photo pipeline and the web demo hand their aligned faces to;
+* `restore_aligned`: a folder (or one file) of aligned faces, the fast way: DataLoader workers decode
+  into pinned memory, the GPU restores batch after batch, and background threads encode and write the
+  results, so the GPU never waits on a file.
 """
 
 from __future__ import annotations
 
 import os
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
 from utils.cli import HF_REPO
+from utils.images import ImageReadError, ImageWriter, output_name, read_rgb
+
+# Image size each named architecture was trained at: aligned inputs are resized to it.
+NATIVE_SIZES = {"hdit_ImageNet256Sp4": 512, "swinir_L": 512, "hdit_XL2": 256, "swinir_M": 256}
+# Aligned inputs larger than this many times the native size are refused (a whole photo, most likely).
+MAX_ALIGNED_SCALE = 2
 
 
 def load_model(
@@ -43,7 +56,26 @@ def load_model(
         model = MMSERectifiedFlow.load_from_checkpoint(path, **overrides)
         if use_ema:
             model.copy_ema_to_model()
-    return model.eval().to(device)
+    return model.eval().requires_grad_(False).to(device)
+
+
+def prepare_for_inference(model, attention_backend: str | None = None, compile: bool = False, compile_mmse: bool = False):
+    """Choose the neighbourhood-attention kernel and compile the networks in place (state-dict keys and
+    types are kept). Compiling the HDiT compiles its attention too."""
+    inner = getattr(model.model, "_orig_mod", model.model)
+    if attention_backend is not None and hasattr(inner, "set_neighborhood_backend"):
+        inner.set_neighborhood_backend(attention_backend)
+    if compile:
+        model.model.compile()
+    if compile_mmse and model.mmse_model is not None:
+        model.mmse_model.compile()
+    return model
+
+
+def native_size(model) -> int | None:
+    """The image size the model was trained at (512 for the blind-face model), if known."""
+    arch = model.hparams.get("arch") if hasattr(model, "hparams") else None
+    return NATIVE_SIZES.get(arch) if isinstance(arch, str) else None
 
 
 def precision_context(device: torch.device | str, bf16: bool):
@@ -52,6 +84,13 @@ def precision_context(device: torch.device | str, bf16: bool):
     if bf16 and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return nullcontext()
+
+
+def seeded_generator(seed: int | None, device: torch.device) -> torch.Generator | None:
+    """A generator on the device the noise is drawn on (no host round trip), or None for fresh noise."""
+    if seed is None:
+        return None
+    return torch.Generator(device=device).manual_seed(seed)
 
 
 @dataclass
@@ -72,7 +111,7 @@ class FaceRestorer:
         self.model = model
         self.num_flow_steps = int(num_flow_steps)
         self.bf16 = bf16
-        self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        self.generator = seeded_generator(seed, self.device)
 
     @property
     def device(self) -> torch.device:
@@ -86,9 +125,9 @@ class FaceRestorer:
     def restore(self, images: torch.Tensor) -> Restoration:
         device = self.device
         with precision_context(device, self.bf16):
-            out = self.model.restore(images.to(device), self.num_flow_steps, generator=self.generator)
-        mmse = out.get("mmse")
-        return Restoration(out["xhat"].float().cpu(), None if mmse is None else mmse.float().cpu())
+            sample = self.model.pmrf.sample(images.to(device), self.num_flow_steps, self.generator)
+        mean = sample.posterior_mean
+        return Restoration(sample.xhat.float().cpu(), None if mean is None else mean.float().cpu())
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         return self.restore(images).xhat
@@ -96,3 +135,136 @@ class FaceRestorer:
 
 def make_face_restorer(model, num_flow_steps: int, seed: int | None = None, bf16: bool = False) -> FaceRestorer:
     return FaceRestorer(model, num_flow_steps, seed, bf16)
+
+
+# ----------------------------------------------------------------------------- aligned folders
+
+
+@dataclass
+class AlignedOptions:
+    num_flow_steps: int = 25
+    batch_size: int = 64
+    seed: int | None = 0
+    bf16: bool = False
+    num_workers: int = 0
+    input_size: int | None = None  # None: the model's native size; 0: no resizing
+    suffix: str | None = None
+    ext: str = "auto"
+    jpeg_quality: int = 75
+    pad_batches: bool = False  # keep every batch the same size (a compiled network never recompiles)
+
+
+@dataclass
+class AlignedReport:
+    written: int = 0
+    resized: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _displayed_size(path: Path) -> tuple[int, int]:
+    """(width, height) as displayed (EXIF orientation applied), from the header alone."""
+    with Image.open(path) as image:
+        width, height = image.size
+        orientation = image.getexif().get(0x0112, 1)
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
+class AlignedFaces(Dataset):
+    """Aligned faces read upright as float tensors, resized to `size` (bicubic) when it is set.
+
+    An image that cannot be decoded comes back as {'error': message} (the loop lists it as skipped).
+    """
+
+    def __init__(self, paths: list[Path], size: int | None):
+        self.paths, self.size = paths, size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict:
+        path = self.paths[index]
+        try:
+            image = read_rgb(path)
+        except ImageReadError as error:
+            return {"name": path.name, "error": str(error)}
+        if self.size and image.shape[:2] != (self.size, self.size):
+            image = np.asarray(Image.fromarray(image).resize((self.size, self.size), Image.BICUBIC))
+        y = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255)
+        return {"name": path.name, "y": y}
+
+
+def collate_faces(items: list[dict]) -> dict:
+    good = [item for item in items if "y" in item]
+    return {
+        "y": torch.stack([item["y"] for item in good]) if good else None,
+        "names": [item["name"] for item in good],
+        "errors": [(item["name"], item["error"]) for item in items if "error" in item],
+    }
+
+
+def plan_batches(paths: list[Path], size: int | None, check_size, batch_size: int):
+    """(batches of indices of same-size images, images resized, skipped (name, reason))."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    skipped, resized = [], 0
+    for index, path in enumerate(paths):
+        try:
+            width, height = _displayed_size(path)
+        except Exception as error:  # unreadable header: listed, never fatal
+            skipped.append((path.name, f"cannot read image ({error.__class__.__name__}: {error})"))
+            continue
+        limit = MAX_ALIGNED_SCALE * (size or 512)
+        if max(width, height) > limit:
+            skipped.append((path.name, f"{width}×{height} is far larger than an aligned face ({size or 512} px); "
+                                       "for ordinary photos use --whole_image"))
+            continue
+        if size:
+            resized += (width, height) != (size, size)
+            width = height = size
+        else:
+            try:
+                check_size(height, width)
+            except ValueError as error:
+                skipped.append((path.name, f"{width}×{height}: {error}"))
+                continue
+        groups.setdefault((height, width), []).append(index)
+    batches = [group[i : i + batch_size] for group in groups.values() for i in range(0, len(group), batch_size)]
+    return batches, resized, skipped
+
+
+def restore_aligned(model, paths: list[Path], output_dir: Path, options: AlignedOptions) -> AlignedReport:
+    """Restore aligned faces into output_dir/restored_images/ (and restored_images_posterior_mean/ for
+    models with a posterior-mean network), under the inputs' names."""
+    device = next(model.parameters()).device
+    size = native_size(model) if options.input_size is None else options.input_size
+    batches, resized, skipped = plan_batches(paths, size, model.check_input_size, options.batch_size)
+    report = AlignedReport(resized=resized, skipped=skipped)
+    if not batches:
+        return report
+    loader = DataLoader(
+        AlignedFaces(paths, size),
+        batch_sampler=batches,
+        num_workers=options.num_workers,
+        collate_fn=collate_faces,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+    )
+    generator = seeded_generator(options.seed, device)
+    folders = {"xhat": output_dir / "restored_images", "posterior_mean": output_dir / "restored_images_posterior_mean"}
+    with ImageWriter(options.jpeg_quality) as writer, torch.no_grad():
+        for batch in tqdm(loader, desc="restoring", unit="batch", total=len(batches)):
+            report.skipped.extend(batch["errors"])
+            if batch["y"] is None:
+                continue
+            y = batch["y"].to(device, non_blocking=True)
+            count = y.shape[0]
+            if options.pad_batches and count < options.batch_size:
+                y = torch.cat([y, y[-1:].expand(options.batch_size - count, -1, -1, -1)])
+            with precision_context(device, options.bf16):
+                sample = model.pmrf.sample(y, options.num_flow_steps, generator)
+            for key, images in (("xhat", sample.xhat), ("posterior_mean", sample.posterior_mean)):
+                if images is None:
+                    continue
+                for name, image in zip(batch["names"], images[:count].float().cpu()):
+                    writer.submit(image, folders[key] / output_name(name, options.suffix, options.ext))
+            report.written += count
+    return report

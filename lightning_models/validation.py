@@ -70,12 +70,17 @@ class ValidationMetrics(nn.Module):
         self.inception_score.update(fake)
 
     def compute(self) -> dict[str, torch.Tensor]:
-        is_mean, _ = self.inception_score.compute()
-        return {"fid": self.fid.compute(), "inception_score": is_mean}
+        """The reference's keys: fid, inception_score_mean, inception_score_std."""
+        is_mean, is_std = self.inception_score.compute()
+        return {"fid": self.fid.compute(), "inception_score_mean": is_mean, "inception_score_std": is_std}
 
 
 class ValidationImages:
-    """Keeps the first validation batch and writes it as one grid image per epoch."""
+    """Keeps the first validation batch and writes it as one grid image per epoch.
+
+    Panels carry the reference's names (logged as ``val_images/<name>``): x, y, xhat, x_t_seq (the
+    trajectory of the first image), source_distribution_samples and xhat_mmse.
+    """
 
     MAX_IMAGES = 8
     MAX_TRAJECTORY = 10
@@ -89,13 +94,13 @@ class ValidationImages:
     def keep(self, x, y, xhat, trajectory, z0, mmse) -> None:
         n = self.MAX_IMAGES
         rows = {"x": x[:n], "y": y[:n], "xhat": xhat[:n]}
-        if z0 is not None:
-            rows["source_samples"] = z0[:n]
-        if mmse is not None:
-            rows["mmse"] = mmse[:n]
         if trajectory and len(trajectory) > 1:
             step = max(1, len(trajectory) // self.MAX_TRAJECTORY)
-            rows["trajectory_of_first_image"] = torch.stack([state[0] for state in trajectory[::step]])
+            rows["x_t_seq"] = torch.stack([state[0] for state in trajectory[::step]])
+        if z0 is not None:
+            rows["source_distribution_samples"] = z0[:n]
+        if mmse is not None:
+            rows["xhat_mmse"] = mmse[:n]
         self.rows = {k: v.detach().float().cpu().clamp(0, 1) for k, v in rows.items()}
 
     def save(self, folder: Path, epoch: int, logger=None) -> None:

@@ -15,7 +15,8 @@ import inference
 from arch import create_arch
 from data import ImageFolderDataset, make_transform
 from degradations import create_degradation
-from lightning_models import loading
+from lightning_models.restoration import load_model
+from utils.weights import WeightsReadError, read_checkpoint
 from lightning_models.mmse_rectified_flow import MMSERectifiedFlow
 
 SPEC_HPARAMS = dict(  # the official blind-face hyper-parameters (spec §3)
@@ -83,8 +84,9 @@ class Evil:
 
 def test_pickled_objects_are_refused(tmp_path):
     torch.save({"params_ema": {}, "payload": Evil()}, tmp_path / "evil.pth")
-    with pytest.raises(ValueError, match="refusing to unpickle"):
-        loading.read_checkpoint(tmp_path / "evil.pth")
+    with pytest.raises(WeightsReadError, match="refused") as error:
+        read_checkpoint(tmp_path / "evil.pth")
+    assert "weights_only=False" not in str(error.value)  # never the unsafe advice
 
 
 # ---------------------------------------------------------------------------------- Lightning round trip
@@ -239,7 +241,7 @@ def official_checkpoints(tmp_path_factory, arch_manifest):
 
 
 def test_official_lightning_checkpoint_loads_with_its_ema(official_checkpoints):
-    model = inference.load_model(str(official_checkpoints["ckpt"]), device="cpu")
+    model = load_model(str(official_checkpoints["ckpt"]), device="cpu")
     assert model.method_name == "pmrf" and model.mmse_model is not None
     named = dict(model.model.named_parameters())
     for name, shadow in zip(official_checkpoints["params"], official_checkpoints["shadows"]):
@@ -250,7 +252,7 @@ def test_official_lightning_checkpoint_loads_with_its_ema(official_checkpoints):
 def test_official_layouts_run_through_inference_py(path_kind, official_checkpoints, tmp_path):
     args = ["--ckpt_path", str(official_checkpoints[path_kind]), "--lq_data_path", str(official_checkpoints["lq"]),
             "--output_dir", str(tmp_path / "out"), "--num_flow_steps", "1", "--batch_size", "2", "--device", "cpu",
-            "--num_workers", "0"]
+            "--num_workers", "0", "--input_size", "0"]
     if path_kind == "hf":
         args.append("--ckpt_path_is_huggingface")
     inference.main(args)

@@ -7,7 +7,7 @@ import torch
 from helpers import METHODS, build_method, save_lightning_mmse_checkpoint
 
 from degradations import create_degradation
-from lightning_models.flow import euler_sample, sample_times
+from lightning_models.flow import sample_euler, sample_times
 from lightning_models.mmse_rectified_flow import MMSERectifiedFlow
 
 
@@ -85,21 +85,21 @@ def test_pmrf_source_is_noisy_clipped_posterior_mean(mmse_ckpt):
     model = build_method("pmrf", mmse_ckpt, mmse_noise_std=0.1)
     y = torch.rand(2, 3, 16, 16)
     gen = torch.Generator().manual_seed(5)
-    z0, condition, mmse = model.source_and_condition(y, generator=gen)
+    source = model.pmrf.source(y, generator=gen)
     noise = torch.randn((2, 3, 16, 16), generator=torch.Generator().manual_seed(5))
-    torch.testing.assert_close(z0, model.mmse_model(y).clamp(0, 1) + 0.1 * noise)
-    assert condition is None
+    torch.testing.assert_close(source.z0, model.mmse_model(y).clamp(0, 1) + 0.1 * noise)
+    assert source.condition is None
     # reflow: a given source replaces the posterior mean, noise is still added
-    z0_reflow, _, _ = model.source_and_condition(y, non_noisy_z0=torch.zeros_like(y), generator=torch.Generator().manual_seed(5))
-    torch.testing.assert_close(z0_reflow, 0.1 * noise)
+    reflow = model.pmrf.source(y, non_noisy_z0=torch.zeros_like(y), generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(reflow.z0, 0.1 * noise)
 
 
 def test_naive_flow_source_is_y_expanded_for_colorization():
     model = build_method("naive_flow", None, colorization=True, mmse_noise_std=0.0)
     y = torch.rand(2, 1, 16, 16)
-    z0, condition, _ = model.source_and_condition(y)
-    assert z0.shape == (2, 3, 16, 16) and condition is None
-    torch.testing.assert_close(z0, y.expand(-1, 3, -1, -1))
+    source = model.pmrf.source(y)
+    assert source.z0.shape == (2, 3, 16, 16) and source.condition is None
+    torch.testing.assert_close(source.z0, y.expand(-1, 3, -1, -1))
 
 
 def test_mmse_network_is_frozen_and_in_eval_mode(mmse_ckpt):
@@ -131,14 +131,15 @@ def test_stratified_schedule_gives_each_rank_its_own_strata():
 
 def test_euler_matches_the_closed_form_for_a_constant_velocity():
     z0 = torch.zeros(1, 3, 4, 4)
-    final, trajectory = euler_sample(lambda x, t: torch.ones_like(x), z0, num_steps=5, eps=0.2, keep_trajectory=True)
+    states = []
+    final = sample_euler(lambda x, t: torch.ones_like(x), z0, num_steps=5, eps=0.2, callback=states.append)
     torch.testing.assert_close(final, torch.full_like(z0, 0.8))
-    assert len(trajectory) == 6
+    assert [s["i"] for s in states] == [0, 1, 2, 3, 4] and states[-1]["x"] is final
 
 
 def test_euler_times_follow_the_spec():
     seen = []
-    euler_sample(lambda x, t: seen.append(t[0].item()) or torch.zeros_like(x), torch.zeros(1, 1), 4, eps=0.2)
+    sample_euler(lambda x, t: seen.append(t[0].item()) or torch.zeros_like(x), torch.zeros(1, 1), 4, eps=0.2)
     assert seen == pytest.approx([0.2, 0.4, 0.6, 0.8])
 
 

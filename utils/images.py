@@ -190,3 +190,72 @@ def tensor_to_uint8(tensor) -> np.ndarray:
     if array.shape[2] == 1:
         array = np.repeat(array, 3, axis=2)
     return np.ascontiguousarray(array)
+
+
+class WriteError(OSError):
+    """Writing an output failed (full disk, permissions...); the message says how many were written."""
+
+
+class ImageWriter:
+    """Encodes and writes images on background threads, so the GPU never waits on a file.
+
+    `submit(image, path)` takes a CPU tensor (C, H, W) in [0, 1] or a uint8 array; at most
+    `max_pending` writes are in flight. The first failure is raised (as `WriteError`) by the next
+    `submit` or by `close`, with the number of images written before it.
+    """
+
+    def __init__(self, jpeg_quality: int = JPEG_QUALITY, workers: int = 2, max_pending: int = 256):
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.jpeg_quality = jpeg_quality
+        self.max_pending = max_pending
+        self.written = 0
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="image-writer")
+        self._pending: deque = deque()
+
+    def _write(self, image, path: Path) -> Path:
+        array = image if isinstance(image, np.ndarray) else tensor_to_uint8(image)
+        try:
+            return save_rgb(array, path, self.jpeg_quality)
+        except OSError as error:
+            raise WriteError(
+                f"cannot write {path}: {error.strerror or error} (check the disk space and permissions)"
+            ) from None
+
+    def _collect(self, wait_for: int) -> None:
+        while len(self._pending) > wait_for:
+            future = self._pending.popleft()
+            try:
+                future.result()
+            except WriteError as error:
+                self._abort()
+                raise WriteError(f"{error}; {self.written} image(s) were written before this") from None
+            self.written += 1
+
+    def _abort(self) -> None:
+        for future in self._pending:
+            future.cancel()
+        self._pending.clear()
+        self._pool.shutdown(wait=True)
+
+    def submit(self, image, path: str | os.PathLike) -> None:
+        self._collect(self.max_pending - 1)
+        self._pending.append(self._pool.submit(self._write, image, Path(path)))
+
+    def close(self) -> int:
+        """Wait for every write; returns how many images were written."""
+        try:
+            self._collect(0)
+        finally:
+            self._pool.shutdown(wait=True)
+        return self.written
+
+    def __enter__(self) -> ImageWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._abort()

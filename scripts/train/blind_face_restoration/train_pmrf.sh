@@ -14,7 +14,7 @@ python train.py \
   --num_gpus 16 \
   --train_batch_size 256 \
   --val_batch_size 32 \
-  --num_workers 160 \
+  --num_workers 80 \
   --max_epochs 3850 \
   --check_val_every_n_epoch 50 \
   --num_flow_steps 50 \
