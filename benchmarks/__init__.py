@@ -248,9 +248,10 @@ def format_table(rows: Sequence[dict], columns: Sequence[tuple[str, str]]) -> st
     return "\n".join(lines)
 
 
-def save_json(path: str | os.PathLike, payload: dict) -> None:
+def save_json(path: str | os.PathLike, payload: dict, quiet: bool = False) -> None:
     from utils.images import write_atomic
 
     text = json.dumps(payload, indent=2, default=str)
     target = write_atomic(path, lambda temporary: Path(temporary).write_text(text))
-    print(f"saved {target}")
+    if not quiet:
+        print(f"saved {target}")

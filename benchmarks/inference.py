@@ -1,18 +1,24 @@
 """Images per second and peak memory of blind-face PMRF inference (HDiT flow + SwinIR-L posterior mean).
 
-One call is ``MMSERectifiedFlow.restore(y, num_flow_steps=K)``: the MMSE network once, then K Euler
-steps of the HDiT. Random weights (speed does not depend on them). Modes:
+One call restores a batch: the posterior-mean network once, then K Euler steps of the HDiT
+(`model.pmrf.sample`). Random weights: speed does not depend on them. The modes, all in one run on the
+same device:
 
-* ``eager``   – fp32, the reference's way;
-* ``bf16``    – fp32 weights under ``torch.autocast(bfloat16)`` (CPU only when listed in --modes);
-* ``compile`` – the HDiT (and with --compile_mmse the SwinIR) compiled in place with ``Module.compile()``;
-  the first call, which compiles, is timed on its own.
+* ``reference``     – the reference's way: TF32 matmuls (it sets float32_matmul_precision('high')), eager
+                      fp32, the posterior-mean network run twice per batch (once for the flow, once to
+                      save it), with the best neighbourhood-attention kernel available;
+* ``default``       – what `inference.py` does with no flags: TF32, eager, automatic kernel, MMSE once;
+* ``fp32``          – strict float32 (no TF32), per backend;
+* ``tf32``          – TF32 matmuls, per backend;
+* ``bf16``          – bfloat16 autocast (`--bf16`), per backend;
+* ``bf16+compile``  – bf16 and the whole HDiT compiled, attention included (`--bf16 --compile`), per backend.
 
-"+MMSE s" is one extra SwinIR forward: the reference runs the MMSE network twice per batch (once inside
-the flow, once to save it), so "ref img/s" = batch / (restore + one extra MMSE forward).
+Every row prints its ratio to the reference's way. The first (untimed) call uses K=1: it warms up the
+kernels and, for compiled modes, compiles ("1st call s"). ``--memory_batch 64`` adds the peak memory
+of the default command's batch of 64 (measured with K=1: memory does not grow with K).
 
-    python benchmarks/inference.py                       # CPU here: 128 px, K=2, batch 1,2,4, eager
-    python benchmarks/inference.py --device cuda --output_json inference.json   # 512 px, K=25, batch 1..64
+    python benchmarks/inference.py                     # CPU: 128 px, K=2, batch 2, torch backend
+    python benchmarks/inference.py --device cuda --output_json inference.json   # 512 px, K=25, batch 16
 """
 
 from __future__ import annotations
@@ -20,7 +26,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -34,8 +42,8 @@ from benchmarks import (
     environment,
     format_table,
     measure,
-    parse_ints,
     parse_names,
+    release,
     resolve_device,
     run_case,
     save_json,
@@ -45,14 +53,37 @@ from benchmarks import (
 
 FLOW_ARCH = "hdit_ImageNet256Sp4"
 MMSE_ARCH = "swinir_L"
-MODES = ("eager", "bf16", "compile")
-FULL = {
-    "image_size": 512,
-    "num_flow_steps": 25,
-    "batch_sizes": "1,2,4,8,16,32,64",
-    "modes": "eager,bf16,compile",
+
+
+@dataclass(frozen=True)
+class Mode:
+    matmul: str  # torch.set_float32_matmul_precision: 'highest' (strict fp32) or 'high' (TF32)
+    bf16: bool = False
+    compile: bool = False
+    mmse_twice: bool = False
+    per_backend: bool = True
+
+
+MODES = {
+    "reference": Mode("high", mmse_twice=True, per_backend=False),
+    "default": Mode("high", per_backend=False),
+    "fp32": Mode("highest"),
+    "tf32": Mode("high"),
+    "bf16": Mode("high", bf16=True),
+    "bf16+compile": Mode("high", bf16=True, compile=True),
 }
-CPU = {"image_size": 128, "num_flow_steps": 2, "batch_sizes": "1,2,4", "modes": "eager"}
+FULL = {"image_size": 512, "num_flow_steps": 25, "batch": 16}
+CPU = {"image_size": 128, "num_flow_steps": 2, "batch": 2, "modes": "reference,default,fp32", "backends": "torch"}
+
+
+def available_backends(device: torch.device) -> list[str]:
+    """Neighbourhood-attention backends worth timing here (natten only with its fused kernels)."""
+    from arch.attention import flex_available, natten_has_fused_kernels
+
+    if device.type != "cuda":
+        return ["torch"]
+    backends = ["torch"] + (["flex"] if flex_available() else [])
+    return backends + (["natten"] if natten_has_fused_kernels(device) else [])
 
 
 def build_model(device: torch.device):
@@ -69,102 +100,136 @@ def build_model(device: torch.device):
     return model.requires_grad_(False).to(device)
 
 
-def precision(device: torch.device, mode: str):
-    if mode == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def inference_case(spec: dict) -> dict:
-    """Time restore() and one extra MMSE forward for one (mode, batch size)."""
+    """Time one (mode, backend, batch) case: seconds per restored batch and images per second."""
+    from arch.attention import last_backend
+
     warnings.filterwarnings("ignore")
     set_threads(spec.get("threads"))
-    device, mode, batch = torch.device(spec["device"]), spec["mode"], spec["batch"]
+    device, mode = torch.device(spec["device"]), MODES[spec["mode"]]
+    torch.set_float32_matmul_precision(mode.matmul)
+    torch._dynamo.reset()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     model = build_model(device)
-    y = torch.rand(batch, 3, spec["image_size"], spec["image_size"], device=device)
-    steps = spec["num_flow_steps"]
-
-    def restore():
-        with torch.no_grad(), precision(device, mode):
-            model.restore(y, num_flow_steps=steps)
-
-    def extra_mmse():
-        with torch.no_grad(), precision(device, mode):
-            model.posterior_mean(y)
-
-    result: dict = {}
-    warmup = spec["warmup"]
-    if mode == "compile":
-        torch._dynamo.reset()
-        # In place: the modules keep their class and state-dict keys.
+    if spec["backend"] != "auto":
+        model.model.set_neighborhood_backend(spec["backend"])
+    if mode.compile:
         model.model.compile()
-        if spec["compile_mmse"]:
+        if spec.get("compile_mmse"):
             model.mmse_model.compile()
-        try:
-            result["compile_s"] = time_call(restore, device)
-        except Exception as error:  # noqa: BLE001 (report the compiler's failure and go on)
-            return {"status": f"compile: failed ({describe_error(error).removeprefix('error: ')})"}
-        warmup = max(warmup - 1, 0)
-    timed = measure(restore, device, warmup, spec["repeats"])
+    batch, size = spec["batch"], spec["image_size"]
+    y = torch.rand(batch, 3, size, size, device=device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if mode.bf16 else contextlib.nullcontext()
+
+    def restore(steps: int):
+        with torch.no_grad(), autocast:
+            sample = model.pmrf.sample(y, steps)
+            if mode.mmse_twice:  # the reference runs f again to save the posterior mean
+                model.pmrf.posterior_mean(y)
+        return sample
+
+    result = {"first_call_s": time_call(lambda: restore(1), device)}
+    if spec.get("memory_only"):
+        result["peak_mib"] = (torch.cuda.max_memory_allocated(device) / 2**20) if device.type == "cuda" else None
+        result["ran"] = last_backend()
+        return result
+    timed = measure(lambda: restore(spec["num_flow_steps"]), device, 0, spec["repeats"])
     result.update(timed)
     result["img_per_s"] = batch / timed["median_s"]
-    mmse = measure(extra_mmse, device, 1, spec["repeats"])
-    result["mmse_s"] = mmse["median_s"]
-    result["ref_img_per_s"] = batch / (timed["median_s"] + mmse["median_s"])
+    result["ran"] = last_backend()
+    if spec.get("profile") and device.type == "cuda":
+        result["top_kernels"] = profile_forward(model, y, mode, device)
+    del model, y
+    release(device)
     return result
 
 
+def profile_forward(model, y: torch.Tensor, mode: Mode, device: torch.device, top: int = 15) -> list[dict]:
+    """The kernels one HDiT forward spends its time in (torch.profiler, self CUDA time)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    t = torch.full((y.shape[0],), 0.5, device=device)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if mode.bf16 else contextlib.nullcontext()
+    with torch.no_grad(), autocast:
+        model.model(y, t)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            model.model(y, t)
+            torch.cuda.synchronize()
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, "self_device_time_total", 0), reverse=True)
+    total = sum(getattr(e, "self_device_time_total", 0) for e in events) or 1
+    return [
+        {"kernel": e.key[:90], "ms": getattr(e, "self_device_time_total", 0) / 1e3, "share": getattr(e, "self_device_time_total", 0) / total}
+        for e in events[:top]
+    ]
+
+
+def plan(args, device: torch.device) -> list[dict]:
+    cases = []
+    backends = args.backends
+    for name in args.modes:
+        for backend in (["auto"] if not MODES[name].per_backend else backends):
+            cases.append({"mode": name, "backend": backend})
+    return cases
+
+
 def run_all(args, device: torch.device, isolate: bool) -> list[dict]:
-    rows = []
-    for mode in args.modes:
-        failed_batch = None  # once a batch size fails (OOM, compiler), larger ones of that mode would too
-        for batch in args.batch_sizes:
-            row = {"mode": mode, "batch": batch, "image": f"{args.image_size}²", "steps": args.num_flow_steps}
-            if failed_batch is not None:
-                row["note"] = f"skipped (batch {failed_batch} failed)"
-            else:
-                spec = {
-                    "device": str(device),
-                    "mode": mode,
-                    "batch": batch,
-                    "image_size": args.image_size,
-                    "num_flow_steps": args.num_flow_steps,
-                    "warmup": args.warmup,
-                    "repeats": args.repeats,
-                    "compile_mmse": args.compile_mmse,
-                    "threads": args.threads,
-                }
-                result = run_case(inference_case, spec, isolate)
-                row.update(result)
-                row["note"] = result.get("status", "ok")
-                failed_batch = None if row["note"] == "ok" else batch
-            progress(row)
-            rows.append(row)
+    rows, start = [], time.perf_counter()
+    cases = plan(args, device)
+    if args.memory_batch:
+        cases.append({"mode": "default", "backend": "auto", "batch": args.memory_batch, "memory_only": True})
+    for case in cases:
+        row = {"mode": case["mode"], "backend": case["backend"], "batch": case.get("batch", args.batch),
+               "image": f"{args.image_size}²", "steps": 1 if case.get("memory_only") else args.num_flow_steps}
+        if args.time_budget_s and time.perf_counter() - start > args.time_budget_s:
+            row["note"] = "skipped (time budget)"
+        else:
+            spec = {
+                "device": str(device), "image_size": args.image_size, "num_flow_steps": args.num_flow_steps,
+                "repeats": args.repeats, "compile_mmse": args.compile_mmse, "threads": args.threads,
+                "batch": args.batch, "profile": args.profile and case["mode"] == "bf16+compile",
+                **case,
+            }
+            result = run_case(inference_case, spec, isolate)
+            row.update(result)
+            row["note"] = result.get("status", "ok")
+        progress(row)
+        rows.append(row)
+        if args.output_json:  # partial results survive a run cut short
+            save_json(args.output_json, {"benchmark": "inference", "partial": True, "cases": rows}, quiet=True)
+    reference = next((r for r in rows if r["mode"] == "reference" and r.get("img_per_s")), None)
+    for row in rows:
+        if reference and row.get("img_per_s"):
+            row["vs_reference"] = row["img_per_s"] / reference["img_per_s"]
     return rows
 
 
 def progress(row: dict) -> None:
-    label = f"{row['mode']} batch {row['batch']}"
+    label = f"{row['mode']} [{row['backend']}] batch {row['batch']}"
     if row["note"] != "ok":
         print(f"  {label}: {row['note']}", flush=True)
         return
     peak = row.get("peak_mib")
     memory = "" if peak is None else f", peak {peak:.0f} MiB"
-    compiled = f" (first call {row['compile_s']:.1f} s)" if "compile_s" in row else ""
-    print(f"  {label}: {row['median_s']:.3g} s, {row['img_per_s']:.3g} img/s{memory}{compiled}", flush=True)
+    if "img_per_s" not in row:
+        print(f"  {label}, K=1: first call {row['first_call_s']:.1f} s{memory}", flush=True)
+        return
+    print(f"  {label}: {row['median_s']:.3g} s, {row['img_per_s']:.3g} img/s{memory} "
+          f"(first call {row['first_call_s']:.1f} s, ran {row.get('ran')})", flush=True)
 
 
 COLUMNS = [
     ("mode", "mode"),
+    ("backend", "backend"),
+    ("ran", "ran"),
     ("batch", "batch"),
-    ("image", "image"),
     ("steps", "K"),
-    ("median_s", "restore s"),
+    ("median_s", "s/batch"),
     ("img_per_s", "img/s"),
+    ("vs_reference", "× ref"),
     ("peak_mib", "peak MiB"),
-    ("mmse_s", "+MMSE s"),
-    ("ref_img_per_s", "ref img/s"),
-    ("compile_s", "1st call s"),
+    ("first_call_s", "1st call s"),
     ("note", "note"),
 ]
 
@@ -172,73 +237,37 @@ COLUMNS = [
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    parser.add_argument(
-        "--batch_sizes",
-        type=parse_ints,
-        default=None,
-        help=f"default CUDA {FULL['batch_sizes']}, CPU {CPU['batch_sizes']}",
-    )
-    parser.add_argument(
-        "--image_size",
-        type=int,
-        default=None,
-        help=f"default CUDA {FULL['image_size']}, CPU {CPU['image_size']} (multiple of 16)",
-    )
-    parser.add_argument(
-        "--num_flow_steps",
-        type=int,
-        default=None,
-        help=f"K; default CUDA {FULL['num_flow_steps']}, CPU {CPU['num_flow_steps']}",
-    )
-    parser.add_argument(
-        "--modes",
-        default=None,
-        help=f"subset of {','.join(MODES)}; default CUDA all three, "
-        f"CPU {CPU['modes']} (CPU bf16 and compile only when listed)",
-    )
-    parser.add_argument("--compile_mmse", action="store_true", help="in compile mode, compile SwinIR too")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed calls first (default 1)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed calls (default CPU 2, CUDA 3)")
-    parser.add_argument(
-        "--in_process",
-        action="store_true",
-        help="on CPU, run cases in this process (faster start; peak memory approximate)",
-    )
-    parser.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
-    )
+    parser.add_argument("--batch", type=int, default=None, help=f"default CUDA {FULL['batch']}, CPU {CPU['batch']}")
+    parser.add_argument("--image_size", type=int, default=None, help=f"default CUDA {FULL['image_size']}, CPU {CPU['image_size']}")
+    parser.add_argument("--num_flow_steps", type=int, default=None, help=f"K; default CUDA {FULL['num_flow_steps']}, CPU {CPU['num_flow_steps']}")
+    parser.add_argument("--modes", default=None, help=f"subset of {','.join(MODES)} (default CUDA all, CPU {CPU['modes']})")
+    parser.add_argument("--backends", default=None, help="neighbourhood-attention backends for the per-backend modes "
+                        "(default: every one that can run here; natten only with fused kernels)")
+    parser.add_argument("--memory_batch", type=int, default=0, help="also measure the peak memory of this batch (K=1)")
+    parser.add_argument("--compile_mmse", action="store_true", help="in compiled modes, compile SwinIR too")
+    parser.add_argument("--repeats", type=int, default=None, help="timed calls (default CPU 1, CUDA 2)")
+    parser.add_argument("--time_budget_s", type=float, default=0, help="skip the remaining cases after this long")
+    parser.add_argument("--profile", action="store_true", help="top CUDA kernels of one HDiT forward in bf16+compile")
+    parser.add_argument("--in_process", action="store_true", help="on CPU, run cases in this process")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--output_json", default=None, help="also save the table here")
     return parser.parse_args(argv)
 
 
 def fill_device_defaults(args, device: torch.device) -> list[str]:
-    """Fill unset options for the device; returns what was reduced from the full-size benchmark."""
     defaults = FULL if device.type == "cuda" else CPU
-    if args.batch_sizes is None:
-        args.batch_sizes = parse_ints(defaults["batch_sizes"])
-    if args.image_size is None:
-        args.image_size = defaults["image_size"]
-    if args.num_flow_steps is None:
-        args.num_flow_steps = defaults["num_flow_steps"]
-    args.modes = parse_names(args.modes or defaults["modes"], MODES)
-    if args.warmup is None:
-        args.warmup = 1
-    if args.repeats is None:
-        args.repeats = 3 if device.type == "cuda" else 2
+    args.batch = args.batch or defaults["batch"]
+    args.image_size = args.image_size or defaults["image_size"]
+    args.num_flow_steps = args.num_flow_steps or defaults["num_flow_steps"]
+    args.modes = parse_names(args.modes or defaults.get("modes", ",".join(MODES)), list(MODES))
+    args.backends = parse_names(args.backends or ",".join(available_backends(device)), ["torch", "flex", "natten"])
+    args.repeats = args.repeats or (2 if device.type == "cuda" else 1)
     if args.image_size % 16 or args.image_size < 64:
         raise SystemExit(f"--image_size must be a multiple of 16 and at least 64, got {args.image_size}")
-    if args.num_flow_steps < 1:
-        raise SystemExit(f"--num_flow_steps must be at least 1, got {args.num_flow_steps}")
-    full_batches = parse_ints(FULL["batch_sizes"])
     reduced = []
-    if args.image_size != FULL["image_size"]:
-        reduced.append(f"image {args.image_size}² instead of {FULL['image_size']}²")
-    if args.num_flow_steps != FULL["num_flow_steps"]:
-        reduced.append(f"K={args.num_flow_steps} instead of {FULL['num_flow_steps']}")
-    if args.batch_sizes != full_batches:
-        reduced.append(f"batch sizes {args.batch_sizes} instead of {full_batches}")
-    if set(args.modes) != set(MODES):
-        reduced.append(f"modes {args.modes} only")
+    for key in ("image_size", "num_flow_steps", "batch"):
+        if getattr(args, key) != FULL[key]:
+            reduced.append(f"{key} {getattr(args, key)} instead of {FULL[key]}")
     return reduced
 
 
@@ -249,33 +278,17 @@ def main(argv: list[str] | None = None) -> dict:
     reduced = fill_device_defaults(args, device)
     isolate = device.type == "cpu" and not args.in_process
     info = environment(device)
-    if not isolate and device.type == "cpu":
-        info["memory_method"] = info["memory_method"].replace(
-            "each case in a fresh spawned child process",
-            "all cases in this process (--in_process: approximate)",
-        )
-    where = describe_machine(info)
-    print(
-        f"PMRF blind-face inference ({FLOW_ARCH} + {MMSE_ARCH}) on {device} ({where}), torch {info['torch']}"
-    )
-    print(f"warm-up {args.warmup}, median of {args.repeats}; random weights")
-    print(f"peak memory: {info['memory_method']}")
+    print(f"PMRF blind-face inference ({FLOW_ARCH} + {MMSE_ARCH}) on {device} ({describe_machine(info)}), "
+          f"torch {info['torch']}; random weights; median of {args.repeats} after a K=1 call")
     if reduced:
-        print(
-            "reduced from the full benchmark (512², K=25, batch 1..64, eager/bf16/compile): "
-            + "; ".join(reduced)
-        )
+        print("reduced from the full benchmark (512², K=25, batch 16): " + "; ".join(reduced))
     rows = run_all(args, device, isolate)
-    print(f"\nPMRF restore(), {args.image_size}², K={args.num_flow_steps}, {device}")
+    print(f"\nPMRF inference, {args.image_size}², K={args.num_flow_steps}, {describe_machine(info)}, torch {info['torch']}")
     print(format_table(rows, COLUMNS))
-    settings = {key: value for key, value in vars(args).items() if key != "output_json"}
-    payload = {
-        "benchmark": "inference",
-        "environment": info,
-        "settings": settings,
-        "reduced": reduced,
-        "cases": rows,
-    }
+    for row in rows:
+        for kernel in row.get("top_kernels", []):
+            print(f"    {kernel['ms']:8.2f} ms {kernel['share']:6.1%}  {kernel['kernel']}")
+    payload = {"benchmark": "inference", "environment": info, "settings": vars(args), "reduced": reduced, "cases": rows}
     if args.output_json:
         save_json(args.output_json, payload)
     return payload

@@ -1,4 +1,5 @@
-"""Neighbourhood attention: both backends against a brute-force masked-attention reference."""
+"""Neighbourhood attention: every backend against a brute-force masked-attention reference, and the
+rule `auto` follows."""
 
 import pytest
 import torch
@@ -44,6 +45,33 @@ def test_torch_backend_matches_brute_force(h, w, kernel_size):
     torch.testing.assert_close(out, brute_force_neighborhood(q, k, v, kernel_size), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("kernel_size", [3, 5, 7])
+@pytest.mark.parametrize("h,w", GRIDS)
+def test_flex_backend_matches_brute_force(h, w, kernel_size):
+    """FlexAttention with the block mask of NATTEN's window rule (uncompiled on CPU, forward only)."""
+    if kernel_size > min(h, w):
+        pytest.skip("kernel larger than grid")
+    q, k, v = random_qkv(h, w)
+    with torch.no_grad():
+        out = neighborhood_attention(q, k, v, kernel_size, backend="flex")
+    assert attention.last_backend() == "flex"
+    torch.testing.assert_close(out, brute_force_neighborhood(q, k, v, kernel_size), atol=1e-5, rtol=1e-5)
+
+
+def test_flex_block_masks_are_cached_per_grid_kernel_and_device():
+    attention._BLOCK_MASKS.clear()
+    first = attention.flex_block_mask(9, 11, 5, torch.device("cpu"))
+    assert attention.flex_block_mask(9, 11, 5, torch.device("cpu")) is first
+    assert attention.flex_block_mask(9, 11, 3, torch.device("cpu")) is not first
+    assert len(attention._BLOCK_MASKS) == 2
+
+
+def test_flex_off_cuda_refuses_backward():
+    q, k, v = random_qkv(7, 7, requires_grad=True)
+    with pytest.raises(RuntimeError, match="torch"):
+        neighborhood_attention(q, k, v, 3, backend="flex")
+
+
 @pytest.mark.skipif(not attention.natten_available(), reason="natten not installed")
 @pytest.mark.parametrize("kernel_size", [3, 5, 7])
 @pytest.mark.parametrize("h,w", [(7, 7), (9, 9), (8, 13), (13, 8)])
@@ -84,6 +112,29 @@ def test_backend_can_be_forced_by_environment(monkeypatch):
 def test_auto_uses_torch_on_cpu(monkeypatch):
     monkeypatch.delenv(attention.BACKEND_ENV_VAR, raising=False)
     assert attention.resolve_backend(torch.device("cpu")) == "torch"
+
+
+@pytest.mark.parametrize("has_fused_kernels,expected", [(True, "natten"), (False, "flex")])
+def test_auto_on_cuda_picks_natten_only_with_its_fused_kernels(monkeypatch, has_fused_kernels, expected):
+    """natten without libnatten would run uncompiled flex attention with (H·W)² scores: never chosen."""
+    import types
+
+    monkeypatch.delenv(attention.BACKEND_ENV_VAR, raising=False)
+    fake_natten = types.ModuleType("natten")
+    fake_natten.HAS_LIBNATTEN = has_fused_kernels
+    monkeypatch.setitem(__import__("sys").modules, "natten", fake_natten)
+    monkeypatch.setattr(attention, "natten_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    assert attention.resolve_backend(torch.device("cuda")) == expected
+
+
+def test_the_choice_is_logged_once_per_backend_and_device(caplog):
+    attention._announced.clear()
+    q, k, v = random_qkv(7, 7)
+    with caplog.at_level("INFO", logger="arch.attention"):
+        for _ in range(3):
+            neighborhood_attention(q, k, v, 3, backend="torch")
+    assert [r.getMessage() for r in caplog.records].count("neighbourhood attention on cpu: using the torch backend") == 1
 
 
 def test_bad_kernels_are_clear_errors():

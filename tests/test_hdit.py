@@ -87,16 +87,18 @@ def test_non_square_input_and_condition_channels():
     assert out.shape == (1, 3, 16, 24)
 
 
-def test_torch_and_natten_backends_give_the_same_network_output():
-    if not attention.natten_available():
+@pytest.mark.parametrize("backend", ["flex", "natten"])
+def test_every_backend_gives_the_torch_backends_network_output(backend):
+    if backend == "natten" and not attention.natten_available():
         pytest.skip("natten not installed")
     net = randomize_(create_arch(TINY_HDIT)).eval()
-    x, t = torch.randn(1, 3, 16, 16), torch.rand(1)
+    x, t = torch.randn(1, 3, 16, 24), torch.rand(1)
     with torch.no_grad():
         net.set_neighborhood_backend("torch")
         a = net(x, t)
-        net.set_neighborhood_backend("natten")
+        net.set_neighborhood_backend(backend)
         b = net(x, t)
+        assert attention.last_backend() == backend
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
