@@ -9,6 +9,16 @@ from evaluation.distortion import calculate_psnr_ssim_mse
 from evaluation.inputs import ImageListDataset, check_sizes, image_files, paired_files
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """One intra-op thread: on a small, busy machine several threads mostly wait for each other.
+    (The other evaluation test modules import this fixture.)"""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def save(path, array, mode=None):
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(array, mode).save(path) if mode else Image.fromarray(array).save(path)
