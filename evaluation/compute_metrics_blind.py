@@ -5,8 +5,11 @@ r"""Metrics of blind face restoration (CelebA-Test and real-world sets), as in t
 
 Always NIQE, and FID/KID/IS/precision-recall against P/ffhq512; with G also PSNR, SSIM, MSE, LPIPS,
 identity degradation (Deg) and landmark distance (LMD); with M the IndRMSE inputs. Results are
-printed as a table and saved as JSON (reference key names). Exit status 3 means some metric was
-skipped (e.g. missing weights, see evaluation/metrics_ckpt/README.md).
+printed as a table and saved as JSON: the reference's keys with the reference's values (its
+inception_score_* is FFHQ's and its precision/recall are swapped, because the authors gave FFHQ to
+torch-fidelity first), plus inception_score_restored_* and precision/recall_restored in the usual
+sense. Exit status 3 means some metric was skipped (missing, corrupt or unsafe weights, see
+evaluation/metrics_ckpt/README.md) or some images could not be read; 1 that a metric failed.
 """
 
 from __future__ import annotations

@@ -18,7 +18,8 @@ import torch
 
 from evaluation.arcface_arch import ResNetFace, resnet_face18
 from evaluation.inputs import PairDataset, batches, paired_files
-from evaluation.weights import ARCFACE_FILE, DEFAULT_CKPT_DIR, find_metric_checkpoint, load_into, read_weights
+from evaluation.weights import ARCFACE_FILE, DEFAULT_CKPT_DIR, MetricUnavailable, find_metric_checkpoint
+from utils.weights import load_into, load_state_dict
 
 IDENTICAL_BELOW_DEGREES = 1.0
 
@@ -26,7 +27,7 @@ IDENTICAL_BELOW_DEGREES = 1.0
 def load_arcface(path: str | os.PathLike) -> ResNetFace:
     """ArcFace resnet_face18 from `resnet18_110.pth` (a DataParallel `module.` prefix is accepted)."""
     model = resnet_face18()
-    load_into(model, read_weights(path), path)
+    load_into(model, load_state_dict(path), path)
     return model.eval().requires_grad_(False)
 
 
@@ -69,11 +70,13 @@ def calculate_identity_distance(
     """{'arcface_cos_dist': mean angle in degrees, 'identity_count': pairs under 1 degree}."""
     rec_files, gt_files, _ = paired_files(rec_dir, gt_dir, "--gt_path")
     if weights_path is None:
-        weights_path = find_metric_checkpoint(ckpt_dir or DEFAULT_CKPT_DIR, ARCFACE_FILE)
+        weights_path = find_metric_checkpoint(ckpt_dir or DEFAULT_CKPT_DIR, ARCFACE_FILE, "ArcFace (Deg)")
     model = load_arcface(weights_path).to(device)
     angles = []
     dataset = PairDataset(rec_files, gt_files, arcface_input)  # every input is 128x128: always batched
     for rec, gt in batches(dataset, batch_size, num_workers, desc="identity (ArcFace)"):
         angles.append(angles_in_degrees(model(rec.to(device)), model(gt.to(device))).cpu())
+    if not angles:
+        raise MetricUnavailable("no readable image pairs")
     mean, identical = summarize_angles(torch.cat(angles))
     return {"arcface_cos_dist": mean, "identity_count": identical}

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from evaluation.inputs import PairDataset, batches, paired_files
-from evaluation.weights import DEFAULT_CKPT_DIR, FAN_FILE, find_metric_checkpoint, load_into, read_weights
+from evaluation.weights import DEFAULT_CKPT_DIR, FAN_FILE, MetricUnavailable, find_metric_checkpoint
+from utils.weights import load_into, load_state_dict
 
 FAN_INPUT_SIZE = 256
 NUM_LANDMARKS = 98
@@ -31,7 +32,7 @@ def build_fan() -> torch.nn.Module:
 
 def load_fan(path: str | os.PathLike) -> torch.nn.Module:
     model = build_fan()
-    load_into(model, read_weights(path, key="state_dict"), path)
+    load_into(model, load_state_dict(path, keys=("state_dict",)), path)
     return model.eval().requires_grad_(False)
 
 
@@ -92,14 +93,17 @@ def calculate_landmark_distance(
     weights_path: str | os.PathLike | None = None,
 ) -> float:
     """Mean landmark distance (pixels of the original images) between same-named images."""
-    rec_files, gt_files, _ = paired_files(rec_dir, gt_dir, "--gt_path")
+    pairs = paired_files(rec_dir, gt_dir, "--gt_path")
     if weights_path is None:
-        weights_path = find_metric_checkpoint(ckpt_dir or DEFAULT_CKPT_DIR, FAN_FILE)
+        weights_path = find_metric_checkpoint(ckpt_dir or DEFAULT_CKPT_DIR, FAN_FILE, "AWing FAN (LMD)")
     model = load_fan(weights_path).to(device)
-    total = 0.0
-    dataset = PairDataset(rec_files, gt_files, fan_input)  # every input is 256x256: always batched
+    total, count = 0.0, 0
+    dataset = PairDataset(pairs.rec, pairs.other, fan_input)  # every input is 256x256: always batched
     for rec, gt in batches(dataset, batch_size, num_workers, desc="landmarks (FAN)"):
         rec_points = predict_landmarks(model, rec["image"].to(device), rec["size"])
         gt_points = predict_landmarks(model, gt["image"].to(device), gt["size"])
         total += landmark_distance(rec_points, gt_points).sum().item()
-    return total / len(rec_files)
+        count += rec_points.shape[0]
+    if count == 0:
+        raise MetricUnavailable("no readable image pairs")
+    return total / count
