@@ -30,6 +30,7 @@ from evaluation.cli import (  # noqa: E402
     run_fidelity,
     run_program,
 )
+from evaluation.landmarks import REFINEMENTS  # noqa: E402
 
 BLIND_METRICS = ("niqe", "psnr", "ssim", "mse", "lpips", "deg", "lmd", "ind", "fid", "kid", "isc", "prc")
 NEEDS_GT = ("psnr", "ssim", "mse", "lpips", "deg", "lmd")
@@ -55,6 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         help="folder of posterior-mean (MMSE) restorations with the same file names, for IndRMSE",
+    )
+    parser.add_argument(
+        "--lmd_refinement",
+        choices=REFINEMENTS,
+        default="reference",
+        help="how LMD refines each heat-map arg-max at the map's border: 'reference' (default) as the "
+        "authors' code, where one landmark on the top or bottom row changes every landmark's vertical "
+        "refinement; 'per_landmark' uses each landmark's own neighbours only",
     )
     add_common_arguments(parser, BLIND_METRICS)
     return parser
@@ -105,7 +114,11 @@ def run_metrics(args: argparse.Namespace, metrics: list[str], runner: MetricRunn
     runner.run(chosen(["deg"]), lambda: calculate_identity_distance(rec, gt, ckpt_dir=ckpt, **loader))
     runner.run(
         chosen(["lmd"]),
-        lambda: {"landmark_distance": calculate_landmark_distance(rec, gt, ckpt_dir=ckpt, **loader)},
+        lambda: {
+            "landmark_distance": calculate_landmark_distance(
+                rec, gt, ckpt_dir=ckpt, refinement=args.lmd_refinement, **loader
+            )
+        },
     )
     runner.run(chosen(["ind"]), lambda: calculate_ind_rmse(rec, args.mmse_rec_path, **loader))
     if chosen(FIDELITY):
