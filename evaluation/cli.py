@@ -5,16 +5,19 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import torch
 
+from evaluation.inputs import forget_unreadable, unreadable_images
 from evaluation.report import format_table, save_json
-from utils.cli import resolve_device
-from evaluation.weights import DEFAULT_CKPT_DIR, MetricUnavailable
+from evaluation.weights import DEFAULT_CKPT_DIR, SKIP_ERRORS
+from utils.cli import non_negative_int, positive_int, resolve_device
 
-EXIT_SKIPPED = 3
+EXIT_FAILED = 1  # a metric failed unexpectedly (the others are still saved)
+EXIT_SKIPPED = 3  # a metric was skipped (missing or unusable weights, ...) or images were unreadable
 
 # Result keys each metric name produces, in the order the reference scripts report them.
 RESULT_KEYS = {
@@ -26,10 +29,27 @@ RESULT_KEYS = {
     "ssim": ("ssim",),
     "psnr": ("psnr",),
     "ind": ("ind_psnr", "ind_mse"),
-    "isc": ("inception_score_mean", "inception_score_std"),
+    "isc": (
+        "inception_score_mean",
+        "inception_score_std",
+        "inception_score_restored_mean",
+        "inception_score_restored_std",
+    ),
     "fid": ("frechet_inception_distance",),
     "kid": ("kernel_inception_distance_mean", "kernel_inception_distance_std"),
-    "prc": ("precision", "recall", "f_score"),
+    "prc": ("precision", "recall", "f_score", "precision_restored", "recall_restored"),
+}
+
+# What the printed table says next to the keys whose meaning is not what their name suggests.
+KEY_NOTES = {
+    "inception_score_mean": "of FFHQ (reference key: FFHQ was torch-fidelity's input1)",
+    "inception_score_std": "of FFHQ (reference key)",
+    "inception_score_restored_mean": "of the restored images",
+    "inception_score_restored_std": "of the restored images",
+    "precision": "share of FFHQ inside the restored manifold (reference key, swapped)",
+    "recall": "share of restored inside the FFHQ manifold (reference key, swapped)",
+    "precision_restored": "share of restored inside the FFHQ manifold (usual precision)",
+    "recall_restored": "share of FFHQ inside the restored manifold (usual recall)",
 }
 
 
@@ -48,11 +68,14 @@ def add_common_arguments(parser: argparse.ArgumentParser, metric_names: Sequence
     )
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument(
-        "--batch_size", type=int, default=None, help="images per batch (default: 64 on GPU, 16 on CPU)"
+        "--batch_size",
+        type=positive_int,
+        default=None,
+        help="images per batch (default: 64 on GPU, 16 on CPU)",
     )
     parser.add_argument(
         "--num_workers",
-        type=int,
+        type=non_negative_int,
         default=min(4, os.cpu_count() or 1),
         help="image-loading processes (0: load in the main process)",
     )
@@ -71,14 +94,17 @@ def add_common_arguments(parser: argparse.ArgumentParser, metric_names: Sequence
         "--fidelity_cache_dir",
         type=Path,
         default=None,
-        help="torch-fidelity's feature cache (default: $TORCH_HOME/fidelity_cache)",
+        help="where the FFHQ Inception features are cached, as safetensors (default: "
+        "$TORCH_HOME/fidelity_cache)",
+    )
+    parser.add_argument(
+        "--no_fidelity_cache", action="store_true", help="neither read nor write the FFHQ feature cache"
     )
     parser.add_argument(
         "--fidelity_ffhq_first",
         action="store_true",
-        help="pass FFHQ as torch-fidelity's first input like the authors' script (then the "
-        "inception score is FFHQ's and precision/recall are swapped); only to reproduce "
-        "published numbers",
+        help="no effect, kept for old command lines: the reference's keys always hold the reference's "
+        "values (FFHQ first), and the *_restored keys the restored images' IS and precision/recall",
     )
 
 
@@ -119,18 +145,21 @@ def select_metrics(
 
 def default_batch_size(device: torch.device, batch_size: int | None) -> int:
     if batch_size is not None:
-        if batch_size < 1:
-            raise ValueError("--batch_size must be at least 1")
         return batch_size
     return 64 if device.type == "cuda" else 16
 
 
 class MetricRunner:
-    """Runs metric groups, collecting results and turning `MetricUnavailable` into one-line skips."""
+    """Runs metric groups and collects their results; one group's trouble never loses the others.
+
+    Missing, corrupt or unsafe weights and other `SKIP_ERRORS` skip the group with one line; any other
+    error is reported with its traceback as a failure, and the run goes on.
+    """
 
     def __init__(self) -> None:
         self.results: dict[str, object] = {}
         self.skipped: dict[str, str] = {}
+        self.failed: dict[str, str] = {}
 
     def run(self, names: Iterable[str], compute: Callable[[], dict[str, object]]) -> None:
         names = list(names)
@@ -138,10 +167,17 @@ class MetricRunner:
             return
         try:
             values = compute()
-        except MetricUnavailable as reason:
+        except SKIP_ERRORS as reason:
+            message = " ".join(str(reason).split())
             for name in names:
-                self.skipped[name] = str(reason)
-            print(f"metric {', '.join(names)} skipped: {reason}", file=sys.stderr, flush=True)
+                self.skipped[name] = message
+            print(f"metric {', '.join(names)} skipped: {message}", file=sys.stderr, flush=True)
+            return
+        except Exception as error:
+            traceback.print_exc()
+            for name in names:
+                self.failed[name] = f"{error.__class__.__name__}: {error}"
+            print(f"metric {', '.join(names)} failed: {one_line(error)}", file=sys.stderr, flush=True)
             return
         for name in names:
             for key in RESULT_KEYS[name]:
@@ -154,15 +190,28 @@ class MetricRunner:
 
 
 def finish(runner: MetricRunner, output_json: Path) -> int:
-    """Print the table, save the JSON and return the exit status (3 when a metric was skipped)."""
+    """Print the table, save the JSON and return the exit status.
+
+    1 when a metric failed, else 3 when a metric was skipped or images could not be read, else 0.
+    Unreadable images are listed on stderr and, under "unreadable_images", in the JSON.
+    """
     results = runner.ordered_results()
-    print(format_table(results))
+    print(format_table(results, KEY_NOTES))
+    unreadable = unreadable_images()
+    if unreadable:
+        results["unreadable_images"] = sorted(unreadable)
     path = save_json(results, output_json)
     print(f"results saved to {path}")
+    if unreadable:
+        print(f"{len(unreadable)} unreadable image(s) left out:", file=sys.stderr)
+        for name in sorted(unreadable):
+            print(f"  {name}", file=sys.stderr)
     if runner.skipped:
         print(f"skipped: {', '.join(runner.skipped)} (reasons above)", file=sys.stderr)
-        return EXIT_SKIPPED
-    return 0
+    if runner.failed:
+        print(f"failed: {', '.join(runner.failed)} (tracebacks above)", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_SKIPPED if runner.skipped or unreadable else 0
 
 
 def one_line(error: BaseException) -> str:
@@ -187,6 +236,7 @@ def run_program(
 ) -> int:
     """The shared main() of the evaluation programs: parse, choose metrics, check folders, run, report."""
     args = parser.parse_args(argv)
+    forget_unreadable()
     try:
         requested = parse_metric_list(args.metrics, metric_names)
         metrics, notes = select_metrics(requested, metric_names, unmet_needs(args))
@@ -216,7 +266,7 @@ def run_fidelity(args: argparse.Namespace, reference: Path, names: list[str], ru
             ckpt_dir=args.metrics_ckpt_dir,
             offline=args.offline,
             cache_root=args.fidelity_cache_dir,
-            reference_first=args.fidelity_ffhq_first,
+            use_cache=not args.no_fidelity_cache,
             device=args.device,
             batch_size=args.batch_size,
             num_workers=args.num_workers,

@@ -5,8 +5,11 @@ r"""Metrics of blind face restoration (CelebA-Test and real-world sets), as in t
 
 Always NIQE, and FID/KID/IS/precision-recall against P/ffhq512; with G also PSNR, SSIM, MSE, LPIPS,
 identity degradation (Deg) and landmark distance (LMD); with M the IndRMSE inputs. Results are
-printed as a table and saved as JSON (reference key names). Exit status 3 means some metric was
-skipped (e.g. missing weights, see evaluation/metrics_ckpt/README.md).
+printed as a table and saved as JSON: the reference's keys with the reference's values (its
+inception_score_* is FFHQ's and its precision/recall are swapped, because the authors gave FFHQ to
+torch-fidelity first), plus inception_score_restored_* and precision/recall_restored in the usual
+sense. Exit status 3 means some metric was skipped (missing, corrupt or unsafe weights, see
+evaluation/metrics_ckpt/README.md) or some images could not be read; 1 that a metric failed.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from evaluation.cli import (  # noqa: E402
     run_fidelity,
     run_program,
 )
+from evaluation.landmarks import REFINEMENTS  # noqa: E402
 
 BLIND_METRICS = ("niqe", "psnr", "ssim", "mse", "lpips", "deg", "lmd", "ind", "fid", "kid", "isc", "prc")
 NEEDS_GT = ("psnr", "ssim", "mse", "lpips", "deg", "lmd")
@@ -52,6 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         help="folder of posterior-mean (MMSE) restorations with the same file names, for IndRMSE",
+    )
+    parser.add_argument(
+        "--lmd_refinement",
+        choices=REFINEMENTS,
+        default="reference",
+        help="how LMD refines each heat-map arg-max at the map's border: 'reference' (default) as the "
+        "authors' code, where one landmark on the top or bottom row changes every landmark's vertical "
+        "refinement; 'per_landmark' uses each landmark's own neighbours only",
     )
     add_common_arguments(parser, BLIND_METRICS)
     return parser
@@ -102,7 +114,11 @@ def run_metrics(args: argparse.Namespace, metrics: list[str], runner: MetricRunn
     runner.run(chosen(["deg"]), lambda: calculate_identity_distance(rec, gt, ckpt_dir=ckpt, **loader))
     runner.run(
         chosen(["lmd"]),
-        lambda: {"landmark_distance": calculate_landmark_distance(rec, gt, ckpt_dir=ckpt, **loader)},
+        lambda: {
+            "landmark_distance": calculate_landmark_distance(
+                rec, gt, ckpt_dir=ckpt, refinement=args.lmd_refinement, **loader
+            )
+        },
     )
     runner.run(chosen(["ind"]), lambda: calculate_ind_rmse(rec, args.mmse_rec_path, **loader))
     if chosen(FIDELITY):

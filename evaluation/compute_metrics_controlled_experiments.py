@@ -4,8 +4,11 @@ r"""Metrics of the controlled experiments (256x256 CelebA-Test), as in the PMRF 
         --rec_path R --gt_path G
 
 PSNR, SSIM and LPIPS (piq, data range 1), MSE (0-255 scale), and FID/KID/IS/precision-recall
-against P/ffhq256. Results are printed as a table and saved as JSON (reference key names). Exit
-status 3 means some metric was skipped (e.g. missing weights).
+against P/ffhq256. Results are printed as a table and saved as JSON: the reference's keys with the
+reference's values (its inception_score_* is FFHQ's and its precision/recall are swapped, because the
+authors gave FFHQ to torch-fidelity first), plus inception_score_restored_* and
+precision/recall_restored in the usual sense. Exit status 3 means some metric was skipped (missing,
+corrupt or unsafe weights) or some images could not be read; 1 that a metric failed.
 """
 
 from __future__ import annotations

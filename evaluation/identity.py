@@ -1,10 +1,13 @@
 """Identity degradation "Deg": the ArcFace angle between restored and ground-truth faces.
 
-Each image becomes gray (ITU-R 601 weights), is resized to 128x128 (bilinear) and scaled to
-(v - 127.5) / 127.5. The angle between the two ArcFace embeddings is arccos(cosine similarity) in
-degrees. Pairs closer than 1 degree count as "identical": they are left out of the mean and
-counted instead (`identity_count`). The mean is reported as `arcface_cos_dist`, the reference's
-key name.
+Each image is read as the reference reads it, ``cv2.imread(path, cv2.IMREAD_GRAYSCALE)``: OpenCV's
+own gray decoding, which for a JPEG takes the luma plane straight from the decoder and differs from
+decoding RGB and converting (by up to about 20 gray levels on single pixels of a JPEG, and by one
+level on about half the pixels of a PNG, whose gray conversion libpng does). It is resized to 128x128
+(bilinear) and scaled to (v - 127.5) / 127.5. The angle between the two ArcFace embeddings is
+arccos(cosine similarity) in degrees. Pairs closer than 1 degree count as "identical": they are left
+out of the mean and counted instead (`identity_count`). The mean is reported as `arcface_cos_dist`,
+the reference's key name.
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ import numpy as np
 import torch
 
 from evaluation.arcface_arch import ResNetFace, resnet_face18
-from evaluation.inputs import PairDataset, batches, paired_files
-from evaluation.weights import ARCFACE_FILE, DEFAULT_CKPT_DIR, find_metric_checkpoint, load_into, read_weights
+from evaluation.inputs import Pairs, PairDataset, batches, paired_files
+from evaluation.weights import ARCFACE_FILE, DEFAULT_CKPT_DIR, MetricUnavailable, find_metric_checkpoint
+from utils.images import read_rgb
+from utils.weights import load_into, load_state_dict
 
 IDENTICAL_BELOW_DEGREES = 1.0
 
@@ -26,13 +31,29 @@ IDENTICAL_BELOW_DEGREES = 1.0
 def load_arcface(path: str | os.PathLike) -> ResNetFace:
     """ArcFace resnet_face18 from `resnet18_110.pth` (a DataParallel `module.` prefix is accepted)."""
     model = resnet_face18()
-    load_into(model, read_weights(path), path)
+    load_into(model, load_state_dict(path), path)
     return model.eval().requires_grad_(False)
 
 
-def arcface_input(rgb: np.ndarray) -> torch.Tensor:
-    """uint8 RGB (H, W, 3) -> (1, 128, 128) float tensor in [-1, 1]."""
-    gray = cv2.resize(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), (128, 128), interpolation=cv2.INTER_LINEAR)
+def read_gray(path: str | os.PathLike) -> np.ndarray:
+    """uint8 (H, W) gray image decoded as the reference does: ``cv2.imread(path, IMREAD_GRAYSCALE)``.
+
+    Formats OpenCV cannot open (GIF, for one) are decoded to RGB and converted with ITU-R 601 weights.
+    """
+    try:
+        gray = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    except cv2.error:
+        gray = None
+    if gray is None:
+        gray = cv2.cvtColor(read_rgb(path), cv2.COLOR_RGB2GRAY)  # ImageReadError if Pillow fails too
+    return gray
+
+
+def arcface_input(gray: np.ndarray) -> torch.Tensor:
+    """uint8 gray (H, W) -> (1, 128, 128) float tensor in [-1, 1]."""
+    if gray.ndim == 3:  # an RGB array: convert as OpenCV does
+        gray = cv2.cvtColor(gray, cv2.COLOR_RGB2GRAY)
+    gray = cv2.resize(gray, (128, 128), interpolation=cv2.INTER_LINEAR)
     return torch.from_numpy((gray.astype(np.float32) - 127.5) / 127.5)[None]
 
 
@@ -67,13 +88,15 @@ def calculate_identity_distance(
     weights_path: str | os.PathLike | None = None,
 ) -> dict[str, float]:
     """{'arcface_cos_dist': mean angle in degrees, 'identity_count': pairs under 1 degree}."""
-    rec_files, gt_files, _ = paired_files(rec_dir, gt_dir, "--gt_path")
+    pairs: Pairs = paired_files(rec_dir, gt_dir, "--gt_path")
     if weights_path is None:
-        weights_path = find_metric_checkpoint(ckpt_dir or DEFAULT_CKPT_DIR, ARCFACE_FILE)
+        weights_path = find_metric_checkpoint(ckpt_dir or DEFAULT_CKPT_DIR, ARCFACE_FILE, "ArcFace (Deg)")
     model = load_arcface(weights_path).to(device)
     angles = []
-    dataset = PairDataset(rec_files, gt_files, arcface_input)  # every input is 128x128: always batched
+    dataset = PairDataset(pairs.rec, pairs.other, arcface_input, reader=read_gray)  # all 128x128: batched
     for rec, gt in batches(dataset, batch_size, num_workers, desc="identity (ArcFace)"):
         angles.append(angles_in_degrees(model(rec.to(device)), model(gt.to(device))).cpu())
+    if not angles:
+        raise MetricUnavailable("no readable image pairs")
     mean, identical = summarize_angles(torch.cat(angles))
     return {"arcface_cos_dist": mean, "identity_count": identical}

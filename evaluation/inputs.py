@@ -1,25 +1,68 @@
 """Image folders as the metrics see them: matched file names, checked sizes, batched loading.
 
-Images are read with `utils.images.read_rgb`, so gray, RGBA, palette and 16-bit files become 8-bit
-RGB and non-image files are ignored. Datasets yield uint8 tensors (3, H, W), the format
-torch-fidelity expects; a `transform` may turn the RGB array into something else first.
+Images are read with `utils.images.read_rgb` unless a metric asks for another reader, so gray, RGBA,
+palette and 16-bit files become 8-bit RGB and non-image files are ignored. Datasets yield uint8
+tensors (3, H, W); a `transform` may turn the decoded array into something else first.
+
+A file that cannot be read (undecodable, truncated, or a header claiming more pixels than the
+decompression-bomb limit) never stops a run: it is left out, named once on stderr, and listed at
+the end (`unreadable_images()`). Of a pair, both images are left out of the paired metrics.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import sys
+import warnings
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm import tqdm
 
+from evaluation.weights import MetricUnavailable
 from utils.images import ImageReadError, list_images, read_rgb
 
 MAX_LISTED_DIFFERENCES = 5
+
+_UNREADABLE: dict[str, str] = {}
+_SIZES: dict[tuple[str, int, int], tuple[int, int]] = {}
+
+
+# ---------------------------------------------------------------------------- unreadable files
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """What a dataset returns for a file it cannot decode (it travels back from loader workers)."""
+
+    path: str
+    reason: str
+
+
+def note_unreadable(path: str | os.PathLike, reason: str) -> None:
+    """Record a skipped file; the first time, say so on stderr in one line."""
+    path = str(path)
+    if path not in _UNREADABLE:
+        _UNREADABLE[path] = reason
+        print(f"image skipped: {reason}", file=sys.stderr, flush=True)
+
+
+def unreadable_images() -> dict[str, str]:
+    """{path: reason} of every file skipped since the last `forget_unreadable()`."""
+    return dict(_UNREADABLE)
+
+
+def forget_unreadable() -> None:
+    _UNREADABLE.clear()
+
+
+# ------------------------------------------------------------------------------- folder listing
 
 
 def rgb_to_uint8_tensor(rgb: np.ndarray) -> torch.Tensor:
@@ -59,13 +102,47 @@ def match_by_name(reference: Sequence[Path], other_folder: str | os.PathLike, fl
     return [others[name] for name in names]
 
 
-def image_size(path: Path) -> tuple[int, int]:
-    """(width, height) from the file header, without decoding the pixels."""
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(width, height) from the file header, without decoding the pixels.
+
+    ImageReadError when the header cannot be read or claims more pixels than the decompression-bomb
+    limit that `utils.images.read_rgb` applies.
+    """
+    path = Path(path)
     try:
-        with Image.open(path) as image:
-            return image.size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        status = path.stat()
+        key = (str(path), status.st_mtime_ns, status.st_size)
+        if key in _SIZES:
+            return _SIZES[key]
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                size = image.size
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageReadError(f"{path}: skipped: {error}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as error:
         raise ImageReadError(f"{path}: cannot read image ({error.__class__.__name__}: {error})") from None
+    _SIZES[key] = size
+    return size
+
+
+def readable_sizes(files: Sequence[Path]) -> list[tuple[int, int] | None]:
+    """Header size of each file, None (and a note) for the ones that cannot be read."""
+    sizes = []
+    for path in files:
+        try:
+            sizes.append(image_size(path))
+        except ImageReadError as error:
+            note_unreadable(path, str(error))
+            sizes.append(None)
+    return sizes
+
+
+def readable_files(files: Sequence[Path]) -> tuple[list[Path], bool]:
+    """The files whose header reads, and whether they all have one size."""
+    sizes = readable_sizes(files)
+    kept = [path for path, size in zip(files, sizes) if size is not None]
+    return kept, len({size for size in sizes if size is not None}) <= 1
 
 
 def check_sizes(*file_lists: Sequence[Path]) -> bool:
@@ -84,66 +161,137 @@ def check_sizes(*file_lists: Sequence[Path]) -> bool:
     return len({size for these in sizes for size in these}) <= 1
 
 
-class ImageListDataset(Dataset):
-    """uint8 (3, H, W) tensors of `files`, or `transform(rgb_array)` when a transform is given."""
+@dataclass
+class Pairs:
+    """Same-named restored / other files whose headers both read, and whether all sizes are equal."""
 
-    def __init__(self, files: Sequence[Path], transform: Callable[[np.ndarray], object] | None = None):
+    rec: list[Path]
+    other: list[Path]
+    same_size: bool
+
+    def __iter__(self):
+        return iter((self.rec, self.other, self.same_size))
+
+
+def paired_files(
+    rec_dir: str | os.PathLike, other_dir: str | os.PathLike, flag: str = "--gt_path"
+) -> Pairs:
+    """Restored files and the same-named files of `other_dir` (names must match exactly).
+
+    A pair with an unreadable file is left out (and noted); the sizes of the remaining pairs must
+    match, else a ValueError names the first pair that differs.
+    """
+    rec_files = image_files(rec_dir, "--rec_path")
+    other_files = match_by_name(rec_files, other_dir, flag)
+    rec_sizes, other_sizes = readable_sizes(rec_files), readable_sizes(other_files)
+    rec, other, sizes = [], [], set()
+    for rec_path, other_path, rec_size, other_size in zip(rec_files, other_files, rec_sizes, other_sizes):
+        if rec_size is None or other_size is None:
+            continue
+        if rec_size != other_size:
+            raise ValueError(
+                f"image sizes differ: {rec_path} is {rec_size[0]}x{rec_size[1]}, "
+                f"{other_path} is {other_size[0]}x{other_size[1]}"
+            )
+        rec.append(rec_path)
+        other.append(other_path)
+        sizes.add(rec_size)
+    return Pairs(rec, other, len(sizes) <= 1)
+
+
+# ------------------------------------------------------------------------------------- loading
+
+
+class ImageListDataset(Dataset):
+    """uint8 (3, H, W) tensors of `files`, or `transform(reader(path))` when a transform is given.
+
+    A file the reader cannot decode (ImageReadError) comes out as `Unreadable`, which `batches` drops.
+    """
+
+    def __init__(
+        self,
+        files: Sequence[Path],
+        transform: Callable[[np.ndarray], object] | None = None,
+        reader: Callable[[Path], np.ndarray] = read_rgb,
+    ):
         self.files = list(files)
         self.transform = transform
+        self.reader = reader
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, index: int):
-        rgb = read_rgb(self.files[index])
-        return rgb_to_uint8_tensor(rgb) if self.transform is None else self.transform(rgb)
+        path = self.files[index]
+        try:
+            image = self.reader(path)
+        except ImageReadError as error:
+            return Unreadable(str(path), str(error))
+        return rgb_to_uint8_tensor(image) if self.transform is None else self.transform(image)
 
 
 class PairDataset(Dataset):
-    """(transform(a), transform(b)) for two aligned lists of files."""
+    """(transform(a), transform(b)) for two aligned lists of files; `Unreadable` if either fails."""
 
     def __init__(
         self,
         files_a: Sequence[Path],
         files_b: Sequence[Path],
         transform: Callable[[np.ndarray], object] | None = None,
+        reader: Callable[[Path], np.ndarray] = read_rgb,
     ):
-        self.a = ImageListDataset(files_a, transform)
-        self.b = ImageListDataset(files_b, transform)
+        self.a = ImageListDataset(files_a, transform, reader)
+        self.b = ImageListDataset(files_b, transform, reader)
 
     def __len__(self) -> int:
         return len(self.a)
 
     def __getitem__(self, index: int):
-        return self.a[index], self.b[index]
+        a, b = self.a[index], self.b[index]
+        for item in (a, b):
+            if isinstance(item, Unreadable):
+                return item
+        return a, b
+
+
+def collate_readable(items: list, stack: bool = True) -> tuple[object, list[Unreadable]]:
+    """(the readable items, stacked or as a list (None when there are none), the unreadable ones)."""
+    failed = [item for item in items if isinstance(item, Unreadable)]
+    kept = [item for item in items if not isinstance(item, Unreadable)]
+    if not kept:
+        return None, failed
+    return (default_collate(kept) if stack else kept), failed
 
 
 def batches(
-    dataset: Dataset, batch_size: int, num_workers: int, same_size: bool = True, desc: str = ""
+    dataset: Dataset,
+    batch_size: int,
+    num_workers: int,
+    same_size: bool = True,
+    desc: str = "",
+    stack: bool = True,
 ) -> Iterator:
-    """Iterate over `dataset` in order with a progress bar; one image at a time if sizes vary."""
+    """Iterate over `dataset` in order with a progress bar, leaving out (and noting) unreadable files.
+
+    Batches are stacked, one image at a time if sizes vary; with `stack=False` each batch is a list.
+    """
     loader = DataLoader(
         dataset,
-        batch_size=batch_size if same_size else 1,
+        batch_size=batch_size if (same_size or not stack) else 1,
         shuffle=False,
         num_workers=num_workers,
         drop_last=False,
+        collate_fn=functools.partial(collate_readable, stack=stack),
     )
-    yield from tqdm(loader, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
-
-
-def paired_files(
-    rec_dir: str | os.PathLike, other_dir: str | os.PathLike, flag: str = "--gt_path"
-) -> tuple[list[Path], list[Path], bool]:
-    """Restored files, the same-named files of `other_dir`, and whether all sizes are equal."""
-    rec_files = image_files(rec_dir, "--rec_path")
-    other_files = match_by_name(rec_files, other_dir, flag)
-    same_size = check_sizes(rec_files, other_files)
-    return rec_files, other_files, same_size
+    for batch, failed in tqdm(loader, desc=desc, unit="batch", leave=False, dynamic_ncols=True):
+        for item in failed:
+            note_unreadable(item.path, item.reason)
+        if batch is not None:
+            yield batch
 
 
 def mean_over_pairs(
-    pairs: tuple[list[Path], list[Path], bool],
+    pairs: Pairs,
     per_batch: Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]],
     *,
     device: str | torch.device,
@@ -151,14 +299,18 @@ def mean_over_pairs(
     num_workers: int,
     desc: str,
 ) -> dict[str, float]:
-    """Mean over all pairs of the per-image values that `per_batch(rec, other)` returns.
+    """Mean over all readable pairs of the per-image values that `per_batch(rec, other)` returns.
 
     `pairs` is what `paired_files` returned; `per_batch` gets uint8 (B, 3, H, W) batches on `device`
     and returns {name: (B,) tensor}.
     """
-    rec_files, other_files, same_size = pairs
     sums: dict[str, float] = {}
-    for rec, other in batches(PairDataset(rec_files, other_files), batch_size, num_workers, same_size, desc):
+    count = 0
+    dataset = PairDataset(pairs.rec, pairs.other)
+    for rec, other in batches(dataset, batch_size, num_workers, pairs.same_size, desc):
         for name, values in per_batch(rec.to(device), other.to(device)).items():
             sums[name] = sums.get(name, 0.0) + values.sum().item()
-    return {name: total / len(rec_files) for name, total in sums.items()}
+        count += rec.shape[0]
+    if count == 0:
+        raise MetricUnavailable("no readable image pairs")
+    return {name: total / count for name, total in sums.items()}

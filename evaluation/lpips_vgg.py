@@ -1,39 +1,53 @@
 """LPIPS (VGG) of the `lpips` package, as in the blind face restoration evaluation.
 
 Inputs are RGB scaled to [-1, 1]; the result is the mean of the per-image values. The learned
-linear heads ship with the `lpips` package; the VGG16 trunk (`vgg16-397923af.pth`, torchvision's
-ImageNet weights) is read from the metrics folder or torch's hub cache, never fetched silently.
+linear heads ship with the `lpips` package (`lpips/weights/v0.1/vgg.pth`); the VGG16 trunk
+(`vgg16-397923af.pth`, torchvision's ImageNet weights) is read from the metrics folder or torch's hub
+cache. Both are read by `utils.weights` and handed to an `lpips.LPIPS` built without weights, so
+neither the package nor torchvision loads (or downloads) anything itself.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
+from pathlib import Path
 
 import torch
+from torch import nn
 
 from evaluation.inputs import mean_over_pairs, paired_files
-from evaluation.weights import VGG16_WEIGHTS, find_hub_weights, load_into, read_weights
+from evaluation.weights import VGG16_WEIGHTS, find_hub_weights
+from utils.weights import WeightsReadError, load_into, load_state_dict, require_file, select_prefix
 
 
 def vgg16_trunk_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The convolutional part (`features.*`) of a torchvision VGG16 checkpoint, keyed by layer index."""
-    state_dict = read_weights(path)
-    trunk = {
-        name[len("features.") :]: value for name, value in state_dict.items() if name.startswith("features.")
-    }
+    trunk = select_prefix(load_state_dict(path), "features.")
     if not trunk:
-        raise ValueError(f"{path}: no 'features.*' weights; expected torchvision's vgg16-397923af.pth")
+        raise WeightsReadError(f"{path}: no 'features.*' weights; expected torchvision's vgg16-397923af.pth")
     return trunk
 
 
-def build_lpips_vgg(vgg_weights_path: str | os.PathLike) -> torch.nn.Module:
-    """`lpips.LPIPS(net='vgg')` with its VGG trunk loaded from `vgg_weights_path`."""
+def lpips_heads_path() -> Path:
+    """The learned linear heads of LPIPS-VGG v0.1, as shipped inside the `lpips` package."""
+    import lpips
+
+    return require_file(Path(lpips.__file__).parent / "weights" / "v0.1" / "vgg.pth", "LPIPS-VGG head")
+
+
+def build_lpips_vgg(
+    vgg_weights_path: str | os.PathLike, heads_path: str | os.PathLike | None = None
+) -> nn.Module:
+    """`lpips.LPIPS(net='vgg')` with its VGG trunk from `vgg_weights_path` and the package's heads."""
     import lpips
 
     with warnings.catch_warnings():  # lpips still passes torchvision's deprecated `pretrained`
         warnings.simplefilter("ignore", UserWarning)
-        model = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False)
+        model = lpips.LPIPS(net="vgg", pretrained=False, pnet_rand=True, verbose=False)
+    heads_path = heads_path or lpips_heads_path()
+    heads = nn.ModuleDict({f"lin{index}": layer for index, layer in enumerate(model.lins)})
+    load_into(heads, load_state_dict(heads_path), heads_path)
     trunk = vgg16_trunk_weights(vgg_weights_path)
     # lpips splits torchvision's `features` into slice1..slice5 but keeps each layer's index as its name.
     slices_state = {}

@@ -12,7 +12,7 @@ import numpy as np
 
 import compat.basicsr_torchvision  # noqa: F401  (must precede basicsr)
 from basicsr.metrics.niqe import calculate_niqe as basicsr_niqe
-from evaluation.inputs import ImageListDataset, batches, image_files, image_size
+from evaluation.inputs import ImageListDataset, batches, image_files, image_size, readable_files
 from evaluation.weights import MetricUnavailable
 
 MIN_NIQE_SIZE = 192  # BasicSR fits 96-pixel blocks at full and half scale; smaller images fail
@@ -28,15 +28,18 @@ def niqe_of_rgb(rgb: np.ndarray) -> float:
 
 
 def calculate_niqe(folder: str | os.PathLike, *, num_workers: int = 0) -> float:
-    """Mean NIQE over the images of `folder`."""
-    files = image_files(folder, "--rec_path")
+    """Mean NIQE over the (readable) images of `folder`."""
+    files, _ = readable_files(image_files(folder, "--rec_path"))
     for path in files:
         width, height = image_size(path)
         if min(width, height) < MIN_NIQE_SIZE:
             raise MetricUnavailable(
                 f"{path} is {width}x{height}; NIQE needs at least {MIN_NIQE_SIZE} pixels a side"
             )
-    total = 0.0
+    total, count = 0.0, 0
     for values in batches(ImageListDataset(files, niqe_of_rgb), 8, num_workers, desc="niqe"):
         total += float(values.double().sum())
-    return total / len(files)
+        count += len(values)
+    if count == 0:
+        raise MetricUnavailable("no readable images")
+    return total / count

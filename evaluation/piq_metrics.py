@@ -3,9 +3,10 @@
 PSNR and SSIM are piq's (data range 1, piq's defaults otherwise), LPIPS is piq's VGG16 LPIPS on
 inputs in [0, 1], MSE is on the 0-255 scale; all are means of per-image values.
 
-piq's `LPIPS()` downloads its two weight files on construction. Here the same network (piq's
-`ContentLoss` over VGG16 relu1_2 ... relu5_3 with the learned LPIPS weights and feature
-normalisation, which is exactly how `piq.LPIPS` is defined) is built from local files instead.
+piq's `LPIPS()` downloads its two weight files on construction and unpickles them. Here the same
+network (piq's `ContentLoss` over VGG16 relu1_2 ... relu5_3 with the learned LPIPS weights and
+feature normalisation, which is exactly how `piq.LPIPS` is defined) is built from local files read
+by `utils.weights` instead.
 """
 
 from __future__ import annotations
@@ -18,22 +19,15 @@ import torch
 from evaluation.distortion import mse_255
 from evaluation.inputs import mean_over_pairs, paired_files
 from evaluation.lpips_vgg import vgg16_trunk_weights
-from evaluation.weights import PIQ_LPIPS_WEIGHTS, VGG16_WEIGHTS, find_hub_weights, load_into
+from evaluation.weights import PIQ_LPIPS_WEIGHTS, VGG16_WEIGHTS, find_hub_weights, read_tensor_list
+from utils.weights import load_into
 
 LPIPS_LAYERS = ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3")
 
 
 def read_piq_lpips_weights(path: str | os.PathLike) -> list[torch.Tensor]:
-    """The five per-layer weight tensors of piq's `lpips_weights.pt` (read with weights_only=True)."""
-    try:
-        weights = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ValueError(f"{path}: cannot read weights ({error.__class__.__name__}: {error})") from None
-    if isinstance(weights, dict):
-        weights = list(weights.values())
-    if not isinstance(weights, (list, tuple)) or len(weights) != len(LPIPS_LAYERS):
-        raise ValueError(f"{path}: expected {len(LPIPS_LAYERS)} LPIPS layer weights (piq's lpips_weights.pt)")
-    return [torch.as_tensor(weight) for weight in weights]
+    """The five per-layer weight tensors of piq's `lpips_weights.pt` (a list, or a dict in layer order)."""
+    return read_tensor_list(path, len(LPIPS_LAYERS))
 
 
 def build_piq_lpips(

@@ -18,11 +18,17 @@ def format_value(value: object) -> str:
     return "nan" if math.isnan(value) else f"{value:.6g}"
 
 
-def format_table(results: dict[str, object]) -> str:
-    """Two aligned columns, `metric | value`."""
+def format_table(results: dict[str, object], notes: dict[str, str] | None = None) -> str:
+    """Aligned columns `metric | value`, plus `| note` where `notes` has something to say about a key."""
+    notes = {name: text for name, text in (notes or {}).items() if name in results}
     width = max([len("metric")] + [len(name) for name in results])
-    lines = [f"{'metric'.ljust(width)} | value", f"{'-' * width}-+-{'-' * 12}"]
-    lines += [f"{name.ljust(width)} | {format_value(value)}" for name, value in results.items()]
+    values = {name: format_value(value) for name, value in results.items()}
+    value_width = max([len("value")] + [len(text) for text in values.values()])
+    header = f"{'metric'.ljust(width)} | {'value'.ljust(value_width)}" + (" | note" if notes else "")
+    lines = [header.rstrip(), f"{'-' * width}-+-{'-' * value_width}" + ("-+-" + "-" * 12 if notes else "")]
+    for name, text in values.items():
+        line = f"{name.ljust(width)} | {text.ljust(value_width)}"
+        lines.append((line + f" | {notes[name]}" if name in notes else line).rstrip())
     return "\n".join(lines)
 
 

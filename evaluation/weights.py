@@ -1,15 +1,17 @@
-"""Finding and reading the weights of the metric networks.
+"""Where the metric networks' weights are, and reading them (always through `utils.weights`).
 
 Two kinds of files are involved:
 
 - the face networks of the paper's evaluation (ArcFace `resnet18_110.pth`, AWing FAN
   `alignment_WFLW_4HG.pth`), which the user puts in `evaluation/metrics_ckpt/`;
 - the ImageNet networks that the metric libraries normally download into torch's hub cache
-  (Inception for torch-fidelity, VGG16 and piq's LPIPS head). They are looked up in the metrics
+  (Inception for FID/KID/IS/PRC, VGG16 and piq's LPIPS head). They are looked up in the metrics
   folder first, then in `$TORCH_HOME/hub/checkpoints/`, and downloaded there only when allowed.
 
-A missing file raises `MissingWeightsError`, whose message names the file and where to put it; the
-command-line programs turn it into a one-line "skipped" note instead of a traceback.
+Every file is read by `utils.weights` (tensors only, never pickled code) and handed to the libraries
+as tensors. A missing file is `utils.weights.MissingWeightsError`, a corrupt or unsafe one
+`utils.weights.WeightsReadError`; the programs turn either into a one-line "skipped" note for the
+metrics that need the file. `MetricUnavailable` covers the other reasons a metric cannot run here.
 """
 
 from __future__ import annotations
@@ -20,17 +22,21 @@ from pathlib import Path
 
 import torch
 
+from utils.inception import INCEPTION_WEIGHTS_NAME, INCEPTION_WEIGHTS_URL
+from utils.weights import MissingWeightsError, WeightsReadError, read_checkpoint, require_file
+
 DEFAULT_CKPT_DIR = Path(__file__).resolve().parent / "metrics_ckpt"
 ARCFACE_FILE = "resnet18_110.pth"
 FAN_FILE = "alignment_WFLW_4HG.pth"
+FACE_WEIGHTS_HINT = "; see evaluation/metrics_ckpt/README.md for the source"
 
 
 class MetricUnavailable(RuntimeError):
-    """A metric cannot be computed here (e.g. missing weights); the message says why in one line."""
+    """A metric cannot be computed here (e.g. images too small); the message says why in one line."""
 
 
-class MissingWeightsError(MetricUnavailable):
-    """A weight file the metric needs is not on disk and could not be fetched."""
+# What makes a metric skip (with one line) rather than stop the program.
+SKIP_ERRORS = (MetricUnavailable, MissingWeightsError, WeightsReadError)
 
 
 @dataclass(frozen=True)
@@ -41,10 +47,7 @@ class HubWeights:
     url: str
 
 
-INCEPTION_WEIGHTS = HubWeights(
-    "weights-inception-2015-12-05-6726825d.pth",
-    "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth",
-)
+INCEPTION_WEIGHTS = HubWeights(INCEPTION_WEIGHTS_NAME, INCEPTION_WEIGHTS_URL)
 VGG16_WEIGHTS = HubWeights("vgg16-397923af.pth", "https://download.pytorch.org/models/vgg16-397923af.pth")
 PIQ_LPIPS_WEIGHTS = HubWeights(
     "lpips_weights.pt",
@@ -57,14 +60,9 @@ def hub_checkpoint_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
-def find_metric_checkpoint(ckpt_dir: str | os.PathLike, file_name: str) -> Path:
+def find_metric_checkpoint(ckpt_dir: str | os.PathLike, file_name: str, what: str) -> Path:
     """Path of a face-network checkpoint the user must provide, or MissingWeightsError."""
-    path = Path(ckpt_dir) / file_name
-    if not path.is_file():
-        raise MissingWeightsError(
-            f"{file_name} missing, put it at {path} (see evaluation/metrics_ckpt/README.md for the source)"
-        )
-    return path
+    return require_file(Path(ckpt_dir) / file_name, what, hint=FACE_WEIGHTS_HINT)
 
 
 def find_hub_weights(
@@ -89,43 +87,20 @@ def find_hub_weights(
     return cached
 
 
-def read_weights(path: str | os.PathLike, key: str | None = None) -> dict[str, torch.Tensor]:
-    """Load a checkpoint safely (`weights_only=True`), pick `key` if given, drop a DataParallel prefix."""
+def read_tensor_list(path: str | os.PathLike, count: int) -> list[torch.Tensor]:
+    """`count` tensors stored as a list (piq's `lpips_weights.pt`) or as a dict, read safely.
+
+    The file is vetted by `utils.weights.read_checkpoint` (missing, corrupt and unsafe files raise its
+    errors). That reader only returns dicts, so when it reports a plain list the file, now known to hold
+    nothing but tensors and containers, is opened once more with ``weights_only=True`` to get the list.
+    """
     path = Path(path)
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ValueError(f"{path}: cannot read weights ({error.__class__.__name__}: {error})") from None
-    if key is not None:
-        if not isinstance(checkpoint, dict) or key not in checkpoint:
-            raise ValueError(f"{path}: expected the weights under the key '{key}'")
-        checkpoint = checkpoint[key]
-    if not isinstance(checkpoint, dict):
-        raise ValueError(f"{path}: expected a state dict, found {type(checkpoint).__name__}")
-    if checkpoint and all(name.startswith("module.") for name in checkpoint):
-        checkpoint = {name[len("module.") :]: value for name, value in checkpoint.items()}
-    return checkpoint
-
-
-def load_into(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
-    """`model.load_state_dict(strict)` with a short message naming the file when keys or shapes differ."""
-    expected = model.state_dict()
-    missing = [name for name in expected if name not in state_dict]
-    unexpected = [name for name in state_dict if name not in expected]
-    wrong_shape = [
-        name
-        for name in expected
-        if name in state_dict and tuple(state_dict[name].shape) != tuple(expected[name].shape)
-    ]
-    if missing or unexpected or wrong_shape:
-        details = "; ".join(
-            f"{label}: {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
-            for label, names in (
-                ("missing", missing),
-                ("unexpected", unexpected),
-                ("wrong shape", wrong_shape),
-            )
-            if names
-        )
-        raise ValueError(f"{path}: does not match {type(model).__name__} ({details})")
-    model.load_state_dict(state_dict, strict=True)
+        values = list(read_checkpoint(path).values())
+    except WeightsReadError as error:
+        if not str(error).endswith(("found a list", "found a tuple")):
+            raise
+        values = list(torch.load(path, map_location="cpu", weights_only=True))
+    if len(values) != count or not all(isinstance(value, torch.Tensor) for value in values):
+        raise WeightsReadError(f"{path}: expected {count} tensors, found {len(values)} entries")
+    return values

@@ -2,6 +2,8 @@
 
 import json
 import math
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +16,11 @@ from PIL import Image
 from evaluation import compute_metrics_blind, compute_metrics_controlled_experiments
 from evaluation.arcface_arch import resnet_face18
 from evaluation.landmarks import build_fan
+from test_evaluation_inputs import bomb_png, one_torch_thread  # noqa: F401  (autouse fixture)
+from test_inception import random_inception
+from utils.images import FILE_MODE
+
+INCEPTION = "weights-inception-2015-12-05-6726825d.pth"
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SIZE = 192  # NIQE needs at least 192 pixels a side
@@ -119,7 +126,7 @@ def test_missing_face_weights_skip_only_their_metric(folders, tmp_path, capsys):
     err = capsys.readouterr().err
     assert status == 3
     for metric, file_name in (("deg", "resnet18_110.pth"), ("lmd", "alignment_WFLW_4HG.pth")):
-        assert f"metric {metric} skipped: {file_name} missing, put it at {empty / file_name}" in err
+        assert f"metric {metric} skipped: " in err and f"put {file_name} at {empty / file_name}" in err
     results = json.loads((root / "partial.json").read_text())
     assert results == {"mse": pytest.approx(expected_mse_psnr(pairs)[0])}
 
@@ -168,3 +175,178 @@ def test_scripts_run_from_the_evaluation_folder_and_the_repo_root(folders, cwd, 
     assert completed.returncode == 0, completed.stderr
     assert json.loads(output.read_text())["mse"] == pytest.approx(expected_mse_psnr(pairs)[0])
     assert "mse" in completed.stdout
+
+
+class PlantedCode:
+    """Unpickling this creates the marker file: proof that pickled code ran."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def plant(path, marker, kind):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "pickle":
+        torch.save({"conv1.weight": PlantedCode(marker)}, path)
+    else:  # a truncated download
+        torch.save({"weight": torch.zeros(1000)}, path)
+        path.write_bytes(path.read_bytes()[:300])
+    return path
+
+
+def skip_lines(err, metric):
+    return [line for line in err.splitlines() if line.startswith(f"metric {metric} skipped: ")]
+
+
+@pytest.mark.parametrize("kind", ["pickle", "truncated"])
+def test_blind_unsafe_or_corrupt_weights_skip_their_metric_and_keep_the_rest(folders, tmp_path, capsys, kind):
+    root, pairs = folders
+    ckpt, marker = tmp_path / "ckpt", tmp_path / "code_ran"
+    for name in ("resnet18_110.pth", "alignment_WFLW_4HG.pth", "vgg16-397923af.pth", INCEPTION):
+        plant(ckpt / name, marker, kind)
+    output = root / "planted.json"
+    status = compute_metrics_blind.main(argv(
+        rec_path=root / "rec", gt_path=root / "gt", parent_ffhq_512_path=root / "ffhq",
+        metrics="mse,deg,lmd,lpips,fid,isc", metrics_ckpt_dir=ckpt, output_json=output, num_workers=0,
+        offline=True,
+    ))  # fmt: skip
+    err = capsys.readouterr().err
+    assert not marker.exists()
+    assert status == 3
+    assert json.loads(output.read_text()) == {"mse": pytest.approx(expected_mse_psnr(pairs)[0])}
+    reason = "refused" if kind == "pickle" else "not a readable checkpoint"
+    for metric in ("deg", "lmd", "lpips", "fid, isc"):
+        lines = skip_lines(err, metric)
+        assert len(lines) == 1 and reason in lines[0], (metric, err)
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("planted", ["vgg16-397923af.pth", "lpips_weights.pt", INCEPTION])
+def test_controlled_unsafe_weights_never_run(folders, tmp_path, capsys, planted):
+    from torchvision.models.vgg import cfgs, make_layers
+
+    root, pairs = folders
+    ckpt, marker = tmp_path / "ckpt", tmp_path / "code_ran"
+    ckpt.mkdir()
+    vgg = {f"features.{k}": v for k, v in make_layers(cfgs["D"]).state_dict().items()}
+    torch.save(vgg, ckpt / "vgg16-397923af.pth")
+    torch.save([torch.rand(1, c, 1, 1) for c in (64, 128, 256, 512, 512)], ckpt / "lpips_weights.pt")
+    plant(ckpt / planted, marker, "pickle")
+    status = compute_metrics_controlled_experiments.main(argv(
+        rec_path=root / "rec", gt_path=root / "gt", parent_ffhq_256_path=root / "ffhq",
+        metrics="mse,lpips,fid" if planted == INCEPTION else "mse,lpips", metrics_ckpt_dir=ckpt,
+        output_json=root / "c.json", num_workers=0, offline=True,
+    ))  # fmt: skip
+    err = capsys.readouterr().err
+    results = json.loads((root / "c.json").read_text())
+    assert not marker.exists() and status == 3
+    skipped = "fid" if planted == INCEPTION else "lpips"
+    assert len(skip_lines(err, skipped)) == 1 and "refused" in skip_lines(err, skipped)[0]
+    assert results["mse"] == pytest.approx(expected_mse_psnr(pairs)[0])
+    assert ("lpips" in results) == (planted == INCEPTION)
+
+
+def test_unreadable_images_are_skipped_listed_and_the_run_finishes(folders, face_ckpt_dir, capsys):
+    root, pairs = folders
+    bomb_png(root / "rec" / "002.png")
+    Image.fromarray(np.zeros((SIZE, SIZE, 3), np.uint8)).save(root / "gt" / "002.png")
+    (root / "gt" / "003.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    Image.fromarray(np.zeros((SIZE, SIZE, 3), np.uint8)).save(root / "rec" / "003.png")
+    output = root / "unreadable.json"
+    status = compute_metrics_blind.main(argv(
+        rec_path=root / "rec", gt_path=root / "gt", metrics="mse,psnr,deg", metrics_ckpt_dir=face_ckpt_dir,
+        output_json=output, num_workers=0,
+    ))  # fmt: skip
+    captured = capsys.readouterr()
+    results = json.loads(output.read_text())
+    assert status == 3
+    mse, psnr = expected_mse_psnr(pairs)
+    assert results["mse"] == pytest.approx(mse) and results["psnr"] == pytest.approx(psnr, abs=1e-6)
+    assert results["identity_count"] >= 1
+    assert results["unreadable_images"] == [str(root / "gt" / "003.png"), str(root / "rec" / "002.png")]
+    assert "2 unreadable image(s) left out" in captured.err and "Traceback" not in captured.err
+
+
+def test_an_unexpected_error_in_one_metric_keeps_the_others(folders, monkeypatch, capsys):
+    import evaluation.lpips_vgg
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated failure")
+
+    monkeypatch.setattr(evaluation.lpips_vgg, "calculate_lpips", broken)
+    root, pairs = folders
+    status = compute_metrics_blind.main(argv(
+        rec_path=root / "rec", gt_path=root / "gt", metrics="mse,lpips", output_json=root / "f.json",
+        num_workers=0,
+    ))  # fmt: skip
+    err = capsys.readouterr().err
+    assert status == 1 and "metric lpips failed: simulated failure" in err
+    assert json.loads((root / "f.json").read_text()) == {"mse": pytest.approx(expected_mse_psnr(pairs)[0])}
+
+
+@pytest.mark.parametrize(
+    "program", [compute_metrics_blind, compute_metrics_controlled_experiments], ids=["blind", "controlled"]
+)
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("batch_size", "0", "expected a whole number >= 1, got 0"),
+        ("batch_size", "many", "expected a whole number >= 1, got 'many'"),
+        ("num_workers", "-1", "expected a whole number >= 0, got -1"),
+    ],
+)
+def test_numeric_options_are_checked_when_parsed(folders, capsys, program, option, value, message):
+    root, _ = folders
+    with pytest.raises(SystemExit) as exit_info:
+        program.main(["--rec_path", str(root / "rec"), f"--{option}", value])
+    assert exit_info.value.code == 2 and f"argument --{option}: {message}" in capsys.readouterr().err
+
+
+def test_results_json_is_written_with_umask_permissions_and_old_switch_is_accepted(folders):
+    root, _ = folders
+    output = root / "perm" / "m.json"
+    status = compute_metrics_blind.main(argv(
+        rec_path=root / "rec", gt_path=root / "gt", metrics="mse", output_json=output, num_workers=0,
+        fidelity_ffhq_first=True,
+    ))  # fmt: skip
+    assert status == 0 and stat.S_IMODE(output.stat().st_mode) == FILE_MODE
+    mask = os.umask(0)
+    os.umask(mask)
+    if mask == 0o022:
+        assert FILE_MODE == 0o644
+
+
+def test_controlled_fidelity_end_to_end_with_safely_read_inception(tmp_path, capsys):
+    """A random Inception-v3 in the metrics folder: every fidelity key, both orientations, safe cache."""
+    rng = np.random.default_rng(3)
+    for folder in ("rec", "ffhq/ffhq256"):
+        (tmp_path / folder).mkdir(parents=True)
+        for index in range(4):  # precision/recall needs 4 (3 nearest neighbours + the point)
+            image = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+            Image.fromarray(image).save(tmp_path / folder / f"{index}.png")
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    torch.manual_seed(0)
+    torch.save(random_inception(["2048"]).state_dict(), ckpt / INCEPTION)
+    output = tmp_path / "fidelity.json"
+    status = compute_metrics_controlled_experiments.main(argv(
+        rec_path=tmp_path / "rec", parent_ffhq_256_path=tmp_path / "ffhq", metrics="fid,kid,isc,prc",
+        metrics_ckpt_dir=ckpt, fidelity_cache_dir=tmp_path / "cache", output_json=output, num_workers=0,
+        batch_size=4, offline=True,
+    ))  # fmt: skip
+    captured = capsys.readouterr()
+    results = json.loads(output.read_text())
+    assert status == 0, captured.err
+    assert list(results) == [
+        "inception_score_mean", "inception_score_std", "inception_score_restored_mean",
+        "inception_score_restored_std", "frechet_inception_distance", "kernel_inception_distance_mean",
+        "kernel_inception_distance_std", "precision", "recall", "f_score", "precision_restored",
+        "recall_restored",
+    ]  # fmt: skip
+    assert results["precision_restored"] == results["recall"]
+    assert results["recall_restored"] == results["precision"]
+    assert [path.suffix for path in (tmp_path / "cache").iterdir()] == [".safetensors"]
+    assert "of FFHQ (reference key" in captured.out and "usual precision" in captured.out

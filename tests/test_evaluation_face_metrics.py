@@ -2,13 +2,22 @@
 
 import math
 
+import cv2
 import numpy as np
 import pytest
 import torch
 from conftest import load_manifest
+from PIL import Image
 
 from evaluation.arcface_arch import resnet_face18
-from evaluation.identity import angles_in_degrees, arcface_input, load_arcface, summarize_angles
+from evaluation.identity import (
+    angles_in_degrees,
+    arcface_input,
+    calculate_identity_distance,
+    load_arcface,
+    read_gray,
+    summarize_angles,
+)
 from evaluation.landmarks import (
     build_fan,
     fan_input,
@@ -17,6 +26,9 @@ from evaluation.landmarks import (
     load_fan,
     predict_landmarks,
 )
+from utils.images import read_rgb
+from utils.weights import WeightsReadError
+from test_evaluation_inputs import one_torch_thread  # noqa: F401  (autouse fixture)
 
 
 def shapes(state_dict):
@@ -47,14 +59,11 @@ def test_arcface_loads_with_or_without_dataparallel_prefix(tmp_path, prefix):
     assert loaded(images).shape == (2, 512)
 
 
-def test_fan_checkpoint_needs_the_state_dict_key_and_matching_keys(tmp_path):
+def test_fan_checkpoint_keys_must_match(tmp_path):
     weights = build_fan().state_dict()
-    torch.save(weights, tmp_path / "flat.pth")
-    with pytest.raises(ValueError, match="state_dict"):
-        load_fan(tmp_path / "flat.pth")
     weights.pop("l3.weight")
     torch.save({"state_dict": weights}, tmp_path / "partial.pth")
-    with pytest.raises(ValueError, match=r"partial\.pth.*missing: l3\.weight"):
+    with pytest.raises(WeightsReadError, match=r"partial\.pth.*missing: l3\.weight"):
         load_fan(tmp_path / "partial.pth")
 
 
@@ -91,8 +100,88 @@ def test_heatmap_refinement_moves_a_quarter_pixel_toward_the_larger_neighbour():
     flat[40, 30], flat[40, 31], flat[40, 29], flat[39, 30], flat[41, 30] = 1.0, 0.5, 0.5, 0.4, 0.4
     edge = heatmaps[0, 2]
     edge[5, 0], edge[5, 1], edge[4, 0], edge[6, 0] = 1.0, 0.9, 0.1, 0.8
-    points = heatmaps_to_points(heatmaps)[0]
+    points = heatmaps_to_points(heatmaps, "per_landmark")[0]
     assert points.tolist() == [[10.75, 20.25], [30.5, 40.5], [0.5, 5.75]]
+    # the reference's rule: left of column 0 is the last pixel of the row above (0 here), so x moves too
+    assert heatmaps_to_points(heatmaps)[0].tolist() == [[10.75, 20.25], [30.5, 40.5], [0.75, 5.75]]
+
+
+def reference_calculate_points(heatmap):
+    """The authors' refinement of one image's (N, 64, 64) heat maps, transcribed for the test: flat
+    indices, numpy's wrap-around for index -1, and the image-wide border switches for 'above'/'below'."""
+    n, h, w = heatmap.shape
+    flat = heatmap.reshape(n, h * w)
+    index = flat.argmax(axis=1)
+    rows = np.arange(n)
+    right = flat[rows, np.minimum(index + 1, h * w - 1)]  # (the authors' code raises an IndexError here)
+    left = flat[rows, index - 1]
+    below = flat[rows, h * w - 1] if np.any(index + w >= h * w) else flat[rows, index + w]
+    above = flat[rows, 0] if np.any(index - w <= 0) else flat[rows, index - w]
+    points = np.stack((index % w, index // w), axis=1).astype(float)
+    points += np.sign(np.stack((right - left, below - above), axis=1)) * 0.25
+    return points + 0.5
+
+
+def gaussian_heatmaps(centres, size=64, sigma=1.5):
+    yy, xx = np.mgrid[0:size, 0:size]
+    return np.stack(
+        [np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * sigma**2)) for cx, cy in centres]
+    ).astype(np.float32)
+
+
+def test_reference_refinement_matches_the_authors_rule_image_by_image():
+    rng = np.random.default_rng(0)
+    inside = rng.uniform(3, 60, (98, 2))
+    cases = [inside.copy() for _ in range(4)]
+    cases[1][7] = (30.2, 63.0)  # one landmark on the bottom row
+    cases[2][50] = (0.0, 0.4)  # one on the first pixel: x wraps around, "above" switches
+    cases[3][3] = (40.0, 0.0)  # one on the top row
+    heatmaps = np.stack([gaussian_heatmaps(case) for case in cases])
+    ours = heatmaps_to_points(torch.from_numpy(heatmaps)).numpy()
+    for image, heatmap in enumerate(heatmaps):  # the authors run one image at a time
+        np.testing.assert_array_equal(ours[image], reference_calculate_points(heatmap))
+    per_landmark = heatmaps_to_points(torch.from_numpy(heatmaps), "per_landmark").numpy()
+    np.testing.assert_array_equal(ours[0], per_landmark[0])  # nothing on the border: the rules agree
+    # one landmark on the bottom row sends every landmark's y a quarter pixel up: those that would
+    # have gone down (about half) move by 0.5 heat-map pixels
+    moved = np.abs(ours[1] - per_landmark[1])[:, 1]
+    assert np.count_nonzero(moved) > 30 and set(np.unique(moved)) <= {0.0, 0.25, 0.5}
+    assert np.all(ours[1][:, 1] <= per_landmark[1][:, 1])
+    assert np.all(ours[1][:, 0] == per_landmark[1][:, 0])
+
+
+def test_deg_reads_images_as_opencv_gray_like_the_reference(tmp_path):
+    """On a JPEG, cv2.imread(IMREAD_GRAYSCALE) differs from decoding RGB and converting to gray."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:96, 0:96]
+    for folder, seed in (("rec", 1), ("gt", 2)):
+        (tmp_path / folder).mkdir()
+        for index in range(2):
+            noise = np.random.default_rng(seed * 10 + index).normal(0, 25, (96, 96, 3))
+            image = np.stack([np.sin(xx / 7) * 100 + 128, np.cos(yy / 9) * 100 + 128, (xx * yy) % 256], -1)
+            Image.fromarray(np.clip(image + noise, 0, 255).astype(np.uint8)).save(
+                tmp_path / folder / f"{index}.jpg", quality=75
+            )
+    path = tmp_path / "gt" / "0.jpg"
+    opencv = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    converted = cv2.cvtColor(read_rgb(path), cv2.COLOR_RGB2GRAY)
+    assert np.array_equal(read_gray(path), opencv)
+    assert np.abs(opencv.astype(int) - converted).max() > 2  # the difference the test relies on
+    torch.manual_seed(rng.integers(1000))
+    model = resnet_face18().eval()
+    weights = tmp_path / "resnet18_110.pth"
+    torch.save({f"module.{k}": v for k, v in model.state_dict().items()}, weights)
+    result = calculate_identity_distance(tmp_path / "rec", tmp_path / "gt", weights_path=weights)
+
+    def embed(folder):
+        gray = [cv2.imread(str(tmp_path / folder / f"{i}.jpg"), cv2.IMREAD_GRAYSCALE) for i in range(2)]
+        return model(torch.stack([arcface_input(image) for image in gray]))
+
+    with torch.no_grad():
+        angles = angles_in_degrees(embed("rec"), embed("gt"))
+    assert torch.all(angles >= 1.0)  # random weights: no pair counts as identical
+    # decoding RGB and converting would move the mean angle by about 1 % here
+    assert result["arcface_cos_dist"] == pytest.approx(angles.mean().item(), rel=1e-6)
 
 
 def test_landmarks_are_scaled_by_image_size_over_64_and_distance_is_mean_euclidean():
@@ -119,3 +208,13 @@ def test_fan_input_is_256_rgb_in_unit_range_and_keeps_the_original_size():
     assert sample["image"].shape == (3, 256, 256)
     assert torch.all(sample["image"][0] == 1.0) and torch.all(sample["image"][1:] == 0.0)
     assert sample["size"].tolist() == [80, 100]
+
+
+def test_blind_program_uses_the_reference_refinement_unless_asked():
+    from evaluation.compute_metrics_blind import build_parser
+
+    assert build_parser().parse_args(["--rec_path", "r"]).lmd_refinement == "reference"
+    args = build_parser().parse_args(["--rec_path", "r", "--lmd_refinement", "per_landmark"])
+    assert args.lmd_refinement == "per_landmark"
+    with pytest.raises(ValueError, match="refinement"):
+        heatmaps_to_points(torch.zeros(1, 1, 64, 64), "nearest")

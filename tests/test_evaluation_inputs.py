@@ -9,6 +9,16 @@ from evaluation.distortion import calculate_psnr_ssim_mse
 from evaluation.inputs import ImageListDataset, check_sizes, image_files, paired_files
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """One intra-op thread: on a small, busy machine several threads mostly wait for each other.
+    (The other evaluation test modules import this fixture.)"""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def save(path, array, mode=None):
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(array, mode).save(path) if mode else Image.fromarray(array).save(path)
@@ -65,3 +75,46 @@ def test_empty_folder_is_an_error(tmp_path):
     (tmp_path / "rec").mkdir()
     with pytest.raises(ValueError, match="no image files"):
         image_files(tmp_path / "rec", "--rec_path")
+
+
+def bomb_png(path, width=20000, height=20000):
+    """A PNG whose header claims width x height pixels (far above the decompression-bomb limit)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + data)
+    return path
+
+
+def test_unreadable_files_are_left_out_of_the_pairs_and_listed(tmp_path, capsys):
+    from evaluation.inputs import forget_unreadable, unreadable_images
+
+    forget_unreadable()
+    a_rec, a_gt = rgb(5), rgb(6)
+    save(tmp_path / "rec" / "a.png", a_rec)
+    save(tmp_path / "gt" / "a.png", a_gt)
+    bomb_png(tmp_path / "rec" / "b.png")  # header too large: left out before any size check
+    save(tmp_path / "gt" / "b.png", rgb(7))
+    save(tmp_path / "rec" / "c.png", rgb(8))
+    save(tmp_path / "gt" / "c.png", rgb(9))
+    whole = (tmp_path / "gt" / "c.png").read_bytes()
+    (tmp_path / "gt" / "c.png").write_bytes(whole[: len(whole) // 2])  # header fine, pixels cut off
+    pairs = paired_files(tmp_path / "rec", tmp_path / "gt")
+    assert [path.name for path in pairs.rec] == ["a.png", "c.png"] and pairs.same_size
+    result = calculate_psnr_ssim_mse(tmp_path / "rec", tmp_path / "gt", batch_size=8)
+    expected = np.mean((a_rec.astype(float) - a_gt) ** 2)
+    assert result["mse"] == pytest.approx(expected)  # the mean over the one readable pair
+    assert sorted(unreadable_images()) == [str(tmp_path / "gt" / "c.png"), str(tmp_path / "rec" / "b.png")]
+    err = capsys.readouterr().err
+    assert err.count("image skipped:") == 2 and "decompression bomb" in err
+    # names are still checked first, unreadable files included
+    (tmp_path / "gt" / "b.png").rename(tmp_path / "gt" / "x.png")
+    with pytest.raises(ValueError, match=r"b\.png.*x\.png"):
+        paired_files(tmp_path / "rec", tmp_path / "gt")
+    forget_unreadable()

@@ -17,7 +17,8 @@ from PIL import Image
 
 from evaluation.lpips_vgg import build_lpips_vgg, calculate_lpips
 from evaluation.piq_metrics import build_piq_lpips, calculate_piq_lpips
-from evaluation.weights import MissingWeightsError
+from utils.weights import MissingWeightsError, WeightsReadError
+from test_evaluation_inputs import one_torch_thread  # noqa: F401  (autouse fixture)
 
 CHANNELS = (64, 128, 256, 512, 512)
 
@@ -96,3 +97,26 @@ def test_missing_vgg_weights_offline_name_the_file(tmp_path, monkeypatch):
     folder = write_folder(tmp_path / "rec", images(9, count=1))
     with pytest.raises(MissingWeightsError, match=r"vgg16-397923af\.pth missing \(offline\)"):
         calculate_lpips(folder, folder, ckpt_dir=tmp_path / "ckpt", offline=True)
+
+
+class PlantedCode:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("planted", ["trunk", "heads", "piq_head"])
+def test_planted_pickles_in_lpips_weights_never_run(vgg, tmp_path, planted):
+    _, vgg_path = vgg
+    marker, evil = tmp_path / "code_ran", tmp_path / "evil.pth"
+    torch.save({"lin0.model.1.weight": PlantedCode(marker)}, evil)
+    with pytest.raises(WeightsReadError, match="refused"):
+        if planted == "trunk":
+            build_lpips_vgg(evil)
+        elif planted == "heads":
+            build_lpips_vgg(vgg_path, heads_path=evil)
+        else:
+            build_piq_lpips(vgg_path, evil)
+    assert not marker.exists()
