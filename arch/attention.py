@@ -143,6 +143,7 @@ def _na2d_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: 
 # ------------------------------------------------------------------------------------- flex backend
 
 _BLOCK_MASKS: dict[tuple, object] = {}
+FLEX_MIN_HEAD_DIM = 16
 
 
 def neighborhood_mask_mod(h: int, w: int, kernel_size: int):
@@ -241,6 +242,8 @@ def neighborhood_attention(
     _, h, w, _, _ = q.shape
     check_kernel(h, w, kernel_size)
     name = resolve_backend(q.device, backend)
+    if name == "flex" and q.shape[-1] < FLEX_MIN_HEAD_DIM:
+        name = "torch"  # compiled FlexAttention needs d_head >= 16; the torch backend computes the same
     _record(name, q.device)
     if name == "flex":
         return _na2d_flex(q, k, v, kernel_size)

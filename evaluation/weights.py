@@ -23,7 +23,12 @@ from pathlib import Path
 import torch
 
 from utils.inception import INCEPTION_WEIGHTS_NAME, INCEPTION_WEIGHTS_URL
-from utils.weights import MissingWeightsError, WeightsReadError, read_checkpoint, require_file
+from utils.weights import (
+    MissingWeightsError,
+    WeightsReadError,
+    read_weights_file,
+    require_file,
+)
 
 DEFAULT_CKPT_DIR = Path(__file__).resolve().parent / "metrics_ckpt"
 ARCFACE_FILE = "resnet18_110.pth"
@@ -88,19 +93,10 @@ def find_hub_weights(
 
 
 def read_tensor_list(path: str | os.PathLike, count: int) -> list[torch.Tensor]:
-    """`count` tensors stored as a list (piq's `lpips_weights.pt`) or as a dict, read safely.
-
-    The file is vetted by `utils.weights.read_checkpoint` (missing, corrupt and unsafe files raise its
-    errors). That reader only returns dicts, so when it reports a plain list the file, now known to hold
-    nothing but tensors and containers, is opened once more with ``weights_only=True`` to get the list.
-    """
+    """`count` tensors stored as a list (piq's `lpips_weights.pt`) or as a dict, read safely."""
     path = Path(path)
-    try:
-        values = list(read_checkpoint(path).values())
-    except WeightsReadError as error:
-        if not str(error).endswith(("found a list", "found a tuple")):
-            raise
-        values = list(torch.load(path, map_location="cpu", weights_only=True))
+    content = read_weights_file(path)
+    values = list(content.values()) if isinstance(content, dict) else list(content) if isinstance(content, (list, tuple)) else []
     if len(values) != count or not all(isinstance(value, torch.Tensor) for value in values):
         raise WeightsReadError(f"{path}: expected {count} tensors, found {len(values)} entries")
     return values

@@ -24,7 +24,7 @@ from arch import create_arch
 from arch.configs import load_arch_config
 
 from . import checkpoints
-from .flow import T_SCHEDULES, sample_euler, sample_times
+from .flow import T_SCHEDULES, sample_times
 from .pmrf import METHODS, PMRF, STAGES, method_for, run_network
 from .validation import ValidationImages, ValidationMetrics
 
@@ -307,13 +307,10 @@ class MMSERectifiedFlow(L.LightningModule, PyTorchModelHubMixin, pipeline_tag="i
         posterior_mean = self.pmrf.posterior_mean(y) if self.mmse_model is not None else None
         out: dict[str, Any] = {"y": y, "xhat": {}, "source": None, "posterior_mean": posterior_mean}
         for steps in self.test_num_flow_steps:
-            source = self.pmrf.source(y, non_noisy_z0=non_noisy_z0, posterior_mean=posterior_mean)
-            final = sample_euler(
-                lambda x_t, t: self.pmrf.velocity(x_t, t, source.condition), source.z0, steps, self.eps
-            )
-            out["xhat"][steps] = final.clamp(0, 1)
+            sample = self.pmrf.sample(y, steps, non_noisy_z0=non_noisy_z0, posterior_mean=posterior_mean)
+            out["xhat"][steps] = sample.xhat
             if out["source"] is None:
-                out["source"] = source.z0
+                out["source"] = sample.source
         return out
 
     # ------------------------------------------------------------------------------ checkpoint I/O

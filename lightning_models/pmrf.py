@@ -195,11 +195,15 @@ class PMRF(nn.Module):
         generator: torch.Generator | None = None,
         callback: Callable[[dict], None] | None = None,
         non_noisy_z0: torch.Tensor | None = None,
+        posterior_mean: torch.Tensor | None = None,
     ) -> Sample:
-        """Restore a batch: K Euler steps from z0, clipped to [0, 1]. States go to `callback`."""
+        """Restore a batch: K Euler steps from z0, clipped to [0, 1]. States go to `callback`.
+
+        A `posterior_mean` already computed for `y` is reused instead of running f again.
+        """
         if self.method.stage == "mmse":
             return Sample(run_network(self.model, y).clamp(0, 1), None, None)
-        source = self.source(y, generator, non_noisy_z0)
+        source = self.source(y, generator, non_noisy_z0, posterior_mean)
         x = sample_euler(
             lambda x_t, t: self.velocity(x_t, t, source.condition), source.z0, num_flow_steps, self.eps, callback
         )

@@ -21,6 +21,20 @@ def inception_weights_path() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS_NAME
 
 
+def fetch_inception_weights(path: Path) -> None:
+    """Download the Inception weights into torch's hub cache, as torchmetrics would when online; offline
+    (or with PMRF_OFFLINE / HF_HUB_OFFLINE set) nothing happens."""
+    if os.environ.get("PMRF_OFFLINE") or os.environ.get("HF_HUB_OFFLINE"):
+        return
+    from utils.inception import INCEPTION_WEIGHTS_URL
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(INCEPTION_WEIGHTS_URL, str(path), progress=False)
+    except Exception:  # noqa: BLE001 (offline, proxy, disk: validation goes on without FID)
+        pass
+
+
 def _warn_once(message: str) -> None:
     if message not in _warned:
         _warned.add(message)
@@ -36,8 +50,17 @@ class ValidationMetrics(nn.Module):
 
     @classmethod
     def create(cls) -> ValidationMetrics | None:
-        """The metrics, or None (with one warning) when the Inception weights are not available offline."""
+        """The metrics, or None (with one warning) when the Inception weights are not available.
+
+        The weights are read by the project (tensors only, `utils.inception`) and handed to torchmetrics,
+        which would otherwise unpickle the file itself.
+        """
+        from utils.inception import torchmetrics_inception
+        from utils.weights import MissingWeightsError, WeightsReadError
+
         weights = inception_weights_path()
+        if not weights.is_file() and not os.environ.get(INCEPTION_ENV_VAR):
+            fetch_inception_weights(weights)
         if not weights.is_file():
             _warn_once(
                 f"validation FID and Inception Score skipped: Inception weights not found at {weights} "
@@ -45,16 +68,13 @@ class ValidationMetrics(nn.Module):
             )
             return None
         try:
-            from torchmetrics.image.fid import FrechetInceptionDistance, NoTrainInceptionV3
+            from torchmetrics.image.fid import FrechetInceptionDistance
             from torchmetrics.image.inception import InceptionScore
 
-            fid = FrechetInceptionDistance(normalize=True, feature_extractor_weights_path=str(weights))
-            logits = NoTrainInceptionV3(
-                name="inception-v3-compat", features_list=["logits_unbiased"], feature_extractor_weights_path=str(weights)
-            )
-            inception = InceptionScore(feature=logits, normalize=True)
-        except Exception as error:  # a broken weights file must not stop training
-            _warn_once(f"validation FID and Inception Score skipped: {error.__class__.__name__}: {error}")
+            fid = FrechetInceptionDistance(feature=torchmetrics_inception(weights, ["2048"]), normalize=True)
+            inception = InceptionScore(feature=torchmetrics_inception(weights, ["logits_unbiased"]), normalize=True)
+        except (MissingWeightsError, WeightsReadError, RuntimeError, ValueError, ImportError) as error:
+            _warn_once(f"validation FID and Inception Score skipped: {error}")  # never stop training over it
             return None
         return cls(fid, inception)
 

@@ -18,7 +18,7 @@ def brute_force_neighborhood(q, k, v, kernel_size):
         for j in range(w):
             left = min(max(j - r, 0), w - kernel_size)
             mask[i, j, top : top + kernel_size, left : left + kernel_size] = True
-    mask = mask.reshape(h * w, h * w)
+    mask = mask.reshape(h * w, h * w).to(q.device)
     qf, kf, vf = (t.permute(0, 3, 1, 2, 4).reshape(n, heads, h * w, d) for t in (q, k, v))
     logits = qf @ kf.transpose(-1, -2)
     logits = logits.masked_fill(~mask, float("-inf"))

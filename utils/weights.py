@@ -44,7 +44,16 @@ def require_file(path: str | os.PathLike, what: str, url: str | None = None, hin
 
 
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """The contents of a .pt/.pth/.ckpt (tensors and plain containers only) or .safetensors file."""
+    """The contents of a .pt/.pth/.ckpt (tensors and plain containers only) or .safetensors file,
+    which must be a dict."""
+    checkpoint = read_weights_file(path, map_location)
+    if not isinstance(checkpoint, Mapping):
+        raise WeightsReadError(f"{path}: expected a dict of tensors, found a {type(checkpoint).__name__}")
+    return dict(checkpoint)
+
+
+def read_weights_file(path: str | os.PathLike, map_location: str | torch.device = "cpu"):
+    """Whatever a weights file holds (a dict, or a list of tensors as piq's LPIPS file), read safely."""
     path = Path(path)
     if not path.is_file():
         raise MissingWeightsError(f"{path}: no such file")
@@ -61,9 +70,7 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise _not_a_checkpoint(path) from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, AttributeError, KeyError, IndexError):
         raise _not_a_checkpoint(path) from None
-    if not isinstance(checkpoint, Mapping):
-        raise WeightsReadError(f"{path}: expected a dict of tensors, found a {type(checkpoint).__name__}")
-    return dict(checkpoint)
+    return checkpoint
 
 
 def _not_a_checkpoint(path: Path) -> WeightsReadError:
