@@ -4,7 +4,10 @@ Kernels (layout (batch, H, W, heads, d_head), softmax scale 1) on H×W token gri
 
 * ``torch``  – the pure-PyTorch backend (gathers each query's k×k window, a chunk of query rows at a time;
   memory ∝ H·W·k², capped per chunk);
-* ``natten`` – ``natten.na2d`` (fused on CUDA; on CPU flex attention with full (HW)² scores, forward only);
+* ``flex``   – PyTorch FlexAttention with the block mask of NATTEN's window rule (compiled on CUDA; on CPU
+  uncompiled, with full (HW)² scores, forward only);
+* ``natten`` – ``natten.na2d`` (fused on CUDA when built with libnatten, else flex attention with full
+  (HW)² scores; on CPU forward only);
 * ``dense``  – the baseline without a neighbourhood kernel: SDPA over all H·W tokens with a boolean
   neighbourhood mask (memory ∝ (HW)²), skipped where its mask memory would pass ``--dense_max_gib``.
 
@@ -46,8 +49,8 @@ from benchmarks import (
     set_threads,
 )
 
-KERNEL_BACKENDS = ("torch", "natten", "dense")
-HDIT_BACKENDS = ("torch", "natten")
+KERNEL_BACKENDS = ("torch", "flex", "natten", "dense")
+HDIT_BACKENDS = ("torch", "flex", "natten")
 HDIT_ARCH = "hdit_ImageNet256Sp4"
 HDIT_PATCH = 4
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -179,6 +182,7 @@ def agreement(device: torch.device, grid: int, kernel_size: int) -> dict[str, fl
         warnings.simplefilter("ignore")
         reference = neighborhood_attention(q, k, v, kernel_size, backend="torch")
         outputs = {"dense": dense_attention(q, k, v, neighborhood_mask(grid, grid, kernel_size, device))}
+        outputs["flex"] = neighborhood_attention(q, k, v, kernel_size, backend="flex")
         if natten_available():
             outputs["natten"] = neighborhood_attention(q, k, v, kernel_size, backend="natten")
     return {name: (out - reference).abs().max().item() for name, out in outputs.items()}
@@ -190,13 +194,13 @@ def agreement(device: torch.device, grid: int, kernel_size: int) -> dict[str, fl
 def skip_reason(args, device: torch.device, backend: str, grid: int, backward: bool) -> str | None:
     if grid < args.kernel:
         return f"skipped (grid smaller than kernel {args.kernel})"
-    if backend == "natten":
-        if not natten_available():
+    if backend in ("natten", "flex"):
+        if backend == "natten" and not natten_available():
             return "skipped (natten not installed)"
         if device.type == "cpu" and backward:
-            return "n/a (natten has no CPU backward)"
+            return f"n/a ({backend} has no CPU backward)"
         if device.type == "cpu" and grid > args.natten_cpu_max_grid:
-            return NATTEN_CPU_NOTE
+            return NATTEN_CPU_NOTE.replace("CPU natten", f"CPU {backend}")
     if backend == "dense":
         estimate = dense_estimate_gib(grid)
         if estimate > args.dense_max_gib:
@@ -332,7 +336,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=parse_ints("32,64,96,128"),
         help="token-grid sides for the kernels (default 32,64,96,128)",
     )
-    parser.add_argument("--backends", default="torch,natten,dense", help="subset of torch,natten,dense")
+    parser.add_argument("--backends", default="torch,flex,natten,dense", help="subset of torch,flex,natten,dense")
     parser.add_argument("--kernel", type=int, default=7)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--d_head", type=int, default=64)

@@ -19,7 +19,7 @@ from lightning_models.restoration import load_model
 from utils.weights import WeightsReadError, read_checkpoint
 from lightning_models.mmse_rectified_flow import MMSERectifiedFlow
 
-SPEC_HPARAMS = dict(  # the official blind-face hyper-parameters (spec §3)
+SPEC_HPARAMS = dict(  # the official blind-face hyper-parameters
     stage="flow", arch="hdit_ImageNet256Sp4", conditional=False,
     mmse_model_ckpt_path="/home/someone/checkpoints/swinir_restoration512_L1.pth", mmse_model_arch="swinir_L",
     lr=5e-4, weight_decay=1e-2, betas=(0.9, 0.95), mmse_noise_std=0.1, num_flow_steps=50, ema_decay=0.9999,

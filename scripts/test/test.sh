@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Test all five methods of one controlled experiment (paper §5.2) on CelebA-Test 256×256: the
+# Test all five methods of one controlled experiment on CelebA-Test 256×256: the
 # reference's test.sh (colorization, batch 128, 10 workers, K = 100). Run from the repository root;
 # set DEGRADATION, TEST_DATA_ROOT and the checkpoint folder.
 set -euo pipefail

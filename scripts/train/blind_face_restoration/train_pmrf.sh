@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# PMRF for blind face restoration (paper §5.1): HDiT flow from the DifFace SwinIR posterior mean.
+# PMRF for blind face restoration: HDiT flow from the DifFace SwinIR posterior mean.
 # Run from the repository root. Set the data paths; adjust --num_gpus and --num_workers to your machine.
 python train.py \
   --stage flow \

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Controlled experiment (paper §5.2), denoising: a flow from noise conditioned on the posterior mean (train_mmse.sh first).
+# Controlled experiment, denoising: a flow from noise conditioned on the posterior mean (train_mmse.sh first).
 # Run from the repository root after setting the data (and MMSE checkpoint) paths.
 python train.py \
   --stage flow \

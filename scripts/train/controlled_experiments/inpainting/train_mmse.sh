@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Controlled experiment (paper §5.2), inpainting: the posterior-mean (MMSE) predictor, trained with an MSE loss.
+# Controlled experiment, inpainting: the posterior-mean (MMSE) predictor, trained with an MSE loss.
 # Run from the repository root after setting the data (and MMSE checkpoint) paths.
 python train.py \
   --stage mmse \

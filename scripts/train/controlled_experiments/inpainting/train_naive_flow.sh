@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Controlled experiment (paper §5.2), inpainting: flow from Y: from the measurement to the data.
+# Controlled experiment, inpainting: flow from Y: from the measurement to the data.
 # Run from the repository root after setting the data (and MMSE checkpoint) paths.
 python train.py \
   --stage naive_flow \

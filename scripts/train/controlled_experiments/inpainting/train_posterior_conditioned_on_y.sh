@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Controlled experiment (paper §5.2), inpainting: a flow from noise conditioned on the measurement y.
+# Controlled experiment, inpainting: a flow from noise conditioned on the measurement y.
 # Run from the repository root after setting the data (and MMSE checkpoint) paths.
 python train.py \
   --stage flow \
