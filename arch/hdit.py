@@ -14,7 +14,12 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from .attention import global_attention, neighborhood_attention, prepare_neighborhood_attention, shifted_window_attention
+from .attention import (
+    global_attention,
+    neighborhood_attention,
+    prepare_neighborhood_attention,
+    shifted_window_attention,
+)
 from .layers import (
     AdaRMSNorm,
     FourierFeatures,

@@ -37,7 +37,6 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import (
-    describe_error,
     describe_machine,
     environment,
     format_table,
@@ -140,7 +139,6 @@ def inference_case(spec: dict) -> dict:
     result["ran"] = last_backend()
     if spec.get("profile") and device.type == "cuda":
         result["top_kernels"] = profile_forward(model, y, mode, device)
-    del model, y
     release(device)
     return result
 

@@ -83,7 +83,6 @@ def train_case(spec: dict) -> dict:
     result.update(median_s=timed["median_s"], img_per_s=batch / timed["median_s"], ran=last_backend())
     if device.type == "cuda":
         result["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-    del model, optimizer, x, y
     release(device)
     return result
 

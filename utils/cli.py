@@ -107,7 +107,7 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser, required: bool = F
         "--ckpt_path",
         required=required,
         default=None if required else DEFAULT_CKPT,
-        help=f"Lightning .ckpt, save_pretrained folder, or Hub id with --ckpt_path_is_huggingface"
+        help="Lightning .ckpt, save_pretrained folder, or Hub id with --ckpt_path_is_huggingface"
         + ("" if required else f" (default {DEFAULT_CKPT}; the Hub id is {HF_REPO})"),
     )
     parser.add_argument("--ckpt_path_is_huggingface", action="store_true", help="--ckpt_path is a Hugging Face Hub id")
