@@ -279,7 +279,7 @@ def test_the_mmse_stage_trains_and_predicts_clip_of_model_of_y():
 
 
 def test_the_posterior_mean_is_clipped_everywhere_it_is_used():
-    x, y = fixed_tensors()
+    _, y = fixed_tensors()
     assert StubPosteriorMean.unclipped(y).min() < -0.5 and StubPosteriorMean.unclipped(y).max() > 1.5
     want = StubPosteriorMean.unclipped(y).clamp(0, 1)
 

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 from helpers import METHODS, build_method, save_lightning_mmse_checkpoint
+from test_method import one_torch_thread  # noqa: F401  (autouse: one intra-op thread)
 
 from degradations import create_degradation
 from lightning_models.mmse_rectified_flow import MMSERectifiedFlow
