@@ -1,9 +1,11 @@
+"""HDiT (arch/hdit.py): full-size networks, official weights, gradients, time input, backends, configs."""
+
 import json
-import time
 
 import pytest
 import torch
 from conftest import TINY_HDIT
+from test_method import one_torch_thread  # noqa: F401  (autouse: one intra-op thread)
 
 from arch import attention, create_arch
 from arch.hdit import HDiT
@@ -19,27 +21,21 @@ def randomize_(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
-@pytest.mark.parametrize("name", HDIT_NAMES)
-@pytest.mark.parametrize("condition_channels", [0, 3])
-def test_state_dict_matches_official_manifest(name, condition_channels, arch_manifest):
-    net = create_arch(name, condition_channels)
-    got = [(k, list(v.shape)) for k, v in net.state_dict().items()]
-    want = list(arch_manifest[f"{name}+cond{condition_channels}"].items())
-    assert got == [(k, v) for k, v in want]
+# (state-dict keys, shapes and order against the official manifest: test_create_arch.py)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", HDIT_NAMES)
-def test_full_size_forward_at_64px_is_fast_and_zero_at_init(name):
+def test_full_size_forward_at_64px_is_zero_at_init(name):
     net = create_arch(name).eval()
     x = torch.randn(2, 3, 64, 64)
-    start = time.perf_counter()
     with torch.no_grad():
         out = net(x, torch.rand(2))
-    assert time.perf_counter() - start < 30
     assert out.shape == x.shape
     assert torch.count_nonzero(out) == 0  # zero-initialised output projection
 
 
+@pytest.mark.slow
 def test_strict_load_of_synthetic_official_state_dict(arch_manifest):
     entry = arch_manifest["hdit_ImageNet256Sp4+cond3"]
     gen = torch.Generator().manual_seed(1)
@@ -91,7 +87,10 @@ def test_non_square_input_and_condition_channels():
 def test_every_backend_gives_the_torch_backends_network_output(backend):
     if backend == "natten" and not attention.natten_available():
         pytest.skip("natten not installed")
-    net = randomize_(create_arch(TINY_HDIT)).eval()
+    # d_head 16: below that the flex backend hands the work to the torch backend (FLEX_MIN_HEAD_DIM)
+    config = dict(TINY_HDIT, self_attns=[{"type": "neighborhood", "d_head": 16, "kernel_size": 3},
+                                         {"type": "global", "d_head": 8}])
+    net = randomize_(create_arch(config)).eval()
     x, t = torch.randn(1, 3, 16, 24), torch.rand(1)
     with torch.no_grad():
         net.set_neighborhood_backend("torch")

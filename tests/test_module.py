@@ -1,13 +1,15 @@
-"""MMSERectifiedFlow: every method trains, every degradation feeds its methods, EMA is used where it should."""
+"""MMSERectifiedFlow: every method trains, every degradation feeds its methods, EMA is used where it should.
+
+The method's own pieces (sources, loss, Euler sampling, time schedules) are pinned in test_method.py."""
 
 import math
 
 import pytest
 import torch
 from helpers import METHODS, build_method, save_lightning_mmse_checkpoint
+from test_method import one_torch_thread  # noqa: F401  (autouse: one intra-op thread)
 
 from degradations import create_degradation
-from lightning_models.flow import sample_euler, sample_times
 from lightning_models.mmse_rectified_flow import MMSERectifiedFlow
 
 
@@ -113,34 +115,6 @@ def test_mmse_network_is_frozen_and_in_eval_mode(mmse_ckpt):
 def test_pmrf_without_mmse_model_is_a_clear_error():
     with pytest.raises(ValueError, match="posterior-mean model"):
         build_method("pmrf", None)
-
-
-@pytest.mark.parametrize("schedule", ["stratified_uniform", "uniform", "logit-normal"])
-def test_time_schedules_cover_eps_to_one(schedule):
-    t = sample_times(4096, schedule, eps=0.1)
-    assert t.shape == (4096,) and t.min() >= 0.1 and t.max() <= 1.0
-    assert abs(t.mean().item() - 0.55) < 0.05
-
-
-def test_stratified_schedule_gives_each_rank_its_own_strata():
-    world, batch = 4, 8
-    all_t = torch.cat([sample_times(batch, "stratified_uniform", rank=r, world_size=world) for r in range(world)])
-    strata = torch.floor(all_t * batch * world).long().sort().values
-    assert strata.tolist() == list(range(batch * world))
-
-
-def test_euler_matches_the_closed_form_for_a_constant_velocity():
-    z0 = torch.zeros(1, 3, 4, 4)
-    states = []
-    final = sample_euler(lambda x, t: torch.ones_like(x), z0, num_steps=5, eps=0.2, callback=states.append)
-    torch.testing.assert_close(final, torch.full_like(z0, 0.8))
-    assert [s["i"] for s in states] == [0, 1, 2, 3, 4] and states[-1]["x"] is final
-
-
-def test_euler_times_follow_the_spec():
-    seen = []
-    sample_euler(lambda x, t: seen.append(t[0].item()) or torch.zeros_like(x), torch.zeros(1, 1), 4, eps=0.2)
-    assert seen == pytest.approx([0.2, 0.4, 0.6, 0.8])
 
 
 def test_validation_and_test_use_ema_weights_and_restore_raw(mmse_ckpt):
