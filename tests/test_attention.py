@@ -51,7 +51,7 @@ def test_flex_backend_matches_brute_force(h, w, kernel_size):
     """FlexAttention with the block mask of NATTEN's window rule (uncompiled on CPU, forward only)."""
     if kernel_size > min(h, w):
         pytest.skip("kernel larger than grid")
-    q, k, v = random_qkv(h, w)
+    q, k, v = random_qkv(h, w, d=attention.FLEX_MIN_HEAD_DIM)
     with torch.no_grad():
         out = neighborhood_attention(q, k, v, kernel_size, backend="flex")
     assert attention.last_backend() == "flex"
@@ -66,8 +66,16 @@ def test_flex_block_masks_are_cached_per_grid_kernel_and_device():
     assert len(attention._BLOCK_MASKS) == 2
 
 
+def test_flex_hands_small_heads_to_the_torch_backend():
+    """Compiled FlexAttention needs d_head >= 16: smaller heads run the torch backend (same result)."""
+    q, k, v = random_qkv(7, 7, d=8)
+    out = neighborhood_attention(q, k, v, 3, backend="flex")
+    assert attention.last_backend() == "torch"
+    torch.testing.assert_close(out, brute_force_neighborhood(q, k, v, 3), atol=1e-5, rtol=1e-5)
+
+
 def test_flex_off_cuda_refuses_backward():
-    q, k, v = random_qkv(7, 7, requires_grad=True)
+    q, k, v = random_qkv(7, 7, d=attention.FLEX_MIN_HEAD_DIM, requires_grad=True)
     with pytest.raises(RuntimeError, match="torch"):
         neighborhood_attention(q, k, v, 3, backend="flex")
 
