@@ -41,7 +41,7 @@ from utils.cli import (
     seed_int,
     wandb_configured,
 )
-from utils.images import write_atomic
+from utils.images import WriteError, write_atomic
 from utils.weights import MissingWeightsError, WeightsReadError, read_checkpoint
 
 
@@ -122,8 +122,8 @@ def choose_logger(requested: str | None) -> str:
     return "wandb" if usable else "csv"
 
 
-def make_logger(args, output_dir: Path):
-    kind = choose_logger(args.logger)
+def make_logger(args, output_dir: Path, kind: str | None = None):
+    kind = kind or choose_logger(args.logger)
     if kind == "wandb":
         from lightning.pytorch.loggers import WandbLogger
 
@@ -192,7 +192,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
         if storage_options is not None:
             raise TypeError("AtomicCheckpointIO takes no storage_options")
-        write_atomic(path, lambda tmp: torch.save(checkpoint, tmp))
+        try:
+            write_atomic(path, lambda tmp: torch.save(checkpoint, tmp))
+        except OSError as error:  # full disk, quota, permissions: one line, earlier checkpoints intact
+            raise WriteError(
+                f"cannot write checkpoint {path}: {error.strerror or error} (check the disk space and "
+                "permissions); the checkpoints written before it are intact"
+            ) from None
 
 
 def resume_path(args, checkpoint_dir: Path) -> str | None:
@@ -228,6 +234,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.seed is not None:
         L.seed_everything(args.seed, workers=True, verbose=False)
     output_dir = check_writable_folder(args.output_dir)
+    logger_kind = choose_logger(args.logger)  # before any compute: --logger wandb that cannot log ends here
     checkpoint_dir = output_dir / "checkpoints"
     accelerator, devices = resolve_devices(args.accelerator, args.devices, args.num_gpus)
     processes = devices * args.num_nodes
@@ -248,7 +255,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.compile:
         model.model.compile()  # in place: state-dict keys, EMA order and checkpoints are unchanged
     train_loader, val_loader = make_loaders(args, processes)
-    logger = make_logger(args, output_dir)
+    logger = make_logger(args, output_dir, logger_kind)
     trainer = L.Trainer(
         accelerator=accelerator,
         devices=devices,
@@ -267,7 +274,10 @@ def main(argv: list[str] | None = None) -> None:
             LearningRateMonitor(logging_interval="step"),
         ],
     )
-    trainer.fit(model, train_loader, val_loader, ckpt_path=ckpt_path, weights_only=True)
+    try:
+        trainer.fit(model, train_loader, val_loader, ckpt_path=ckpt_path, weights_only=True)
+    except WriteError as error:
+        fail(str(error))
     print(f"checkpoints: {checkpoint_dir}")
 
 

@@ -189,7 +189,8 @@ class AlignedFaces(Dataset):
             return {"name": path.name, "error": str(error)}
         if self.size and image.shape[:2] != (self.size, self.size):
             image = np.asarray(Image.fromarray(image).resize((self.size, self.size), Image.BICUBIC))
-        y = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255)
+        # np.array: a writable copy (PIL's arrays are read-only, which torch.from_numpy warns about)
+        y = torch.from_numpy(np.array(image)).permute(2, 0, 1).float().div_(255)
         return {"name": path.name, "y": y}
 
 
