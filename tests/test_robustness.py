@@ -354,7 +354,7 @@ def test_3_an_image_claiming_20000x20000_is_skipped_and_listed(messy_inference):
     assert "Traceback" not in result.stderr
     listed = [line for line in result.stderr.splitlines() if "bomb.png" in line]
     assert len(listed) == 1, result.stderr
-    assert outputs(out / "restored_images") == ["000.png", "001.png", "002.png", "zz_gray.gif"]
+    assert outputs(out / "restored_images") == ["000.png", "001.png", "002.png", "zz_gray.png"]  # GIF in, PNG out
 
 
 def test_3_training_lists_unreadable_and_non_square_images_before_the_first_step(work, tmp_path, capsys,
@@ -574,7 +574,7 @@ def test_7_an_image_file_as_lq_data_path_is_restored(work, tmp_path, capsys):
 def test_7_gif_files_are_read(messy_inference):
     result, out = messy_inference
     assert "zz_gray.gif" not in result.stderr  # not skipped: restored
-    restored = np.asarray(Image.open(out / "restored_images" / "zz_gray.gif").convert("RGB"))
+    restored = np.asarray(Image.open(out / "restored_images" / "zz_gray.png").convert("RGB"))
     assert restored.shape == (16, 16, 3)
 
 

@@ -161,10 +161,13 @@ def write_atomic(path: str | os.PathLike, write_to) -> Path:
 
 
 def output_name(name: str, suffix: str | None = None, ext: str = "auto") -> str:
-    """The file name of an output made from input `name`: `stem[_suffix].ext` (ext 'auto' keeps the input's)."""
+    """The file name of an output made from input `name`: `stem[_suffix].ext` (ext 'auto' keeps the input's,
+    except that GIF inputs give PNG outputs)."""
     path = Path(name)
     stem = f"{path.stem}_{suffix}" if suffix else path.stem
     extension = path.suffix if ext == "auto" else f".{ext.lstrip('.')}"
+    if extension.lower() == ".gif":
+        extension = ".png"  # a GIF holds 256 colours at most: a restoration is written losslessly instead
     return stem + extension
 
 
@@ -224,7 +227,8 @@ class ImageWriter:
             ) from None
 
     def _collect(self, wait_for: int) -> None:
-        while len(self._pending) > wait_for:
+        """Collect finished writes from the oldest on; wait until at most `wait_for` are in flight."""
+        while self._pending and (len(self._pending) > wait_for or self._pending[0].done()):
             future = self._pending.popleft()
             try:
                 future.result()
