@@ -7,6 +7,7 @@ facexlib's paste mask, which blurs the parsing map twice with σ = 11 (a σ of 1
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import warnings
@@ -57,9 +58,13 @@ def ellipse_region(face_size: int = FACE_SIZE) -> np.ndarray:
     return mask
 
 
+@functools.lru_cache(maxsize=4)
 def ellipse_mask(face_size: int = FACE_SIZE) -> np.ndarray:
-    """The soft ellipse used when no face parser is at hand: 1 over the face, fading to ~0 at the ellipse."""
-    return feather(ellipse_region(face_size), erode_sigmas=2.0)
+    """The soft ellipse used when no face parser is at hand: 1 over the face, fading to ~0 at the ellipse
+    (made once per size; read-only)."""
+    mask = feather(ellipse_region(face_size), erode_sigmas=2.0)
+    mask.flags.writeable = False
+    return mask
 
 
 class FaceParser:

@@ -103,4 +103,5 @@ def load_realesrgan(
 ) -> RealESRGANUpsampler:
     """Real-ESRGAN with `RealESRGAN_x2plus.pth` from `weights_dir` (default checkpoints/realesrgan/);
     MissingWeightsError (utils.weights) naming the file and its download address when it is absent."""
-    return RealESRGANUpsampler(load_weights_into(build_rrdbnet_x2(), realesrgan_path(weights_dir)), device, tile=tile)
+    path = realesrgan_path(weights_dir)  # before building the network: a missing file is said at once
+    return RealESRGANUpsampler(load_weights_into(build_rrdbnet_x2(), path), device, tile=tile)
