@@ -539,15 +539,19 @@ def test_cli_single_file_and_same_stems(tmp_path, capsys):
         "x.png"
     ]
     assert sorted(p.name for p in (tmp_path / "one").iterdir()) == ["cmp", "restored_imgs"]
-    # A file that is not an image, or nothing at all: one line, no traceback.
+    # A file that is not an image, nothing at all, or an output folder that is a file: one line, no traceback.
     (tmp_path / "notes.txt").write_text("hello")
     capsys.readouterr()
-    for path in (tmp_path / "notes.txt", tmp_path / "absent"):
-        argv = ["--lq_data_path", str(path), "--output_dir", str(tmp_path / "never")]
+    for path, output, named in (
+        (tmp_path / "notes.txt", tmp_path / "never", tmp_path / "notes.txt"),
+        (tmp_path / "absent", tmp_path / "never", tmp_path / "absent"),
+        (inputs / "x.png", tmp_path / "notes.txt", tmp_path / "notes.txt"),
+    ):
+        argv = ["--lq_data_path", str(path), "--output_dir", str(output)]
         with pytest.raises(SystemExit):
             run_whole_image(parse_cli(argv), PaintGreen(), "cpu", detector=StubDetector([]))
         error = capsys.readouterr().err
-        assert error.startswith("error: ") and error.count("\n") == 1 and str(path) in error
+        assert error.startswith("error: ") and error.count("\n") == 1 and str(named) in error
 
 
 def test_rgba_photo_keeps_its_alpha_in_restored_imgs(tmp_path):

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from utils.cli import add_output_arguments, fail, float_range, int_range, positive_int, probability
+from utils.cli import add_output_arguments, check_writable_folder, fail, float_range, int_range, positive_int, probability
 from utils.images import ImageReadError, is_image_file, list_images, output_name, read_image, save_rgb
 from utils.weights import MissingWeightsError, WeightsReadError
 from whole_image.detect import DETECTORS, FaceDetector, load_detector
@@ -308,6 +308,7 @@ def run_whole_image(
     """
     inputs = collect_inputs(options.lq_data_path)
     refuse_overwriting_inputs(inputs, options.output_dir)
+    check_writable_folder(options.output_dir)  # before any model or detector work
     tools = load_tools(options, device, detector)
     save_mmse = options.save_mmse and gives_posterior_mean(restore_faces)
     if options.save_mmse and not save_mmse:
