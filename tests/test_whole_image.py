@@ -699,9 +699,15 @@ def test_missing_detector_weights_name_the_file_folder_and_source(tmp_path):
     assert "https://github.com/xinntao/facexlib" in message and "\n" not in message
 
 
-def test_missing_parser_weights_fall_back_to_the_ellipse(tmp_path):
+def test_missing_parser_weights_fall_back_to_the_ellipse(tmp_path, capsys):
     with pytest.warns(UserWarning, match=PARSER_FILE):
         assert load_face_parser(tmp_path, device="cpu") is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the program says it in one printed line instead
+        tools = load_tools(parse_cli(["--face_weights_dir", str(tmp_path)]), "cpu", detector=StubDetector([]))
+    assert tools.parser is None
+    printed = capsys.readouterr().out
+    assert printed.startswith("warning: ") and printed.count("\n") == 1 and PARSER_FILE in printed
 
 
 def test_missing_realesrgan_weights_end_the_program(tmp_path, capsys):

@@ -195,7 +195,13 @@ def load_tools(
                 options.detector, options.face_weights_dir, device, options.detection_threshold
             )
             print(description, flush=True)
-        parser = load_face_parser(options.face_weights_dir, device) if options.face_mask == "parsing" else None
+        parser = None
+        if options.face_mask == "parsing":
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                parser = load_face_parser(options.face_weights_dir, device)
+            for warning in caught:  # the ellipse fallback: one line, not a Python warning with its source
+                print(f"warning: {warning.message}", flush=True)
         bg_upsampler = None
         if options.bg_upsampler == "realesrgan":
             bg_upsampler = load_realesrgan(options.realesrgan_weights_dir, device, tile=options.bg_tile)
