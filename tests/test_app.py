@@ -143,7 +143,8 @@ def test_uploads_are_read_upright_with_their_alpha_and_gray_stays_gray(tmp_path)
     exif[0x0112] = 6  # stored on its side, "rotate 90° clockwise to display"
     rotated = saved(tmp_path, np.ascontiguousarray(np.rot90(tall, k=1)), "phone.jpg", quality=95, exif=exif)
     assert app.preview(rotated).shape == (60, 40, 3)
-    (_, after), _, _, _ = app.restore_image(rotated, app.WHOLE_PHOTO, 1, 2, 0, invert, NoFace(), store)
+    with pytest.warns(UserWarning, match="No face detected"):
+        (_, after), _, _, _ = app.restore_image(rotated, app.WHOLE_PHOTO, 1, 2, 0, invert, NoFace(), store)
     assert after.shape == (120, 80, 3)
 
     rgba = np.concatenate([photo(40, 40), np.full((40, 40, 1), 77, np.uint8)], axis=2)
@@ -225,7 +226,8 @@ def test_detector_choice_is_the_clis(tmp_path, capsys):
     store = store_for(tmp_path)  # auto, no RetinaFace weights: MTCNN, offline
     assert isinstance(store.detector(), MTCNNDetector)
     assert "face detector: MTCNN" in capsys.readouterr().out
-    _, _, _, status = app.restore_image(upload, app.WHOLE_PHOTO, 1, 1, 0, invert, store=store)
+    with pytest.warns(UserWarning, match="No face detected"):  # random pixels
+        _, _, _, status = app.restore_image(upload, app.WHOLE_PHOTO, 1, 1, 0, invert, store=store)
     assert "(MTCNN from facenet-pytorch)" in status
     with pytest.raises(SystemExit):
         app.parse_args(["--detector", "dlib"])
