@@ -1,12 +1,16 @@
 """Local web demo of PMRF blind face restoration (Gradio).
 
-    python app.py [--ckpt_path ID_OR_PATH] [--ckpt_path_is_huggingface] [--device auto|cpu|cuda]
-                  [--server_name 127.0.0.1] [--server_port 7860] [--share]
+    python app.py [--ckpt_path CKPT] [--ckpt_path_is_huggingface] [--device auto|cpu|cuda] [--bf16]
+                  [--compile] [--detector auto|retinaface|mtcnn] [--server_name 127.0.0.1] [--server_port 7860]
 
-Upload a photo, choose "Aligned face" (a 512x512 FFHQ-aligned face; other sizes are centre-cropped to a
-square and resized) or "Whole photo" (every face is detected, aligned, restored and pasted back), set the
-number of flow steps, the output scale and the seed, and press Restore. The page opens at once; the model
-and the face networks load on the first click, and a missing checkpoint is reported there.
+Upload a photo (or pick the example), choose "Whole photo" (every face is detected, aligned, restored and
+pasted back) or "Aligned face" (a 512x512 FFHQ-aligned face; other sizes are centre-cropped to a square
+and resized), set the number of flow steps, the output scale and the seed, and press Restore. The page
+shows a before/after slider, a gallery of the restored faces and the restored photo to download.
+
+The page opens at once; the model and the face networks load on the first click, and a missing
+checkpoint is reported there. The model comes from `lightning_models.restoration` (the same loader and
+restorer as inference.py); --bf16 and --compile give the same fast path.
 """
 
 from __future__ import annotations
@@ -15,40 +19,46 @@ import argparse
 import atexit
 import functools
 import importlib
+import math
 import os
 import random
 import shutil
 import tempfile
 import threading
 import warnings
+from pathlib import Path
 
 import numpy as np
+import torch
 
-from utils.cli import resolve_device
-from utils.images import save_rgb
-from whole_image.detect import FaceDetector, load_retinaface
+from utils.cli import add_checkpoint_arguments, add_runtime_arguments, fail, int_range, resolve_device
+from utils.images import ImageReadError, is_gray, read_image, save_rgb
+from utils.weights import MissingWeightsError, WeightsReadError
+from whole_image.detect import DETECTORS, FaceDetector, load_detector
 from whole_image.paste import FaceParser, load_face_parser
-from whole_image.pipeline import RestoreFaces, as_rgb, restore_aligned, restore_photo, side_by_side
+from whole_image.pipeline import NoFaceWarning, RestoreFaces, as_rgb, restore_aligned, restore_photo, to_gray
 from whole_image.upsample import BackgroundUpsampler, load_realesrgan, resize
-from whole_image.weights import MissingWeightsError
 
-DEFAULT_CHECKPOINT = "ohayonguy/PMRF_blind_face_image_restoration"
 ALIGNED = "Aligned face (512×512)"
 WHOLE_PHOTO = "Whole photo (detect faces)"
 MAX_OUTPUT_SIDE = 4096  # keeps a big upload times a big scale within a desktop's memory
 MAX_SEED = 2**31 - 1
+MAX_STEPS = 200
+MIN_UPSCALE, MAX_UPSCALE = 1.0, 4.0
+READABLE = "PNG, JPEG, WebP, BMP, TIFF or GIF"
 
 
 class ModelStore:
     """The PMRF model and the face networks, loaded once, on first use, from the command-line settings."""
 
-    def __init__(self, settings: argparse.Namespace):
+    def __init__(self, settings: argparse.Namespace, device: torch.device | str = "cpu"):
         self.settings = settings
-        self.device = resolve_device(settings.device)
+        self.device = torch.device(device)
         self._lock = threading.Lock()
-        self._inference = None  # lightning_models.restoration, imported with the model
+        self._restoration = None  # lightning_models.restoration, imported with the model
         self._model = None
         self._detector: FaceDetector | None = None
+        self.detector_name = ""
         self._parser: FaceParser | None = None
         self._parser_tried = False
         self._bg_upsampler: BackgroundUpsampler | None = None
@@ -57,46 +67,60 @@ class ModelStore:
     def restorer(self, num_flow_steps: int, seed: int) -> RestoreFaces:
         with self._lock:
             if self._model is None:
-                self._inference, self._model = self._load_model()
-        return self._inference.make_face_restorer(
+                self._restoration, self._model = self._load_model()
+        return self._restoration.FaceRestorer(
             self._model, num_flow_steps=num_flow_steps, seed=seed, bf16=self.settings.bf16
         )
 
     def _load_model(self):
         ckpt = self.settings.ckpt_path
-        huggingface = self.settings.ckpt_path_is_huggingface or ckpt == DEFAULT_CHECKPOINT
         try:
             restoration = importlib.import_module("lightning_models.restoration")
-            return restoration, restoration.load_model(ckpt, huggingface=huggingface, device=self.device)
+            model = restoration.load_model(
+                ckpt,
+                huggingface=self.settings.ckpt_path_is_huggingface,
+                device=self.device,
+                use_ema=not self.settings.use_raw_weights,
+            )
         except Exception as error:  # offline hub, missing file, wrong format: one message for the page
             where = (
                 f"the Hugging Face repo '{ckpt}' (needs internet once; it is cached afterwards)"
-                if huggingface
+                if self.settings.ckpt_path_is_huggingface
                 else f"the file '{ckpt}'"
             )
             raise user_error(
                 f"Cannot load the PMRF model from {where}: {error.__class__.__name__}: {error}. "
                 "Download the checkpoint (see README) and start the demo with --ckpt_path pointing at it."
             ) from None
+        backend = getattr(self.settings, "attention_backend", None)
+        if backend and hasattr(model.model, "set_neighborhood_backend"):
+            model.model.set_neighborhood_backend(backend)
+        if self.settings.compile:
+            model.model.compile()  # in place, as inference.py does: keeps state-dict keys and the type
+        return restoration, model
 
     def detector(self) -> FaceDetector:
         with self._lock:
             if self._detector is None:
                 try:
-                    self._detector = load_retinaface(self.settings.face_weights_dir, self.device)
-                except (MissingWeightsError, ValueError) as error:
+                    self._detector, self.detector_name = load_detector(
+                        self.settings.detector, self.settings.face_weights_dir, self.device
+                    )
+                except (MissingWeightsError, WeightsReadError) as error:
                     raise user_error(str(error)) from None
+                print(self.detector_name, flush=True)
         return self._detector
 
     def parser(self) -> FaceParser | None:
         with self._lock:
             if not self._parser_tried:
                 self._parser_tried = True
-                with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always")
-                    self._parser = load_face_parser(self.settings.face_weights_dir, self.device)
-                for warning in caught:  # the ellipse fallback, shown on the page too
-                    user_warning(str(warning.message))
+                if self.settings.face_mask == "parsing":
+                    with warnings.catch_warnings(record=True) as caught:
+                        warnings.simplefilter("always")
+                        self._parser = load_face_parser(self.settings.face_weights_dir, self.device)
+                    for warning in caught:  # the ellipse fallback, said once in the terminal
+                        print(f"warning: {warning.message}", flush=True)
         return self._parser
 
     def bg_upsampler(self) -> BackgroundUpsampler | None:
@@ -108,7 +132,7 @@ class ModelStore:
                 self._bg_upsampler_tried = True
                 try:
                     self._bg_upsampler = load_realesrgan(self.settings.realesrgan_weights_dir, self.device)
-                except (MissingWeightsError, ValueError) as error:
+                except (MissingWeightsError, WeightsReadError) as error:
                     user_warning(f"{error}; the background is resized without Real-ESRGAN")
         return self._bg_upsampler
 
@@ -117,26 +141,84 @@ STORE: ModelStore | None = None
 
 
 def demo_store() -> ModelStore:
-    """The store of the running demo; the defaults of the command line when none was started."""
+    """The store of the running demo; the command line's defaults when none was started."""
     global STORE
     if STORE is None:
-        STORE = ModelStore(parse_args([]))
+        settings = parse_args([])
+        STORE = ModelStore(settings, resolve_device(settings.device))
     return STORE
 
 
 def user_error(message: str) -> Exception:
-    """gr.Error (shown on the page) when Gradio is importable, else a plain RuntimeError."""
+    """gr.Error (one line on the page, no traceback in the terminal) when Gradio is importable, else a
+    plain ValueError."""
     try:
         import gradio as gr
     except ImportError:
-        return RuntimeError(message)
-    return gr.Error(message)
+        return ValueError(message)
+    return gr.Error(message, print_exception=False)
 
 
 def user_warning(message: str) -> None:
-    import gradio as gr
-
+    try:
+        import gradio as gr
+    except ImportError:
+        warnings.warn(message, stacklevel=2)
+        return
     gr.Warning(message)
+
+
+# ------------------------------------------------------------------------------------ the handlers
+
+
+def load_upload(upload) -> np.ndarray:
+    """The uploaded photo, upright (EXIF), alpha kept; an array is taken as it is."""
+    if upload is None:
+        raise user_error("Upload a photo first.")
+    if isinstance(upload, np.ndarray):
+        return upload
+    path = Path(getattr(upload, "name", upload))
+    try:
+        return read_image(path)
+    except (ImageReadError, OSError):
+        raise user_error(
+            f"“{path.name}” is not an image this demo can read. Please upload a photo ({READABLE})."
+        ) from None
+
+
+def checked_whole_number(value, low: int, high: int, what: str) -> int:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number) or number != int(number) or not low <= number <= high:
+        raise user_error(f"{what} must be a whole number from {low} to {high}; got {value}.")
+    return int(number)
+
+
+def checked_seed(seed) -> int:
+    """-1 (or nothing) for a random seed; else a whole number in [0, MAX_SEED]."""
+    if seed is None or seed == "":
+        return random.randint(0, MAX_SEED)
+    try:
+        number = float(seed)
+    except (TypeError, ValueError):
+        number = math.nan
+    if number == -1:
+        return random.randint(0, MAX_SEED)
+    if not math.isfinite(number) or number != int(number) or not 0 <= number <= MAX_SEED:
+        raise user_error(f"Seed must be a whole number from 0 to {MAX_SEED}, or -1 for a random one; got {seed}.")
+    return int(number)
+
+
+def checked_upscale(upscale) -> float:
+    try:
+        value = float(upscale)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not MIN_UPSCALE <= value <= MAX_UPSCALE:  # NaN fails too
+        raise user_error(f"Output scale must be from {MIN_UPSCALE:g} to {MAX_UPSCALE:g}; got {upscale}.")
+    return value
 
 
 def square_face(image: np.ndarray, size: int = 512) -> np.ndarray:
@@ -153,69 +235,97 @@ def capped_scale(image: np.ndarray, upscale: float) -> float:
         return upscale
     capped = max(MAX_OUTPUT_SIDE / longest, 0.1)
     user_warning(
-        f"Output scale lowered from {upscale:g} to {capped:.2f} to keep the result "
-        f"within {MAX_OUTPUT_SIDE} px."
+        f"Output scale lowered from {upscale:g} to {capped:.2f} to keep the result within {MAX_OUTPUT_SIDE} px."
     )
     return capped
 
 
+def preview(upload):
+    """Shown as soon as a file is chosen: the photo upright, or the refusal."""
+    if upload is None:
+        return None
+    return as_rgb(load_upload(upload))
+
+
 def restore_image(
-    image: np.ndarray | None,
+    upload,
     mode: str,
     steps: float,
     upscale: float,
-    seed: float,
+    seed: float | None,
     restore_faces: RestoreFaces | None = None,
     detector: FaceDetector | None = None,
     store: ModelStore | None = None,
-) -> tuple[np.ndarray, str, str]:
-    """The Restore button: returns (input | restored side by side, path of the restored PNG, a status line).
+) -> tuple[tuple[np.ndarray, np.ndarray], list[tuple[np.ndarray, str]], str, str]:
+    """The Restore button: ((before, after) for the slider, [(restored face, caption)] for the gallery,
+    path of the restored PNG, a status line).
 
-    `restore_faces` and `detector` default to the networks of `store` (the demo's own), which also gives
-    the paste mask's face parser and the background upsampler.
+    `upload` is the uploaded file's path (an array is taken as the photo). `restore_faces` and `detector`
+    default to the networks of `store` (the demo's own), which also gives the paste mask's face parser
+    and the background upsampler.
     """
-    if image is None:
-        raise user_error("Upload a photo first.")
+    image = load_upload(upload)
+    steps = checked_whole_number(steps, 1, MAX_STEPS, "The number of flow steps")
+    upscale = checked_upscale(upscale)
+    seed = checked_seed(seed)
     store = store or demo_store()
-    image = as_rgb(np.asarray(image))
-    steps = int(min(max(int(steps), 1), 200))
-    seed = int(seed) if seed is not None and int(seed) >= 0 else random.randint(0, MAX_SEED)
     if mode != ALIGNED and detector is None:
-        detector = store.detector()  # before the model: a missing detector file is found at once
+        detector = store.detector()  # before the model: a missing detector file is said at once
     if restore_faces is None:
         restore_faces = store.restorer(steps, seed)
     if mode == ALIGNED:
-        face = square_face(image)
+        face = square_face(as_rgb(image))
         restored = restore_aligned([face], restore_faces)[0]
-        comparison = side_by_side(face, restored)
+        if is_gray(face):
+            restored = to_gray(restored)
+        before, after, download = face, restored, restored
+        gallery = [(restored, "restored face")]
         status = f"Restored the aligned face with {steps} flow steps, seed {seed}."
     else:
-        result = restore_photo(
-            image,
-            restore_faces,
-            detector,
-            upscale=capped_scale(image, float(upscale)),
-            parser=store.parser(),
-            bg_upsampler=store.bg_upsampler(),
-            name="the photo",
-        )
-        restored = result.restored_image
-        comparison = side_by_side(image, restored)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NoFaceWarning)  # said on the page below
+            result = restore_photo(
+                image,
+                restore_faces,
+                detector,
+                upscale=capped_scale(image, upscale),
+                parser=store.parser(),
+                bg_upsampler=store.bg_upsampler(),
+                name="the photo",
+            )
+        download = result.restored_image  # alpha kept in the PNG
+        after = as_rgb(download)
+        before = resize(as_rgb(image), after.shape[0], after.shape[1])
+        count = len(result.faces)
+        gallery = [(face, f"face {k + 1} of {count}") for k, face in enumerate(result.restored_faces)]
         if not result.faces:
             user_warning("No face detected: the photo was only resized.")
-        status = f"Restored {len(result.faces)} face(s) with {steps} flow steps, seed {seed}."
+        detector_name = f" ({store.detector_name.split(' (')[0].removeprefix('face detector: ')})" if store.detector_name else ""
+        status = f"Restored {count} face(s) with {steps} flow steps, seed {seed}{detector_name}."
     handle, path = tempfile.mkstemp(prefix="pmrf_restored_", suffix=".png", dir=results_dir())
     os.close(handle)
-    save_rgb(restored, path)  # atomic replace of the empty placeholder
-    return comparison, path, status
+    save_rgb(download, path)  # atomic replace of the empty placeholder
+    return (before, after), gallery, path, status
 
 
 @functools.cache
 def results_dir() -> str:
-    """A private folder for the demo's downloadable results, removed when the program ends."""
+    """A private folder for the demo's files (results, examples), removed when the program ends."""
     folder = tempfile.mkdtemp(prefix="pmrf_demo_")
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     return folder
+
+
+@functools.cache
+def example_photos() -> list[str]:
+    """Example photos for the page: scikit-image's astronaut portrait (none without scikit-image)."""
+    try:
+        from skimage import data
+    except ImportError:
+        return []
+    path = Path(results_dir()) / "astronaut.png"
+    save_rgb(data.astronaut(), path)
+    return [str(path)]
 
 
 def build_demo():
@@ -224,25 +334,30 @@ def build_demo():
     with gr.Blocks(title="PMRF face restoration", analytics_enabled=False) as demo:
         gr.Markdown(
             "# PMRF: Posterior-Mean Rectified Flow — blind face restoration\n"
-            "Upload a photo. *Aligned face* expects a square, FFHQ-aligned face (it is resized to 512×512); "
-            "*Whole photo* finds every face, restores it and pastes it back."
+            "Upload a photo. *Whole photo* finds every face, restores it and pastes it back; *Aligned face* "
+            "expects a square, FFHQ-aligned face (it is resized to 512×512)."
         )
         with gr.Row():
             with gr.Column():
-                image = gr.Image(type="numpy", image_mode="RGB", label="Input photo")
-                mode = gr.Radio([ALIGNED, WHOLE_PHOTO], value=WHOLE_PHOTO, label="Input kind")
-                steps = gr.Slider(1, 200, value=25, step=1, label="Flow steps")
-                upscale = gr.Slider(1, 4, value=2, step=1, label="Output scale (whole photo only)")
-                seed = gr.Number(value=42, precision=0, label="Seed (-1: random)")
+                upload = gr.File(label="Photo", file_count="single", type="filepath")
+                shown = gr.Image(label="Your photo", type="numpy", interactive=False, height=240)
+                mode = gr.Radio([WHOLE_PHOTO, ALIGNED], value=WHOLE_PHOTO, label="Input kind")
+                steps = gr.Slider(1, MAX_STEPS, value=25, step=1, label="Flow steps")
+                upscale = gr.Slider(MIN_UPSCALE, MAX_UPSCALE, value=2, step=0.5, label="Output scale (whole photo)")
+                seed = gr.Number(value=42, precision=0, label=f"Seed (0 to {MAX_SEED}; -1: random)")
                 run = gr.Button("Restore", variant="primary")
+                if example_photos():
+                    gr.Examples(examples=[[path] for path in example_photos()], inputs=[upload], label="Example photos")
             with gr.Column():
-                comparison = gr.Image(type="numpy", format="png", label="Input | restored", interactive=False)
-                download = gr.File(label="Restored image (PNG)", interactive=False)
+                slider = gr.ImageSlider(label="Before / after", type="numpy", format="png", interactive=False)
+                faces = gr.Gallery(label="Restored faces", columns=4, height=220, format="png", interactive=False)
+                download = gr.File(label="Restored photo (PNG)", interactive=False)
                 status = gr.Markdown()
+        upload.change(preview, inputs=[upload], outputs=[shown], api_name="preview")
         run.click(
             restore_image,
-            inputs=[image, mode, steps, upscale, seed],
-            outputs=[comparison, download, status],
+            inputs=[upload, mode, steps, upscale, seed],
+            outputs=[slider, faces, download, status],
             api_name="restore",
         )
     return demo
@@ -250,52 +365,61 @@ def build_demo():
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="PMRF web demo (Gradio), local by default.")
-    parser.add_argument(
-        "--ckpt_path",
-        default=DEFAULT_CHECKPOINT,
-        help=f"Hugging Face repo id or local checkpoint (default {DEFAULT_CHECKPOINT})",
+    add_checkpoint_arguments(parser)
+    add_runtime_arguments(parser)
+    group = parser.add_argument_group("whole photos")
+    group.add_argument(
+        "--detector",
+        choices=DETECTORS,
+        default="auto",
+        help="face detector: RetinaFace, MTCNN (weights come with facenet-pytorch), or auto: RetinaFace "
+        "when its weights file is on disk, else MTCNN (default auto; the choice is printed)",
     )
-    parser.add_argument(
-        "--ckpt_path_is_huggingface",
-        action="store_true",
-        help="--ckpt_path is a Hugging Face repo id or a save_pretrained folder (implied for the default id)",
+    group.add_argument(
+        "--face_mask",
+        choices=("parsing", "ellipse"),
+        default="parsing",
+        help="paste mask: face parsing (ellipse when parsing_parsenet.pth is absent) or a soft ellipse",
     )
-    parser.add_argument(
-        "--device", default="auto", help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:1, ..."
-    )
-    parser.add_argument("--bf16", action="store_true", help="run the model in bfloat16 autocast")
-    parser.add_argument(
+    group.add_argument(
         "--bg_upsampler",
         choices=("none", "realesrgan"),
         default="none",
         help="whole-photo background: Lanczos resize or Real-ESRGAN x2plus",
     )
-    parser.add_argument(
+    group.add_argument(
         "--face_weights_dir",
         default=None,
         help="facexlib weights folder (default $PMRF_FACE_WEIGHTS, else checkpoints/facexlib/)",
     )
-    parser.add_argument(
-        "--realesrgan_weights_dir",
-        default=None,
-        help="folder of RealESRGAN_x2plus.pth (default checkpoints/realesrgan/)",
+    group.add_argument(
+        "--realesrgan_weights_dir", default=None, help="folder of RealESRGAN_x2plus.pth (default checkpoints/realesrgan/)"
     )
-    parser.add_argument(
-        "--server_name", default="127.0.0.1", help="address to listen on (0.0.0.0 for the LAN)"
-    )
-    parser.add_argument("--server_port", type=int, default=7860)
-    parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
+    server = parser.add_argument_group("server")
+    server.add_argument("--server_name", default="127.0.0.1", help="address to listen on (0.0.0.0 for the LAN)")
+    server.add_argument("--server_port", type=int_range(1, 65535), default=7860)
+    server.add_argument("--share", action="store_true", help="also open a public gradio.live link")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     global STORE
     args = parse_args(argv)
-    STORE = ModelStore(args)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as error:
+        fail(str(error))
+    STORE = ModelStore(args, device)
     demo = build_demo()
     demo.queue(default_concurrency_limit=1)
-    print(f"PMRF demo on {STORE.device}; model {args.ckpt_path} loads on the first Restore.", flush=True)
-    demo.launch(server_name=args.server_name, server_port=args.server_port, share=args.share, show_error=True)
+    print(f"PMRF demo on {device}; model {args.ckpt_path} loads on the first Restore.", flush=True)
+    demo.launch(
+        server_name=args.server_name,
+        server_port=args.server_port,
+        share=args.share,
+        show_error=True,
+        allowed_paths=[results_dir()],
+    )
 
 
 if __name__ == "__main__":

@@ -1,38 +1,44 @@
-"""The Gradio demo: the Restore handler with stub networks, lazy model loading, and the served page.
+"""The Gradio demo: the Restore handler with stub networks, lazy model loading, refusals, and the served
+page (through Gradio's client, and in the system's headless Chromium driven by Playwright).
 
-The model is a stub installed as a fake `lightning_models.restoration` module (the real one needs the checkpoint); the
-face detector is stubbed; every download fails as it would offline.
+The model is a stub installed as a fake `lightning_models.restoration` module (the real one needs the
+checkpoint); the face detector is a stub, or the real MTCNN whose weights ship with facenet-pytorch.
+Nothing is downloaded.
 """
 
 from __future__ import annotations
 
-import inspect
+import ast
 import os
+import shutil
 import socket
 import sys
 import types
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import app
-from utils.images import read_rgb
-from whole_image import weights as weights_module
+from utils.cli import DEFAULT_CKPT
+from utils.images import read_image, read_rgb
 from whole_image.align import FFHQ_TEMPLATE_512
-from whole_image.detect import DetectedFace
+from whole_image.detect import DetectedFace, MTCNNDetector
 
 gr = pytest.importorskip("gradio")
 
 
 @pytest.fixture(autouse=True)
 def offline(monkeypatch):
-    def fail(url, folder, file_name):
-        raise OSError("network is unreachable")
+    def fail(*args, **kwargs):
+        raise AssertionError("a test tried to download something")
 
-    monkeypatch.setitem(weights_module.DOWNLOADERS, "facexlib", fail)
-    monkeypatch.setitem(weights_module.DOWNLOADERS, "basicsr", fail)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", fail)
+    monkeypatch.setattr("facexlib.utils.load_file_from_url", fail)
+    monkeypatch.setattr("facexlib.utils.misc.load_file_from_url", fail)
     monkeypatch.setattr(app, "STORE", None)
 
 
@@ -40,7 +46,19 @@ def invert(faces: torch.Tensor) -> torch.Tensor:
     return 1.0 - faces
 
 
-class FakeInference(types.ModuleType):
+class FakeNetwork:
+    def __init__(self):
+        self.compiled = 0
+        self.backends = []
+
+    def compile(self):
+        self.compiled += 1
+
+    def set_neighborhood_backend(self, backend):
+        self.backends.append(backend)
+
+
+class FakeRestoration(types.ModuleType):
     """Stands in for lightning_models.restoration: records how the demo loads and uses the model."""
 
     def __init__(self, fail: bool = False):
@@ -48,28 +66,30 @@ class FakeInference(types.ModuleType):
         self.fail = fail
         self.loads = []
         self.restorers = []
+        self.model = types.SimpleNamespace(model=FakeNetwork())
 
-    def load_model(self, ckpt_path, huggingface, device, use_ema=True):
-        self.loads.append((ckpt_path, huggingface, str(device)))
+    def load_model(self, ckpt_path, huggingface=False, device="cpu", use_ema=True):
+        self.loads.append((ckpt_path, huggingface, str(device), use_ema))
         if self.fail:
-            raise FileNotFoundError(f"{ckpt_path}: no such file")
-        return "model"
+            raise FileNotFoundError(f"checkpoint {ckpt_path} not found")
+        assert self.model.model.compiled == 0  # compiled after loading, never before
+        return self.model
 
-    def make_face_restorer(self, model, num_flow_steps, seed=None, bf16=False):
-        assert model == "model"
+    def FaceRestorer(self, model, num_flow_steps=25, seed=None, bf16=False):  # noqa: N802 (a class there)
+        assert model is self.model
         self.restorers.append((num_flow_steps, seed, bf16))
         return invert
 
 
 class OneFace:
-    def __init__(self, height: int, width: int):
+    """A detector that finds one face in the middle of whatever frame it is shown."""
+
+    def detect(self, image):
+        height, width = image.shape[:2]
         center = np.array([width / 2, height / 2.2])
         eyes = FFHQ_TEMPLATE_512[:2].mean(axis=0)
         landmarks = (FFHQ_TEMPLATE_512 - eyes) * (width / 4 / 126.0) + center
-        self.face = DetectedFace(box=np.array([0, 0, width, height], float), landmarks=landmarks, score=0.99)
-
-    def detect(self, image):
-        return [self.face]
+        return [DetectedFace(box=np.array([0, 0, width, height], float), landmarks=landmarks, score=0.99)]
 
 
 class NoFace:
@@ -77,103 +97,209 @@ class NoFace:
         return []
 
 
-def photo(height: int, width: int) -> np.ndarray:
-    rng = np.random.default_rng(0)
+def photo(height: int, width: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
     return rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
 
 
+def saved(tmp_path: Path, array: np.ndarray, name: str = "upload.png", **save_options) -> str:
+    path = tmp_path / name
+    Image.fromarray(array).save(path, **save_options)
+    return str(path)
+
+
 def store_for(tmp_path, *extra: str) -> app.ModelStore:
-    return app.ModelStore(app.parse_args(["--device", "cpu", "--face_weights_dir", str(tmp_path), *extra]))
+    args = app.parse_args(["--device", "cpu", "--face_weights_dir", str(tmp_path / "facexlib"), *extra])
+    return app.ModelStore(args, "cpu")
 
 
-def test_aligned_mode_returns_side_by_side_and_a_png(tmp_path):
-    image = photo(100, 80)
-    comparison, path, status = app.restore_image(
-        image, app.ALIGNED, 25, 2, 42, restore_faces=invert, store=store_for(tmp_path)
+def test_aligned_mode_gives_slider_gallery_and_png(tmp_path):
+    upload = saved(tmp_path, photo(100, 80))
+    (before, after), gallery, path, status = app.restore_image(
+        upload, app.ALIGNED, 25, 2, 42, restore_faces=invert, store=store_for(tmp_path)
     )
-    assert comparison.shape == (512, 1024, 3) and comparison.dtype == np.uint8
-    restored = read_rgb(path)
-    assert restored.shape == (512, 512, 3)
-    np.testing.assert_array_equal(restored, 255 - comparison[:, :512])  # the stub inverts the resized input
+    assert before.shape == after.shape == (512, 512, 3) and after.dtype == np.uint8
+    np.testing.assert_array_equal(after, 255 - before)  # the stub inverts the square-cropped, resized input
+    np.testing.assert_array_equal(read_rgb(path), after)
+    assert len(gallery) == 1 and gallery[0][0] is after
     assert "seed 42" in status
 
 
 def test_whole_photo_mode_pastes_the_face(tmp_path):
-    image = photo(48, 64)
-    with pytest.warns(UserWarning, match="parsing_parsenet.pth"):  # no parser weights: ellipse mask
-        comparison, path, status = app.restore_image(
-            image,
-            app.WHOLE_PHOTO,
-            3,
-            2,
-            7,
-            restore_faces=invert,
-            detector=OneFace(48, 64),
-            store=store_for(tmp_path),
-        )
-    restored = read_rgb(path)
-    assert restored.shape == (96, 128, 3)
-    assert comparison.shape == (96, 256, 3)
-    np.testing.assert_array_equal(comparison[:, 128:], restored)
-    assert np.any(restored != comparison[:, :128]) and "1 face(s)" in status
+    upload = saved(tmp_path, photo(48, 64))
+    (before, after), gallery, path, status = app.restore_image(
+        upload, app.WHOLE_PHOTO, 3, 2, 7, restore_faces=invert, detector=OneFace(), store=store_for(tmp_path)
+    )
+    assert after.shape == before.shape == (96, 128, 3)
+    np.testing.assert_array_equal(read_rgb(path), after)
+    assert np.any(after != before) and "1 face(s)" in status
+    assert [caption for _, caption in gallery] == ["face 1 of 1"] and gallery[0][0].shape == (512, 512, 3)
+
+
+def test_uploads_are_read_upright_with_their_alpha_and_gray_stays_gray(tmp_path):
+    store = store_for(tmp_path)
+    tall = photo(60, 40)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored on its side, "rotate 90° clockwise to display"
+    rotated = saved(tmp_path, np.ascontiguousarray(np.rot90(tall, k=1)), "phone.jpg", quality=95, exif=exif)
+    assert app.preview(rotated).shape == (60, 40, 3)
+    with pytest.warns(UserWarning, match="No face detected"):
+        (_, after), _, _, _ = app.restore_image(rotated, app.WHOLE_PHOTO, 1, 2, 0, invert, NoFace(), store)
+    assert after.shape == (120, 80, 3)
+
+    rgba = np.concatenate([photo(40, 40), np.full((40, 40, 1), 77, np.uint8)], axis=2)
+    upload = saved(tmp_path, rgba, "logo.png")
+    _, _, path, _ = app.restore_image(upload, app.WHOLE_PHOTO, 1, 2, 0, invert, OneFace(), store)
+    kept = read_image(path)
+    assert kept.shape == (80, 80, 4) and np.all(kept[:, :, 3] == 77)
+
+    gray = saved(tmp_path, photo(64, 64)[:, :, 0], "gray.png")
+    for mode, detector in ((app.WHOLE_PHOTO, OneFace()), (app.ALIGNED, None)):
+        tint = lambda faces: torch.cat([faces[:, :1] * 0 + 1, faces[:, 1:]], dim=1)  # noqa: E731 (a red model)
+        (_, after), gallery, path, _ = app.restore_image(gray, mode, 1, 1, 0, tint, detector, store)
+        for image in (after, read_rgb(path), gallery[0][0]):
+            assert np.array_equal(image[:, :, 0], image[:, :, 1]) and np.array_equal(image[:, :, 1], image[:, :, 2])
 
 
 def test_whole_photo_without_faces_warns_and_resizes(tmp_path):
     store = store_for(tmp_path)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        comparison, path, status = app.restore_image(
-            photo(30, 40), app.WHOLE_PHOTO, 5, 3, 1, restore_faces=invert, detector=NoFace(), store=store
+        (_, after), gallery, path, status = app.restore_image(
+            saved(tmp_path, photo(30, 40)), app.WHOLE_PHOTO, 5, 3, 1, restore_faces=invert, detector=NoFace(), store=store
         )
     assert any("No face detected" in str(w.message) for w in caught)
-    assert read_rgb(path).shape == (90, 120, 3) and "0 face(s)" in status
+    assert read_rgb(path).shape == (90, 120, 3) and gallery == [] and "0 face(s)" in status
 
 
 def test_model_loads_lazily_once_with_the_settings(tmp_path, monkeypatch):
-    fake = FakeInference()
+    fake = FakeRestoration()
     monkeypatch.setitem(sys.modules, "lightning_models.restoration", fake)
     store = store_for(tmp_path)
     assert fake.loads == []  # nothing is loaded before the first click
-    app.restore_image(photo(64, 64), app.ALIGNED, 10, 1, 5, store=store)
-    app.restore_image(photo(64, 64), app.ALIGNED, 300, 1, -1, store=store)
-    assert fake.loads == [(app.DEFAULT_CHECKPOINT, True, "cpu")]
-    (steps1, seed1, _), (steps2, seed2, _) = fake.restorers
-    assert (steps1, seed1) == (10, 5) and steps2 == 200 and 0 <= seed2 <= app.MAX_SEED
+    upload = saved(tmp_path, photo(64, 64))
+    app.restore_image(upload, app.ALIGNED, 10, 1, 5, store=store)
+    app.restore_image(upload, app.ALIGNED, 200, 1, -1, store=store)
+    assert fake.loads == [(DEFAULT_CKPT, False, "cpu", True)]
+    (steps1, seed1, bf16), (steps2, seed2, _) = fake.restorers
+    assert (steps1, seed1, bf16) == (10, 5, False) and steps2 == 200 and 0 <= seed2 <= app.MAX_SEED
+    assert fake.model.model.compiled == 0
 
 
-def test_a_local_checkpoint_is_not_treated_as_a_hub_id(tmp_path, monkeypatch):
-    fake = FakeInference()
+def test_compile_bf16_and_attention_backend_take_the_clis_fast_path(tmp_path, monkeypatch):
+    fake = FakeRestoration()
     monkeypatch.setitem(sys.modules, "lightning_models.restoration", fake)
-    store = store_for(tmp_path, "--ckpt_path", str(tmp_path / "model.ckpt"))
-    app.restore_image(photo(32, 32), app.ALIGNED, 1, 1, 0, store=store)
-    assert fake.loads[0][:2] == (str(tmp_path / "model.ckpt"), False)
+    store = store_for(tmp_path, "--compile", "--bf16", "--attention_backend", "torch", "--use_raw_weights")
+    upload = saved(tmp_path, photo(32, 32))
+    for _ in range(2):
+        app.restore_image(upload, app.ALIGNED, 2, 1, 0, store=store)
+    assert fake.model.model.compiled == 1  # once, in place, after loading
+    assert fake.model.model.backends == ["torch"]
+    assert [bf16 for _, _, bf16 in fake.restorers] == [True, True]
+    assert fake.loads[0][3] is False  # --use_raw_weights
+
+
+def test_hub_ids_and_local_checkpoints(tmp_path, monkeypatch):
+    fake = FakeRestoration()
+    monkeypatch.setitem(sys.modules, "lightning_models.restoration", fake)
+    upload = saved(tmp_path, photo(32, 32))
+    app.restore_image(upload, app.ALIGNED, 1, 1, 0, store=store_for(tmp_path, "--ckpt_path", "x.ckpt"))
+    app.restore_image(
+        upload, app.ALIGNED, 1, 1, 0, store=store_for(tmp_path, "--ckpt_path", "me/pmrf", "--ckpt_path_is_huggingface")
+    )
+    assert [load[:2] for load in fake.loads] == [("x.ckpt", False), ("me/pmrf", True)]
 
 
 def test_missing_checkpoint_is_a_clear_page_error(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "lightning_models.restoration", FakeInference(fail=True))
+    monkeypatch.setitem(sys.modules, "lightning_models.restoration", FakeRestoration(fail=True))
     with pytest.raises(gr.Error) as caught:
         app.restore_image(
-            photo(32, 32), app.ALIGNED, 1, 1, 0, store=store_for(tmp_path, "--ckpt_path", "nowhere.ckpt")
+            saved(tmp_path, photo(32, 32)), app.ALIGNED, 1, 1, 0, store=store_for(tmp_path, "--ckpt_path", "nowhere.ckpt")
         )
     assert "nowhere.ckpt" in str(caught.value) and "--ckpt_path" in str(caught.value)
 
 
-def test_missing_detector_weights_is_a_clear_page_error(tmp_path):
-    with pytest.raises(gr.Error, match="detection_Resnet50_Final.pth"):
-        app.restore_image(
-            photo(32, 32), app.WHOLE_PHOTO, 1, 1, 0, restore_faces=invert, store=store_for(tmp_path)
-        )
+def test_detector_choice_is_the_clis(tmp_path, capsys):
+    upload = saved(tmp_path, photo(32, 32))
+    with pytest.raises(gr.Error, match="detection_Resnet50_Final.pth"):  # asked for, not on disk
+        app.restore_image(upload, app.WHOLE_PHOTO, 1, 1, 0, invert, store=store_for(tmp_path, "--detector", "retinaface"))
+    store = store_for(tmp_path)  # auto, no RetinaFace weights: MTCNN, offline
+    assert isinstance(store.detector(), MTCNNDetector)
+    assert "face detector: MTCNN" in capsys.readouterr().out
+    with pytest.warns(UserWarning, match="No face detected"):  # random pixels
+        _, _, _, status = app.restore_image(upload, app.WHOLE_PHOTO, 1, 1, 0, invert, store=store)
+    assert "(MTCNN from facenet-pytorch)" in status
+    with pytest.raises(SystemExit):
+        app.parse_args(["--detector", "dlib"])
 
 
-def test_no_upload_is_a_page_error(tmp_path):
-    with pytest.raises(gr.Error, match="Upload"):
-        app.restore_image(None, app.ALIGNED, 1, 1, 0, restore_faces=invert, store=store_for(tmp_path))
+def test_bad_uploads_and_values_are_refused_in_the_apps_own_words(tmp_path):
+    store = store_for(tmp_path)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a photo")
+    fake_png = tmp_path / "broken.png"
+    fake_png.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    for upload in (notes, fake_png):
+        for call in (
+            lambda: app.preview(str(upload)),
+            lambda: app.restore_image(str(upload), app.WHOLE_PHOTO, 1, 1, 0, invert, OneFace(), store),
+        ):
+            with pytest.raises(gr.Error) as caught:
+                call()
+            message = str(caught.value)
+            assert upload.name in message and "is not an image this demo can read" in message and "\n" not in message
+    with pytest.raises(gr.Error, match="Upload a photo first"):
+        app.restore_image(None, app.ALIGNED, 1, 1, 0, invert, store=store)
+    upload = saved(tmp_path, photo(32, 32))
+    for seed in (app.MAX_SEED + 1, -2, 1.5, "abc", float("nan")):
+        with pytest.raises(gr.Error, match="Seed must be a whole number"):
+            app.restore_image(upload, app.ALIGNED, 1, 1, seed, invert, store=store)
+    for steps in (0, app.MAX_STEPS + 1, 2.5):
+        with pytest.raises(gr.Error, match="flow steps"):
+            app.restore_image(upload, app.ALIGNED, steps, 1, 0, invert, store=store)
+    for upscale in (0.5, 5, float("nan")):
+        with pytest.raises(gr.Error, match="Output scale"):
+            app.restore_image(upload, app.WHOLE_PHOTO, 1, upscale, 0, invert, NoFace(), store)
+    for seed in (-1, None, 0, app.MAX_SEED):  # -1 and nothing: a random seed
+        app.restore_image(upload, app.ALIGNED, 1, 1, seed, invert, store=store)
 
 
-def test_command_line_defaults():
+def test_command_line_uses_the_shared_options():
     args = app.parse_args([])
     assert (args.server_name, args.server_port, args.share) == ("127.0.0.1", 7860, False)
-    assert args.ckpt_path == app.DEFAULT_CHECKPOINT and args.device == "auto"
+    assert args.ckpt_path == DEFAULT_CKPT and not args.ckpt_path_is_huggingface and args.device is None
+    assert not args.bf16 and not args.compile and args.attention_backend is None and args.detector == "auto"
+    for bad in (["--server_port", "0"], ["--server_port", "http"], ["--attention_backend", "cudnn"]):
+        with pytest.raises(SystemExit):
+            app.parse_args(bad)
+
+
+def test_the_app_does_not_import_the_inference_program():
+    tree = ast.parse(Path(app.__file__).read_text())
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert "inference" not in imported
+    assert "lightning_models.restoration" in Path(app.__file__).read_text()
+
+
+def test_the_example_photo_is_the_astronaut():
+    pytest.importorskip("skimage")
+    (path,) = app.example_photos()
+    assert read_rgb(path).shape == (512, 512, 3)
+
+
+def test_missing_realesrgan_weights_fall_back_to_resizing(tmp_path):
+    store = store_for(tmp_path, "--bg_upsampler", "realesrgan", "--realesrgan_weights_dir", str(tmp_path))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _, _, path, _ = app.restore_image(
+            saved(tmp_path, photo(20, 30)), app.WHOLE_PHOTO, 1, 2, 0, restore_faces=invert, detector=NoFace(), store=store
+        )
+    assert any("RealESRGAN_x2plus.pth" in str(w.message) for w in caught)
+    assert read_rgb(path).shape == (40, 60, 3)
+
+
+# ------------------------------------------------------------------------------ the served page
 
 
 def free_port() -> int:
@@ -182,32 +308,46 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_the_served_page_restores_through_the_gradio_api(tmp_path, monkeypatch):
-    """Launch the real Blocks app locally and press Restore through Gradio's own client."""
-    from gradio_client import Client, handle_file
-    from PIL import Image
-
-    monkeypatch.setitem(sys.modules, "lightning_models.restoration", FakeInference())
+@pytest.fixture
+def served(tmp_path, monkeypatch):
+    """The real Blocks app on a local port, with the stub model; yields (url, fake restoration module)."""
+    fake = FakeRestoration()
+    monkeypatch.setitem(sys.modules, "lightning_models.restoration", fake)
     monkeypatch.setattr(app, "STORE", store_for(tmp_path))
     demo = app.build_demo()
-    port = free_port()
     demo.queue(default_concurrency_limit=1)
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    port = free_port()
+    demo.launch(
+        server_name="127.0.0.1",
+        server_port=port,
+        prevent_thread_lock=True,
+        quiet=True,
+        ssr_mode=False,
+        allowed_paths=[app.results_dir()],
+    )
     try:
-        upload = tmp_path / "face.png"
-        Image.fromarray(photo(40, 40)).save(upload)
-        client = Client(
-            f"http://127.0.0.1:{port}/", verbose=False, download_files=str(tmp_path / "downloads")
-        )
-        comparison, restored, status = client.predict(
-            handle_file(str(upload)), app.ALIGNED, 4, 2, 3, api_name="/restore"
-        )
-        assert read_rgb(comparison).shape == (512, 1024, 3)
-        assert read_rgb(restored).shape == (512, 512, 3)
-        assert "4 flow steps" in status
+        yield f"http://127.0.0.1:{port}/", fake
     finally:
         demo.close()
+
+
+@pytest.mark.slow
+def test_the_served_page_restores_through_the_gradio_api(tmp_path, served):
+    from gradio_client import Client, handle_file
+
+    url, fake = served
+    upload = saved(tmp_path, photo(40, 40))
+    client = Client(url, verbose=False, download_files=str(tmp_path / "downloads"))
+    (before, after), gallery, restored, status = client.predict(
+        handle_file(upload), app.ALIGNED, 4, 2, 3, api_name="/restore"
+    )
+    assert read_rgb(before).shape == read_rgb(after).shape == (512, 512, 3)
+    assert read_rgb(restored).shape == (512, 512, 3) and len(gallery) == 1
+    assert "4 flow steps" in status and fake.restorers == [(4, 3, False)]
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello")
+    with pytest.raises(Exception, match="is not an image this demo can read"):
+        client.predict(handle_file(str(notes)), app.ALIGNED, 4, 2, 3, api_name="/restore")
 
 
 @pytest.mark.slow
@@ -217,19 +357,9 @@ def test_running_app_py_prints_the_local_address(tmp_path):
     import subprocess
     import threading
     import urllib.request
-    from pathlib import Path
 
     port = free_port()
-    command = [
-        sys.executable,
-        "app.py",
-        "--server_port",
-        str(port),
-        "--device",
-        "cpu",
-        "--ckpt_path",
-        str(tmp_path / "absent.ckpt"),
-    ]
+    command = [sys.executable, "app.py", "--server_port", str(port), "--device", "cpu", "--ckpt_path", str(tmp_path / "absent.ckpt")]
     process = subprocess.Popen(
         command,
         cwd=Path(app.__file__).parent,
@@ -252,147 +382,49 @@ def test_running_app_py_prints_the_local_address(tmp_path):
     assert any("Running on local URL" in line for line in seen), seen
 
 
-class HeadlessChromium:
-    """Just enough of the Chrome DevTools Protocol, over --remote-debugging-pipe (no extra packages)."""
-
-    def __init__(self, executable: str, profile_dir):
-        import subprocess
-
-        self._os = os
-        commands_read, self._commands = os.pipe()
-        self._replies, replies_write = os.pipe()
-
-        def map_pipes_to_fds_3_and_4():  # the pipe protocol's fixed descriptors, in the child only
-            read_copy, write_copy = os.dup(commands_read), os.dup(replies_write)
-            os.dup2(read_copy, 3)
-            os.dup2(write_copy, 4)
-
-        self.process = subprocess.Popen(
-            [
-                executable,
-                "--headless=new",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--remote-debugging-pipe",
-                f"--user-data-dir={profile_dir}",
-                "--window-size=1280,1600",
-                "about:blank",
-            ],
-            preexec_fn=map_pipes_to_fds_3_and_4,
-            close_fds=False,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        os.close(commands_read)
-        os.close(replies_write)
-        self._buffer = b""
-        self._next_id = 0
-        target = self.send("Target.createTarget", {"url": "about:blank"})["targetId"]
-        self.session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
-
-    def send(self, method: str, params: dict | None = None, session: str | None = None) -> dict:
-        import json
-
-        self._next_id += 1
-        message = {"id": self._next_id, "method": method, "params": params or {}}
-        if session:
-            message["sessionId"] = session
-        self._os.write(self._commands, json.dumps(message).encode() + b"\0")
-        while True:
-            while b"\0" not in self._buffer:
-                chunk = self._os.read(self._replies, 1 << 16)
-                if not chunk:
-                    raise RuntimeError("chromium exited")
-                self._buffer += chunk
-            raw, self._buffer = self._buffer.split(b"\0", 1)
-            reply = json.loads(raw)
-            if reply.get("id") == self._next_id:
-                if "error" in reply:
-                    raise RuntimeError(f"{method}: {reply['error']}")
-                return reply["result"]
-
-    def page(self, method: str, params: dict | None = None) -> dict:
-        return self.send(method, params, self.session)
-
-    def evaluate(self, expression: str):
-        return self.page("Runtime.evaluate", {"expression": expression, "returnByValue": True})["result"].get(
-            "value"
-        )
-
-    def wait_for(self, expression: str, timeout: float = 60.0):
-        import time
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = self.evaluate(expression)
-            if value:
-                return value
-            time.sleep(0.2)
-        raise AssertionError(f"timed out waiting for: {expression}")
-
-    def close(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=30)
-        self._os.close(self._commands)
-        self._os.close(self._replies)
+def system_chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
 @pytest.mark.slow
-def test_browser_upload_and_click_shows_the_restored_image(tmp_path, monkeypatch):
-    """The real page in headless Chromium: upload, pick "Aligned face", click Restore, see the output.
-    Needs Debian's chromium (apt-get install chromium); skipped without it."""
-    import shutil
-
-    from PIL import Image
-
-    executable = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+def test_in_a_browser_upload_click_and_see_the_slider_and_the_faces(tmp_path, served):
+    """The real page in the system's headless Chromium, driven by Playwright (no browser download):
+    upload a photo, click Restore, see the before/after slider, the face gallery and the download."""
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    executable = system_chromium()
     if executable is None:
-        pytest.skip("no chromium (apt-get install chromium)")
-    fake = FakeInference()
-    monkeypatch.setitem(sys.modules, "lightning_models.restoration", fake)
-    monkeypatch.setattr(app, "STORE", store_for(tmp_path))
-    demo = app.build_demo()
-    demo.queue(default_concurrency_limit=1)
-    port = free_port()
-    no_ssr = (
-        {"ssr_mode": False} if "ssr_mode" in inspect.signature(demo.launch).parameters else {}
-    )  # Gradio 5+
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **no_ssr)
-    upload = tmp_path / "face.png"
-    Image.fromarray(photo(48, 48)).save(upload)
-    browser = HeadlessChromium(executable, tmp_path / "profile")
-    try:
-        browser.page("Page.navigate", {"url": f"http://127.0.0.1:{port}/"})
-        browser.wait_for("document.querySelector('input[type=file]') !== null")
-        root = browser.page("DOM.getDocument", {"depth": 0})["root"]["nodeId"]
-        file_input = browser.page("DOM.querySelector", {"nodeId": root, "selector": "input[type=file]"})[
-            "nodeId"
-        ]
-        browser.page("DOM.setFileInputFiles", {"nodeId": file_input, "files": [str(upload)]})
-        browser.wait_for("document.querySelectorAll('img').length > 0")
-        browser.evaluate(f"document.querySelector('input[type=radio][value=\"{app.ALIGNED}\"]').click()")
-        browser.evaluate(
-            "[...document.querySelectorAll('button')].find(b => b.innerText.trim() === 'Restore').click()"
+        pytest.skip("no system Chromium (apt-get install chromium)")
+    url, fake = served
+    upload = saved(tmp_path, photo(64, 64))
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello")
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=executable,
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
         )
-        widths = browser.wait_for(
-            "(() => { const w = [...document.querySelectorAll('img')].map(i => i.naturalWidth);"
-            " return w.includes(1024) ? w : null; })()"
-        )
-        assert 1024 in widths  # the 512 | 512 comparison is on the page
-        browser.wait_for("document.body.innerText.includes('pmrf_restored_')")  # the download link
-        assert fake.restorers and fake.restorers[0][:2] == (25, 42)  # the page's default steps and seed
-    finally:
-        browser.close()
-        demo.close()
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1600})
+            page.set_default_timeout(120_000)  # a loaded 2-core machine renders slowly
+            page.goto(url)
+            page.locator("input[type=file]").first.set_input_files(upload)
+            page.wait_for_function(  # the preview of the upload
+                "() => [...document.querySelectorAll('img')].some(i => i.naturalWidth === 64)"
+            )
+            page.get_by_label(app.ALIGNED).check()
+            page.get_by_role("button", name="Restore", exact=True).click()
+            page.get_by_text("Restored the aligned face with 25 flow steps, seed 42.").wait_for()
+            page.wait_for_function(  # before and after in the slider, the face in the gallery
+                "() => [...document.querySelectorAll('img')].filter(i => i.naturalWidth === 512).length >= 3"
+            )
+            assert page.locator("img[alt='restored face']").count() == 1  # the gallery's caption
+            page.get_by_text("pmrf_restored_").first.wait_for()  # the download
+            assert fake.restorers == [(25, 42, False)]  # the page's default steps and seed
 
-
-def test_missing_realesrgan_weights_fall_back_to_resizing(tmp_path):
-    store = store_for(tmp_path, "--bg_upsampler", "realesrgan", "--realesrgan_weights_dir", str(tmp_path))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        _, path, _ = app.restore_image(
-            photo(20, 30), app.WHOLE_PHOTO, 1, 2, 0, restore_faces=invert, detector=NoFace(), store=store
-        )
-    assert any("RealESRGAN_x2plus.pth" in str(w.message) for w in caught)
-    assert read_rgb(path).shape == (40, 60, 3)
+            page.get_by_label("Clear").first.click()
+            page.locator("input[type=file]").first.set_input_files(str(notes))  # refused on upload
+            page.get_by_text("“notes.txt” is not an image this demo can read").first.wait_for()
+            assert fake.restorers == [(25, 42, False)]
+        finally:
+            browser.close()

@@ -1,13 +1,16 @@
-"""Whole-photo restoration: alignment round trip, paste-back, face selection, CLI outputs, weights loading.
+"""Whole-photo restoration: alignment round trip, paste-back, face selection, detection frame, CLI
+outputs, weights loading.
 
 Detections are stubbed (random detector weights find no real faces) and the model is a stub that paints
 faces a known colour; the weight loaders are exercised with random state dicts saved in tmp_path.
+Tests on a real photograph with the real MTCNN are in test_whole_image_photo.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import types
 import warnings
 from pathlib import Path
 
@@ -17,8 +20,8 @@ import pytest
 import torch
 from PIL import Image
 
-from utils.images import read_rgb
-from whole_image import weights as weights_module
+from utils.images import read_image, read_rgb
+from utils.weights import MissingWeightsError, WeightsReadError
 from whole_image.align import (
     FFHQ_TEMPLATE_512,
     alignment_matrix,
@@ -26,31 +29,34 @@ from whole_image.align import (
     warp_from_template,
     warp_to_template,
 )
-from whole_image.cli import add_whole_image_arguments, load_tools, run_whole_image
+from whole_image.cli import WholeImageOptions, add_whole_image_arguments, load_tools, run_whole_image
 from whole_image.detect import (
     DetectedFace,
     RetinaFaceDetector,
     build_retinaface,
+    detection_scale,
+    find_faces,
     load_retinaface,
     select_faces,
 )
 from whole_image.paste import FaceParser, build_parsenet, ellipse_mask, load_face_parser
 from whole_image.pipeline import NoFaceWarning, restore_photo
 from whole_image.upsample import RealESRGANUpsampler, build_rrdbnet_x2, load_realesrgan, resize_background
-from whole_image.weights import DETECTOR_FILE, PARSER_FILE, REALESRGAN_FILE, MissingWeightsError
+from whole_image.weights import DETECTOR_FILE, PARSER_FILE, REALESRGAN_FILE
 
 GREEN = torch.tensor([0.0, 1.0, 0.0]).view(1, 3, 1, 1)
 
 
 @pytest.fixture(autouse=True)
 def offline(monkeypatch):
-    """No test may reach the network: every library download fails as it would offline."""
+    """No test may reach the network: the download helpers of torch, facexlib and BasicSR all fail."""
 
-    def fail(url, folder, file_name):
-        raise OSError("network is unreachable")
+    def fail(*args, **kwargs):
+        raise AssertionError("a test tried to download something")
 
-    monkeypatch.setitem(weights_module.DOWNLOADERS, "facexlib", fail)
-    monkeypatch.setitem(weights_module.DOWNLOADERS, "basicsr", fail)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", fail)
+    monkeypatch.setattr("facexlib.utils.load_file_from_url", fail)
+    monkeypatch.setattr("facexlib.utils.misc.load_file_from_url", fail)
 
 
 def landmarks_at(center_xy, eye_distance: float, angle_deg: float = 0.0) -> np.ndarray:
@@ -79,8 +85,22 @@ def textured_photo(height: int, width: int, seed: int = 0) -> np.ndarray:
     return np.clip(smooth, 0, 255).astype(np.uint8)
 
 
+def frame_size(height: int, width: int) -> tuple[int, int]:
+    """The size of the detection frame find_faces makes of a height x width photo."""
+    factor = detection_scale(height, width)
+    return max(1, round(height * factor)), max(1, round(width * factor))
+
+
+def in_frame(face: DetectedFace, photo_size: tuple[int, int], frame: tuple[int, int]) -> DetectedFace:
+    """`face` (photo coordinates) as a detector sees it in the detection frame."""
+    scale = np.array([frame[1] / photo_size[1], frame[0] / photo_size[0]])
+    move = lambda points: points * scale + (scale - 1) / 2  # noqa: E731
+    return DetectedFace(move(face.box.reshape(2, 2)).reshape(4), move(face.landmarks), face.score)
+
+
 class StubDetector:
-    """Returns fixed detections, chosen by the photo's size; records the images it saw."""
+    """Finds fixed faces (given in photo coordinates, by photo size) in the detection frame it is shown,
+    as a real detector would; records the frames it saw."""
 
     def __init__(self, faces_by_size: dict[tuple[int, int], list[DetectedFace]] | list[DetectedFace]):
         self.faces_by_size = faces_by_size
@@ -88,9 +108,17 @@ class StubDetector:
 
     def detect(self, image):
         self.seen.append(image)
-        if isinstance(self.faces_by_size, list):
+        frame = image.shape[:2]
+        if isinstance(self.faces_by_size, list):  # the photo is the frame
             return list(self.faces_by_size)
-        return list(self.faces_by_size.get(image.shape[:2], []))
+        for size, faces in self.faces_by_size.items():
+            if frame_size(*size) == frame:
+                return [in_frame(face, size, frame) for face in faces]
+        return []
+
+
+def stub_for(photo: np.ndarray, faces: list[DetectedFace]) -> StubDetector:
+    return StubDetector({photo.shape[:2]: faces})
 
 
 class PaintGreen:
@@ -181,7 +209,7 @@ def test_several_faces_are_restored_in_one_batch_and_pasted():
     photo = textured_photo(96, 160)
     faces = [face_at((30, 36), 14), face_at((80, 40), 18, angle_deg=10), face_at((130, 44), 12, angle_deg=-8)]
     model = PaintGreen()
-    result = restore_photo(photo, model, StubDetector(faces), upscale=2.0)
+    result = restore_photo(photo, model, stub_for(photo, faces), upscale=2.0)
     assert len(model.batches) == 1 and model.batches[0].shape == (3, 3, 512, 512)
     assert 0.0 <= model.batches[0].min() and model.batches[0].max() <= 1.0
     assert result.restored_image.shape == (192, 320, 3) and result.restored_image.dtype == np.uint8
@@ -200,12 +228,13 @@ def test_several_faces_are_restored_in_one_batch_and_pasted():
 def test_one_face_photo_at_scale_one():
     photo = textured_photo(96, 128, seed=3)
     face = face_at((64, 40), 20)
-    result = restore_photo(photo, PaintGreen(), StubDetector([face]), upscale=1.0)
+    result = restore_photo(photo, PaintGreen(), stub_for(photo, [face]), upscale=1.0)
     assert result.restored_image.shape == photo.shape
     x, y = face.landmarks[2].round().astype(int)
     assert is_green(result.restored_image[y, x])
     np.testing.assert_array_equal(result.restored_image[:5, :5], photo[:5, :5])
-    assert result.faces == [face]
+    assert len(result.faces) == 1
+    np.testing.assert_allclose(result.faces[0].landmarks, face.landmarks, atol=1e-6)
 
 
 def test_no_face_photo_is_copied_through_resized_with_a_warning():
@@ -219,32 +248,87 @@ def test_no_face_photo_is_copied_through_resized_with_a_warning():
     assert result.cropped_faces == [] and result.restored_faces == []
 
 
-def test_gray_and_rgba_photos():
+def same_faces(found: list[DetectedFace], expected: list[DetectedFace]) -> bool:
+    """The same faces in the same order (landmarks mapped back from the detection frame to 1e-6 px)."""
+    return len(found) == len(expected) and all(
+        np.allclose(a.landmarks, b.landmarks, atol=1e-6) for a, b in zip(found, expected)
+    )
+
+
+def test_rgba_photo_keeps_its_alpha_channel():
     photo = textured_photo(64, 80)
     face = face_at((40, 28), 16)
-    rgb = restore_photo(photo, PaintGreen(), StubDetector([face]), upscale=1.5).restored_image
-    rgba = np.concatenate([photo, np.full((64, 80, 1), 90, np.uint8)], axis=2)
-    from_rgba = restore_photo(rgba, PaintGreen(), StubDetector([face]), upscale=1.5).restored_image
-    np.testing.assert_array_equal(from_rgba, rgb)
+    rgb = restore_photo(photo, PaintGreen(), stub_for(photo, [face]), upscale=1.5).restored_image
+    alpha = np.tile(np.linspace(0, 255, 80).astype(np.uint8), (64, 1))  # a left-to-right fade
+    rgba = np.concatenate([photo, alpha[:, :, None]], axis=2)
+    from_rgba = restore_photo(rgba, PaintGreen(), stub_for(photo, [face]), upscale=1.5).restored_image
+    assert from_rgba.shape == (96, 120, 4)
+    np.testing.assert_array_equal(from_rgba[:, :, :3], rgb)  # faces pasted on the RGB photo
+    np.testing.assert_array_equal(from_rgba[:, :, 3], cv2.resize(alpha, (120, 96), interpolation=cv2.INTER_LINEAR))
+    assert from_rgba[:, 0, 3].max() < 10 and from_rgba[:, -1, 3].min() > 245
+
+
+def test_gray_photo_gives_a_gray_result_faces_included():
+    photo = textured_photo(64, 80)
+    face = face_at((40, 28), 16)
     gray = photo[:, :, 0]
-    detector = StubDetector([face])
-    from_gray = restore_photo(gray, PaintGreen(), detector, upscale=1.5).restored_image
-    assert from_gray.shape == (96, 120, 3)
-    assert detector.seen[0].shape == (64, 80, 3)  # the detector always gets RGB
+    detector = stub_for(photo, [face])
+    model = PaintGreen()  # the model colours the face: the result must still be gray
+    result = restore_photo(gray, model, detector, upscale=1.5)
+    assert result.gray and result.restored_image.shape == (96, 120, 3)
+    assert detector.seen[0].shape == (512, 640, 3)  # the detector always gets RGB (enlarged: see below)
+    assert len(model.batches) == 1
+    image = result.restored_image.astype(int)
+    assert np.array_equal(image[:, :, 0], image[:, :, 1]) and np.array_equal(image[:, :, 1], image[:, :, 2])
     x, y = (face.landmarks[2] * 1.5 + 0.25).round().astype(int)
-    assert is_green(from_gray[y, x])
-    corner = from_gray[0, 0]  # background far from the face: still gray
-    assert corner[0] == corner[1] == corner[2]
+    assert abs(image[y, x, 0] - 0.587 * 255) < 1.5  # the green face, as gray (BT.601 luma)
+    for crop in result.cropped_faces + result.restored_faces:
+        assert np.array_equal(crop[:, :, 0], crop[:, :, 2]) and np.array_equal(crop[:, :, 0], crop[:, :, 1])
+    background = resize_background(np.repeat(gray[:, :, None], 3, axis=2), 1.5)
+    np.testing.assert_array_equal(image[:4, :4], background[:4, :4])  # far from the face: the photo itself
+
+
+# ---------------------------------------------------------------- detection frame
+
+
+def test_small_photos_are_enlarged_for_detection_and_landmarks_mapped_back():
+    photo = textured_photo(200, 300)
+    face = face_at((150.0, 90.0), 30.0, angle_deg=7)
+    detector = stub_for(photo, [face])
+    found = find_faces(photo, detector)
+    assert detector.seen[0].shape == (512, 768, 3)  # short side 200 -> 512
+    assert len(found) == 1
+    np.testing.assert_allclose(found[0].landmarks, face.landmarks, atol=1e-6)
+    np.testing.assert_allclose(found[0].box, face.box, atol=1e-6)
+    # A photo already big enough is shown as it is; a huge one is reduced, short side kept >= 512.
+    assert detection_scale(512, 900) == 1.0
+    assert detection_scale(600, 8000) == pytest.approx(512 / 600)
+    assert detection_scale(3000, 4000) == pytest.approx(2048 / 4000)
+
+
+def test_faces_with_eyes_under_5_px_in_the_detection_frame_are_ignored():
+    photo = textured_photo(600, 800)  # no enlargement: the frame is the photo
+    tiny, small, fine = face_at((100, 100), 4.9), face_at((300, 100), 5.1), face_at((500, 300), 40)
+    detector = StubDetector({(600, 800): [tiny, small, fine]})
+    found = find_faces(photo, detector)
+    assert same_faces(found, [small, fine])
+    # In a small photo the frame is enlarged 4x: 2 px eyes become 8 px and count; 1 px eyes do not.
+    little = textured_photo(128, 160)
+    two, one = face_at((40, 40), 2.0), face_at((120, 40), 1.0)
+    found = find_faces(little, stub_for(little, [two, one]))
+    assert same_faces(found, [two])
+    result = restore_photo(photo, PaintGreen(), detector, upscale=1.0)
+    assert len(result.faces) == 2 and len(result.restored_faces) == 2
 
 
 def test_only_center_face_and_max_faces_limit_the_batch():
     photo = textured_photo(96, 160)
     faces = [face_at((24, 30), 12), face_at((80, 48), 14), face_at((136, 40), 22)]
     model = PaintGreen()
-    centre = restore_photo(photo, model, StubDetector(faces), upscale=1.0, only_center_face=True)
-    assert model.batches[-1].shape[0] == 1 and centre.faces == [faces[1]]
-    two = restore_photo(photo, model, StubDetector(faces), upscale=1.0, max_faces=2)
-    assert model.batches[-1].shape[0] == 2 and two.faces == [faces[2], faces[1]]
+    centre = restore_photo(photo, model, stub_for(photo, faces), upscale=1.0, only_center_face=True)
+    assert model.batches[-1].shape[0] == 1 and same_faces(centre.faces, [faces[1]])
+    two = restore_photo(photo, model, stub_for(photo, faces), upscale=1.0, max_faces=2)
+    assert model.batches[-1].shape[0] == 2 and same_faces(two.faces, [faces[2], faces[1]])
     x, y = faces[0].landmarks[2].round().astype(int)
     assert not is_green(two.restored_image[y, x])  # the smallest face was left alone
 
@@ -252,124 +336,281 @@ def test_only_center_face_and_max_faces_limit_the_batch():
 def test_restorer_must_keep_the_shape():
     with pytest.raises(ValueError, match="restore_faces returned shape"):
         restore_photo(
-            textured_photo(64, 64), lambda x: x[:, :, ::2, ::2], StubDetector([face_at((32, 28), 16)])
+            textured_photo(64, 64), lambda x: x[:, :, ::2, ::2], stub_for(textured_photo(64, 64), [face_at((32, 28), 16)])
         )
 
 
 # ---------------------------------------------------------------- command line
 
 
-def parse_cli(argv: list[str]) -> argparse.Namespace:
-    """The lead's inference.py arguments that run_whole_image reads, plus ours."""
+def cli_parser() -> argparse.ArgumentParser:
+    """inference.py's own arguments that the whole-photo options take, plus ours."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--lq_data_path")
     parser.add_argument("--output_dir")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch_size", type=int, default=None)
     add_whole_image_arguments(parser)
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_cli(argv: list[str]) -> WholeImageOptions:
+    return WholeImageOptions.from_args(cli_parser().parse_args(argv))
 
 
 def test_cli_arguments_and_defaults():
-    args = parse_cli(["--whole_image"])
-    assert args.whole_image and args.upscale == 2.0 and args.max_faces is None and not args.only_center_face
-    assert args.bg_upsampler == "none" and args.face_mask == "parsing" and args.bg_tile == 400
-    for bad in (["--upscale", "0"], ["--max_faces", "0"], ["--bg_upsampler", "esrgan"], ["--bg_tile", "-1"]):
+    args = cli_parser().parse_args(["--whole_image", "--lq_data_path", "a", "--output_dir", "b"])
+    options = WholeImageOptions.from_args(args)
+    assert args.whole_image and options.upscale == 2.0 and options.max_faces is None
+    assert options.detector == "auto" and options.detection_threshold == 0.97 and not options.save_mmse
+    assert options.bg_upsampler == "none" and options.face_mask == "parsing" and options.bg_tile == 400
+    assert (options.suffix, options.ext, options.jpeg_quality) == (None, "auto", 75)
+    assert options.lq_data_path == Path("a") and options.output_dir == Path("b")
+    assert parse_cli(["-s", "3.5"]).upscale == 3.5 and parse_cli(["--upscale", "1"]).upscale == 1.0
+    assert parse_cli(["--detector", "mtcnn"]).detector == "mtcnn"
+    for bad in (
+        ["--upscale", "0"],
+        ["-s", "17"],
+        ["-s", "nan"],
+        ["--max_faces", "0"],
+        ["--max_faces", "1.5"],
+        ["--detection_threshold", "1.5"],
+        ["--jpeg_quality", "0"],
+        ["--bg_upsampler", "esrgan"],
+        ["--bg_tile", "-1"],
+        ["--detector", "dlib"],
+        ["--ext", "gif"],
+    ):
         with pytest.raises(SystemExit):
-            parse_cli(bad)
+            cli_parser().parse_args(bad)
 
 
-def test_cli_writes_the_four_folders(tmp_path, capsys):
+def test_options_check_their_values_when_built_directly():
+    with pytest.raises(ValueError, match="upscale"):
+        WholeImageOptions("in", "out", upscale=0.0)
+    with pytest.raises(ValueError, match="detector"):
+        WholeImageOptions("in", "out", detector="dlib")
+
+
+def test_output_options_can_be_left_to_the_program():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--suffix")  # the program's own --suffix/--ext/--jpeg_quality
+    add_whole_image_arguments(parser, output_arguments=False)
+    assert not any(action.dest == "jpeg_quality" for action in parser._actions)
+
+
+def test_cli_writes_the_folders(tmp_path, capsys):
     inputs = tmp_path / "photos"
     inputs.mkdir()
     Image.fromarray(textured_photo(96, 128)).save(inputs / "family.png")
-    Image.fromarray(textured_photo(48, 64, seed=1)[:, :, 0]).save(inputs / "landscape.jpg")  # gray, no face
+    Image.fromarray(textured_photo(48, 80, seed=1)[:, :, 0]).save(inputs / "landscape.jpg")  # gray, no face
     (inputs / "broken.png").write_bytes(b"not a png")
     (inputs / "notes.txt").write_text("ignored")
     detector = StubDetector({(96, 128): [face_at((40, 40), 16), face_at((92, 44), 20)]})
     model = PaintGreen()
     out = tmp_path / "out"
-    args = parse_cli(
-        ["--whole_image", "--lq_data_path", str(inputs), "--output_dir", str(out), "--face_mask", "ellipse"]
-    )
-    written = run_whole_image(args, model, detector=detector)
+    options = parse_cli(["--lq_data_path", str(inputs), "--output_dir", str(out), "--face_mask", "ellipse"])
+    written = run_whole_image(options, model, "cpu", detector=detector)
 
     assert [path.name for path in written] == ["family.png", "landscape.jpg"]
     assert len(model.batches) == 1 and model.batches[0].shape[0] == 2  # one batch per photo with faces
-    names = {
-        folder: sorted(p.name for p in (out / folder).iterdir())
-        for folder in ("cropped_faces", "restored_faces", "cmp", "restored_imgs")
+    names = {folder.name: sorted(p.name for p in folder.iterdir()) for folder in out.iterdir()}
+    assert names == {
+        "cropped_faces": ["family_00.png", "family_01.png"],
+        "restored_faces": ["family_00.png", "family_01.png"],
+        "cmp": ["family_00.png", "family_01.png", "family_photo.png", "landscape_photo.jpg"],
+        "restored_imgs": ["family.png", "landscape.jpg"],
     }
-    assert names["cropped_faces"] == names["restored_faces"] == ["family_00.png", "family_01.png"]
-    assert names["cmp"] == names["restored_imgs"] == ["family.png", "landscape.jpg"]
     assert read_rgb(out / "restored_imgs" / "family.png").shape == (192, 256, 3)
-    assert read_rgb(out / "cmp" / "family.png").shape == (192, 512, 3)
-    assert read_rgb(out / "restored_imgs" / "landscape.jpg").shape == (96, 128, 3)
+    assert read_rgb(out / "cmp" / "family_photo.png").shape == (192, 512, 3)  # input | restored
+    assert read_rgb(out / "restored_imgs" / "landscape.jpg").shape == (96, 160, 3)
     assert read_rgb(out / "cropped_faces" / "family_00.png").shape == (512, 512, 3)
     assert is_green(read_rgb(out / "restored_faces" / "family_01.png")[256, 256])
+    # One comparison per face, as GFPGAN writes them: cropped | restored.
+    face_cmp = read_rgb(out / "cmp" / "family_00.png")
+    assert face_cmp.shape == (512, 1024, 3)
+    np.testing.assert_array_equal(face_cmp[:, :512], read_rgb(out / "cropped_faces" / "family_00.png"))
+    np.testing.assert_array_equal(face_cmp[:, 512:], read_rgb(out / "restored_faces" / "family_00.png"))
     # family_00 is the largest face (the one at x=92).
-    np.testing.assert_array_equal(
-        read_rgb(out / "cropped_faces" / "family_00.png"),
-        detector_crop(inputs / "family.png", detector.faces_by_size[(96, 128)][1]),
-    )
+    crop = read_rgb(out / "cropped_faces" / "family_00.png")
+    expected = detector_crop(inputs / "family.png", detector.faces_by_size[(96, 128)][1])
+    assert np.abs(crop.astype(int) - expected).max() <= 1
     printed = capsys.readouterr()
     assert "landscape.jpg: no face detected" in printed.out + printed.err
     assert "broken.png" in printed.out and "unreadable" in printed.out
-    assert sorted(p.name for p in inputs.iterdir()) == [
-        "broken.png",
-        "family.png",
-        "landscape.jpg",
-        "notes.txt",
-    ]
+    assert sorted(p.name for p in inputs.iterdir()) == ["broken.png", "family.png", "landscape.jpg", "notes.txt"]
 
 
 def detector_crop(path: Path, face: DetectedFace) -> np.ndarray:
     return warp_to_template(read_rgb(path), alignment_matrix(face.landmarks))
 
 
-def test_cli_never_writes_into_the_input_folder(tmp_path):
+def test_suffix_ext_and_jpeg_quality_name_and_encode_the_photos(tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    photo = textured_photo(96, 128)
+    Image.fromarray(photo).save(inputs / "family.png")
+    detector = StubDetector({(96, 128): [face_at((60, 40), 20)]})
+    sizes = {}
+    for quality in (20, 95):
+        out = tmp_path / f"q{quality}"
+        argv = ["--lq_data_path", str(inputs), "--output_dir", str(out), "--face_mask", "ellipse"]
+        argv += ["--suffix", "pmrf", "--ext", "jpg", "--jpeg_quality", str(quality), "-s", "1"]
+        written = run_whole_image(parse_cli(argv), PaintGreen(), "cpu", detector=detector)
+        assert [p.name for p in written] == ["family_pmrf.jpg"]
+        assert sorted(p.name for p in (out / "restored_faces").iterdir()) == ["family_00_pmrf.png"]
+        assert sorted(p.name for p in (out / "cropped_faces").iterdir()) == ["family_00.png"]
+        assert sorted(p.name for p in (out / "cmp").iterdir()) == ["family_00.png", "family_photo.jpg"]
+        with Image.open(written[0]) as image:
+            assert image.format == "JPEG" and image.size == (128, 96)
+        sizes[quality] = written[0].stat().st_size
+    assert sizes[20] < sizes[95]
+
+
+class GreenWithPosteriorMean(PaintGreen):
+    """Stub FaceRestorer: PMRF paints faces green, the posterior mean paints them red."""
+
+    has_posterior_mean = True
+
+    def restore(self, faces):  # what FaceRestorer.restore gives: .xhat and .posterior_mean
+        red = torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1).expand_as(faces).clone()
+        return types.SimpleNamespace(xhat=self(faces), posterior_mean=red)
+
+
+def test_save_mmse_writes_the_posterior_mean_faces_and_photos(tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    Image.fromarray(textured_photo(96, 128)).save(inputs / "family.png")
+    Image.fromarray(textured_photo(40, 40, seed=2)).save(inputs / "wall.png")
+    detector = StubDetector({(96, 128): [face_at((40, 40), 16), face_at((92, 44), 20)]})
+    out = tmp_path / "out"
+    argv = ["--lq_data_path", str(inputs), "--output_dir", str(out), "--face_mask", "ellipse", "--save_mmse"]
+    run_whole_image(parse_cli(argv), GreenWithPosteriorMean(), "cpu", detector=detector)
+    assert sorted(p.name for p in (out / "restored_faces_posterior_mean").iterdir()) == [
+        "family_00.png",
+        "family_01.png",
+    ]
+    assert sorted(p.name for p in (out / "restored_imgs_posterior_mean").iterdir()) == ["family.png", "wall.png"]
+    face = read_rgb(out / "restored_faces_posterior_mean" / "family_01.png")[256, 256]
+    assert face[0] > 200 and face[1] < 60  # red: the posterior mean
+    pmrf = read_rgb(out / "restored_imgs" / "family.png")
+    mean = read_rgb(out / "restored_imgs_posterior_mean" / "family.png")
+    x, y = (detector.faces_by_size[(96, 128)][1].landmarks[2] * 2 + 0.5).round().astype(int)
+    assert is_green(pmrf[y, x]) and mean[y, x][0] > 200 and mean[y, x][1] < 60
+    np.testing.assert_array_equal(pmrf[:3, :3], mean[:3, :3])  # same background
+    np.testing.assert_array_equal(
+        read_rgb(out / "restored_imgs" / "wall.png"), read_rgb(out / "restored_imgs_posterior_mean" / "wall.png")
+    )
+
+
+def test_save_mmse_with_a_model_without_posterior_mean_says_so(tmp_path, capsys):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    Image.fromarray(textured_photo(96, 128)).save(inputs / "family.png")
+    argv = ["--lq_data_path", str(inputs), "--output_dir", str(tmp_path / "o"), "--face_mask", "ellipse", "--save_mmse"]
+    run_whole_image(parse_cli(argv), PaintGreen(), "cpu", detector=StubDetector([]))
+    assert "no posterior-mean network" in capsys.readouterr().out
+    assert not (tmp_path / "o" / "restored_imgs_posterior_mean").exists()
+
+
+def test_cli_never_writes_into_the_input_folder(tmp_path, capsys):
     inputs = tmp_path / "restored_imgs"
     inputs.mkdir()
     Image.fromarray(textured_photo(32, 32)).save(inputs / "a.png")
     before = (inputs / "a.png").read_bytes()
-    args = parse_cli(["--lq_data_path", str(inputs), "--output_dir", str(tmp_path), "--face_mask", "ellipse"])
-    with pytest.raises(SystemExit, match="holds the inputs"):
-        run_whole_image(args, PaintGreen(), detector=StubDetector([]))
+    options = parse_cli(["--lq_data_path", str(inputs), "--output_dir", str(tmp_path), "--face_mask", "ellipse"])
+    with pytest.raises(SystemExit):
+        run_whole_image(options, PaintGreen(), "cpu", detector=StubDetector([]))
+    assert "holds the inputs" in capsys.readouterr().err
     assert (inputs / "a.png").read_bytes() == before
 
 
-def test_cli_single_file_and_same_stems(tmp_path):
+def test_cli_single_file_and_same_stems(tmp_path, capsys):
     inputs = tmp_path / "in"
     inputs.mkdir()
     for name in ("x.png", "x.bmp"):
         Image.fromarray(textured_photo(64, 64)).save(inputs / name)
-    args = parse_cli(
-        [
-            "--lq_data_path",
-            str(inputs),
-            "--output_dir",
-            str(tmp_path / "o"),
-            "--face_mask",
-            "ellipse",
-            "--upscale",
-            "1",
-        ]
-    )
-    run_whole_image(args, PaintGreen(), detector=StubDetector([face_at((32, 28), 16)]))
-    assert sorted(p.name for p in (tmp_path / "o" / "restored_faces").iterdir()) == [
-        "x_bmp_00.png",
-        "x_png_00.png",
+    argv = ["--lq_data_path", str(inputs), "--output_dir", str(tmp_path / "o"), "--face_mask", "ellipse", "-s", "1"]
+    run_whole_image(parse_cli(argv), PaintGreen(), "cpu", detector=stub_for(textured_photo(64, 64), [face_at((32, 28), 16)]))
+    assert sorted(p.name for p in (tmp_path / "o" / "restored_faces").iterdir()) == ["x_bmp_00.png", "x_png_00.png"]
+    assert sorted(p.name for p in (tmp_path / "o" / "restored_imgs").iterdir()) == ["x_bmp.bmp", "x_png.png"]
+    # --lq_data_path may be one image file.
+    argv = ["--lq_data_path", str(inputs / "x.png"), "--output_dir", str(tmp_path / "one"), "--face_mask", "ellipse"]
+    assert [p.name for p in run_whole_image(parse_cli(argv), PaintGreen(), "cpu", detector=StubDetector([]))] == [
+        "x.png"
     ]
-    args = parse_cli(
-        [
-            "--lq_data_path",
-            str(inputs / "x.png"),
-            "--output_dir",
-            str(tmp_path / "one"),
-            "--face_mask",
-            "ellipse",
-        ]
+    assert sorted(p.name for p in (tmp_path / "one").iterdir()) == ["cmp", "restored_imgs"]
+    # A file that is not an image, nothing at all, or an output folder that is a file: one line, no traceback.
+    (tmp_path / "notes.txt").write_text("hello")
+    capsys.readouterr()
+    for path, output, named in (
+        (tmp_path / "notes.txt", tmp_path / "never", tmp_path / "notes.txt"),
+        (tmp_path / "absent", tmp_path / "never", tmp_path / "absent"),
+        (inputs / "x.png", tmp_path / "notes.txt", tmp_path / "notes.txt"),
+    ):
+        argv = ["--lq_data_path", str(path), "--output_dir", str(output)]
+        with pytest.raises(SystemExit):
+            run_whole_image(parse_cli(argv), PaintGreen(), "cpu", detector=StubDetector([]))
+        error = capsys.readouterr().err
+        assert error.startswith("error: ") and error.count("\n") == 1 and str(named) in error
+
+
+def test_rgba_photo_keeps_its_alpha_in_restored_imgs(tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    photo = textured_photo(96, 128)
+    alpha = np.full((96, 128), 255, np.uint8)
+    alpha[:, :20] = 0  # a transparent strip on the left
+    Image.fromarray(np.concatenate([photo, alpha[:, :, None]], axis=2), mode="RGBA").save(inputs / "logo.png")
+    detector = StubDetector({(96, 128): [face_at((70, 40), 20)]})
+    argv = ["--lq_data_path", str(inputs), "--output_dir", str(tmp_path / "o"), "--face_mask", "ellipse"]
+    run_whole_image(parse_cli(argv), PaintGreen(), "cpu", detector=detector)
+    restored = read_image(tmp_path / "o" / "restored_imgs" / "logo.png")
+    assert restored.shape == (192, 256, 4)
+    assert restored[:, :38, 3].max() == 0 and restored[:, 42:, 3].min() == 255
+    x, y = (detector.faces_by_size[(96, 128)][0].landmarks[2] * 2 + 0.5).round().astype(int)
+    assert is_green(restored[y, x])
+
+
+# ---------------------------------------------------------------- detector choice
+
+
+def test_auto_detector_is_mtcnn_without_retinaface_weights_and_says_so(tmp_path, capsys):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    Image.fromarray(textured_photo(64, 64)).save(inputs / "a.png")
+    argv = ["--lq_data_path", str(inputs), "--output_dir", str(tmp_path / "o"), "--face_mask", "ellipse"]
+    argv += ["--face_weights_dir", str(tmp_path / "empty")]
+    run_whole_image(parse_cli(argv), PaintGreen(), "cpu")
+    printed = capsys.readouterr().out
+    assert "face detector: MTCNN" in printed and DETECTOR_FILE in printed
+
+
+def test_auto_detector_is_retinaface_when_its_weights_are_on_disk(tmp_path, capsys, monkeypatch):
+    import whole_image.detect as detect
+
+    weights = tmp_path / "facexlib"
+    weights.mkdir()
+    (weights / DETECTOR_FILE).write_bytes(b"stand-in")  # only its presence matters to `auto`
+    loaded = []
+    monkeypatch.setattr(
+        detect, "load_retinaface", lambda folder, device, threshold: loaded.append(folder) or StubDetector([])
     )
-    assert [p.name for p in run_whole_image(args, PaintGreen(), detector=StubDetector([]))] == ["x.png"]
+    options = parse_cli(["--face_weights_dir", str(weights), "--face_mask", "ellipse"])
+    tools = load_tools(options, "cpu")
+    assert isinstance(tools.detector, StubDetector) and loaded == [weights]
+    assert "face detector: RetinaFace" in capsys.readouterr().out
+    monkeypatch.setenv("PMRF_FACE_WEIGHTS", str(weights))  # the folder may also come from the environment
+    assert detect.resolve_detector_choice("auto")[0] == "retinaface"
+    assert detect.resolve_detector_choice("mtcnn", weights)[0] == "mtcnn"
+
+
+def test_retinaface_asked_for_without_its_weights_is_one_clear_line(tmp_path, capsys):
+    options = parse_cli(["--detector", "retinaface", "--face_weights_dir", str(tmp_path / "empty")])
+    with pytest.raises(SystemExit):
+        load_tools(options, "cpu")
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and DETECTOR_FILE in error and "--detector mtcnn" in error
+    assert str((tmp_path / "empty").resolve()) in error and "https://" in error
 
 
 # ---------------------------------------------------------------- weights
@@ -387,9 +628,7 @@ def save_random_state(
 def test_retinaface_loads_from_a_local_file(tmp_path):
     source = build_retinaface("cpu")
     torch.nn.init.normal_(source.fpn.output1[0].weight)  # differs from a fresh network's init
-    expected = save_random_state(
-        source, tmp_path / DETECTOR_FILE, prefix="module."
-    )  # saved through DataParallel
+    expected = save_random_state(source, tmp_path / DETECTOR_FILE, prefix="module.")  # saved through DataParallel
     detector = load_retinaface(tmp_path, device="cpu", threshold=0.5)
     assert isinstance(detector, RetinaFaceDetector)
     for key, value in detector.network.state_dict().items():
@@ -405,6 +644,21 @@ def test_face_weights_folder_from_the_environment(tmp_path, monkeypatch):
     assert isinstance(load_retinaface(None, device="cpu"), RetinaFaceDetector)
 
 
+def test_mtcnn_weights_come_from_the_package_through_utils_weights(monkeypatch):
+    import whole_image.detect as detect
+    from utils.weights import load_state_dict
+    from whole_image.weights import mtcnn_weights_dir
+
+    read = []
+    original = detect.load_weights_into
+    monkeypatch.setattr(detect, "load_weights_into", lambda net, path: read.append(path) or original(net, path))
+    detector = detect.load_mtcnn("cpu")
+    assert [Path(p).name for p in read] == ["pnet.pt", "rnet.pt", "onet.pt"]
+    for net, name in ((detector.pnet, "pnet.pt"), (detector.rnet, "rnet.pt"), (detector.onet, "onet.pt")):
+        for key, value in load_state_dict(mtcnn_weights_dir() / name).items():
+            torch.testing.assert_close(net.state_dict()[key], value)
+
+
 @pytest.mark.slow
 def test_parser_loads_and_gives_soft_masks(tmp_path):
     expected = save_random_state(build_parsenet(), tmp_path / PARSER_FILE)
@@ -415,7 +669,9 @@ def test_parser_loads_and_gives_soft_masks(tmp_path):
     masks = parser.masks(np.stack([textured_photo(512, 512)]))
     assert masks.shape == (1, 512, 512) and masks.dtype == np.float32
     assert masks.min() >= 0.0 and masks.max() <= 1.0
-    assert masks[0, :5].max() == 0.0 and masks[0, :, -5:].max() == 0.0  # never reaches the crop's border
+    # ~0 near the crop's border (so its edge never shows), exactly 0 on it.
+    assert masks[0, :5].max() < 0.005 and masks[0, :, -5:].max() < 0.005
+    assert masks[0, 0].max() == masks[0, -1].max() == masks[0, :, 0].max() == masks[0, :, -1].max() == 0.0
 
 
 @pytest.mark.slow
@@ -435,44 +691,37 @@ def test_realesrgan_tiles_join_without_seams():
     np.testing.assert_array_equal(upsampler.upscale_x2(photo), expected)
 
 
-def test_missing_detector_weights_name_the_file_and_folder(tmp_path):
+def test_missing_detector_weights_name_the_file_folder_and_source(tmp_path):
     with pytest.raises(MissingWeightsError) as caught:
         load_retinaface(tmp_path / "empty", device="cpu")
     message = str(caught.value)
     assert DETECTOR_FILE in message and str((tmp_path / "empty").resolve()) in message
-    assert "network is unreachable" in message and "\n" not in message
-    args = parse_cli(["--face_weights_dir", str(tmp_path / "empty")])
-    with pytest.raises(SystemExit, match=DETECTOR_FILE):
-        load_tools(args, "cpu")
+    assert "https://github.com/xinntao/facexlib" in message and "\n" not in message
 
 
-def test_missing_parser_weights_fall_back_to_the_ellipse(tmp_path):
+def test_missing_parser_weights_fall_back_to_the_ellipse(tmp_path, capsys):
     with pytest.warns(UserWarning, match=PARSER_FILE):
         assert load_face_parser(tmp_path, device="cpu") is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the program says it in one printed line instead
+        tools = load_tools(parse_cli(["--face_weights_dir", str(tmp_path)]), "cpu", detector=StubDetector([]))
+    assert tools.parser is None
+    printed = capsys.readouterr().out
+    assert printed.startswith("warning: ") and printed.count("\n") == 1 and PARSER_FILE in printed
 
 
-def test_missing_realesrgan_weights_end_the_program(tmp_path):
-    args = parse_cli(
+def test_missing_realesrgan_weights_end_the_program(tmp_path, capsys):
+    options = parse_cli(
         ["--bg_upsampler", "realesrgan", "--realesrgan_weights_dir", str(tmp_path), "--face_mask", "ellipse"]
     )
-    with pytest.raises(SystemExit, match=REALESRGAN_FILE):
-        load_tools(args, "cpu", detector=StubDetector([]))
-
-
-def test_a_successful_download_is_used(tmp_path, monkeypatch):
-    def fake_download(url, folder, file_name):
-        assert url.endswith("/" + DETECTOR_FILE)
-        folder.mkdir(parents=True, exist_ok=True)
-        save_random_state(build_retinaface("cpu"), folder / file_name)
-
-    monkeypatch.setitem(weights_module.DOWNLOADERS, "facexlib", fake_download)
-    assert isinstance(load_retinaface(tmp_path / "fresh", device="cpu"), RetinaFaceDetector)
-    assert (tmp_path / "fresh" / DETECTOR_FILE).is_file()
+    with pytest.raises(SystemExit):
+        load_tools(options, "cpu", detector=StubDetector([]))
+    assert REALESRGAN_FILE in capsys.readouterr().err
 
 
 def test_a_checkpoint_of_the_wrong_network_is_a_clear_error(tmp_path):
     torch.save({"conv.weight": torch.zeros(1)}, tmp_path / DETECTOR_FILE)
-    with pytest.raises(ValueError, match=f"{DETECTOR_FILE}: does not fit RetinaFace"):
+    with pytest.raises(WeightsReadError, match=f"{DETECTOR_FILE}: does not fit RetinaFace"):
         load_retinaface(tmp_path, device="cpu")
 
 
@@ -480,5 +729,5 @@ def test_weight_files_are_read_without_unpickling_code(tmp_path):
     torch.save({"x": argparse.Namespace(anything=1)}, tmp_path / DETECTOR_FILE)  # arbitrary pickled object
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with pytest.raises(ValueError, match="cannot read checkpoint"):
+        with pytest.raises(WeightsReadError, match="refused"):
             load_retinaface(tmp_path, device="cpu")

@@ -20,6 +20,7 @@ FFHQ_TEMPLATE_512 = np.array(
 )
 # Fill for crop pixels outside the photo: a neutral gray, as in facexlib.
 BORDER_FILL = (135, 133, 132)
+GRAY_BORDER_FILL = (133, 133, 133)  # the same for gray photos, which must stay gray
 
 
 def alignment_matrix(landmarks: np.ndarray, face_size: int = FACE_SIZE) -> np.ndarray:
@@ -32,15 +33,17 @@ def alignment_matrix(landmarks: np.ndarray, face_size: int = FACE_SIZE) -> np.nd
     return matrix
 
 
-def warp_to_template(image: np.ndarray, matrix: np.ndarray, face_size: int = FACE_SIZE) -> np.ndarray:
-    """The aligned face_size x face_size crop of `image` under `matrix`."""
+def warp_to_template(
+    image: np.ndarray, matrix: np.ndarray, face_size: int = FACE_SIZE, fill: tuple[int, int, int] = BORDER_FILL
+) -> np.ndarray:
+    """The aligned face_size x face_size crop of `image` under `matrix`; outside the photo is `fill`."""
     return cv2.warpAffine(
         image,
         matrix,
         (face_size, face_size),
         flags=cv2.INTER_LINEAR,
         borderMode=cv2.BORDER_CONSTANT,
-        borderValue=BORDER_FILL,
+        borderValue=tuple(int(v) for v in fill),
     )
 
 

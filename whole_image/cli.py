@@ -1,57 +1,71 @@
-"""Command-line side of whole-photo restoration, shared by inference.py (`--whole_image`) and app.py."""
+"""Command-line side of whole-photo restoration (inference.py --whole_image).
+
+    parser = argparse.ArgumentParser(...)
+    add_whole_image_arguments(parser)                 # also --suffix/--ext/--jpeg_quality unless told not to
+    args = parser.parse_args()
+    options = WholeImageOptions.from_args(args)       # once, in main
+    run_whole_image(options, restorer, device)        # device resolved by the caller
+
+Outputs, for a photo `<stem>.<ext>` with faces k = 00, 01, ... (largest first):
+
+    cropped_faces/<stem>_<k>.png                  aligned 512x512 inputs
+    restored_faces/<stem>_<k>[_<suffix>].png      PMRF's faces
+    cmp/<stem>_<k>.png                            cropped | restored, one per face (as GFPGAN)
+    cmp/<stem>_photo.<ext>                        the whole photo: input | restored
+    restored_imgs/<stem>[_<suffix>].<ext>         the restored photo
+    restored_faces_posterior_mean/...             with --save_mmse: the posterior-mean faces,
+    restored_imgs_posterior_mean/...              and the photo with those faces pasted instead
+
+<ext> is the input's unless --ext says png or jpg; .jpg outputs use --jpeg_quality. Two inputs with the
+same stem (x.png, x.jpg) get the stems x_png and x_jpg.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
-from utils.cli import resolve_device
-from utils.images import ImageReadError, is_image_file, list_images, read_rgb, save_rgb
-from whole_image.detect import FaceDetector, load_retinaface
+from utils.cli import add_output_arguments, check_writable_folder, fail, float_range, int_range, positive_int, probability
+from utils.images import ImageReadError, is_image_file, list_images, output_name, read_image, save_rgb
+from utils.weights import MissingWeightsError, WeightsReadError
+from whole_image.detect import DETECTORS, FaceDetector, load_detector
 from whole_image.paste import FaceParser, load_face_parser
-from whole_image.pipeline import NoFaceWarning, RestoreFaces, restore_photo, side_by_side
+from whole_image.pipeline import NoFaceWarning, PhotoRestoration, RestoreFaces, restore_photo, side_by_side
 from whole_image.upsample import BackgroundUpsampler, load_realesrgan
-from whole_image.weights import MissingWeightsError
 
-OUTPUT_FOLDERS = ("cropped_faces", "restored_faces", "cmp", "restored_imgs")
-
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not 0 < value <= 16:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 16], got {text}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text}")
-    return value
+OUTPUT_FOLDERS = (
+    "cropped_faces",
+    "restored_faces",
+    "cmp",
+    "restored_imgs",
+    "restored_faces_posterior_mean",
+    "restored_imgs_posterior_mean",
+)
+MAX_UPSCALE = 16.0
 
 
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text}")
-    return value
-
-
-def add_whole_image_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+def add_whole_image_arguments(
+    parser: argparse.ArgumentParser, output_arguments: bool = True
+) -> argparse.ArgumentParser:
+    """The whole-photo options; with `output_arguments`, also utils.cli's --suffix, --ext and
+    --jpeg_quality (pass False when the program adds those itself)."""
     group = parser.add_argument_group("whole photos (detect, align, restore and paste back every face)")
     group.add_argument(
         "--whole_image", action="store_true", help="inputs are ordinary photos, not aligned 512x512 faces"
     )
     group.add_argument(
+        "-s",
         "--upscale",
-        type=positive_float,
+        type=float_range(0.0, MAX_UPSCALE, low_open=True),
         default=2.0,
-        help="scale of the output photo relative to the input (default 2)",
+        help=f"scale of the output photo relative to the input, in (0, {MAX_UPSCALE:g}] (default 2)",
     )
     group.add_argument(
         "--only_center_face", action="store_true", help="restore only the face nearest the photo's centre"
@@ -63,6 +77,27 @@ def add_whole_image_arguments(parser: argparse.ArgumentParser) -> argparse.Argum
         help="restore at most this many faces per photo, largest first (default: all)",
     )
     group.add_argument(
+        "--detector",
+        choices=DETECTORS,
+        default="auto",
+        help="face detector: RetinaFace (facexlib; needs detection_Resnet50_Final.pth), MTCNN "
+        "(facenet-pytorch; its weights come with the package), or auto: RetinaFace when its weights "
+        "file is on disk, else MTCNN (default auto; the choice is printed)",
+    )
+    group.add_argument(
+        "--detection_threshold",
+        type=probability,
+        default=0.97,
+        help="detector confidence needed to count as a face, in [0, 1] (default 0.97)",
+    )
+    group.add_argument(
+        "--face_mask",
+        choices=("parsing", "ellipse"),
+        default="parsing",
+        help="paste mask: facexlib face parsing (falls back to the ellipse, with a warning, when "
+        "parsing_parsenet.pth is not on disk) or a soft ellipse (default parsing)",
+    )
+    group.add_argument(
         "--bg_upsampler",
         choices=("none", "realesrgan"),
         default="none",
@@ -70,22 +105,15 @@ def add_whole_image_arguments(parser: argparse.ArgumentParser) -> argparse.Argum
     )
     group.add_argument(
         "--bg_tile",
-        type=non_negative_int,
+        type=int_range(0),
         default=400,
         help="Real-ESRGAN tile size in input pixels, 0 for no tiling (default 400)",
     )
     group.add_argument(
-        "--face_mask",
-        choices=("parsing", "ellipse"),
-        default="parsing",
-        help="paste mask: facexlib face parsing (falls back to the ellipse when its weights "
-        "cannot be had) or a feathered ellipse (default parsing)",
-    )
-    group.add_argument(
-        "--detection_threshold",
-        type=float,
-        default=0.97,
-        help="RetinaFace confidence needed to count as a face (default 0.97)",
+        "--save_mmse",
+        action="store_true",
+        help="also write the posterior-mean restoration of every face and photo "
+        "(restored_faces_posterior_mean/, restored_imgs_posterior_mean/)",
     )
     group.add_argument(
         "--face_weights_dir",
@@ -98,7 +126,52 @@ def add_whole_image_arguments(parser: argparse.ArgumentParser) -> argparse.Argum
         default=None,
         help="folder of RealESRGAN_x2plus.pth (default checkpoints/realesrgan/)",
     )
+    if output_arguments:
+        add_output_arguments(parser)
     return parser
+
+
+@dataclass(frozen=True)
+class WholeImageOptions:
+    """Everything run_whole_image needs, built once from the command line (or directly)."""
+
+    lq_data_path: Path
+    output_dir: Path
+    upscale: float = 2.0
+    only_center_face: bool = False
+    max_faces: int | None = None
+    detector: str = "auto"
+    detection_threshold: float = 0.97
+    face_mask: str = "parsing"
+    bg_upsampler: str = "none"
+    bg_tile: int = 400
+    save_mmse: bool = False
+    face_weights_dir: Path | None = None
+    realesrgan_weights_dir: Path | None = None
+    suffix: str | None = None
+    ext: str = "auto"
+    jpeg_quality: int = 75
+    batch_size: int | None = None  # faces per model call; None: all faces of a photo at once
+
+    def __post_init__(self):
+        for name in ("lq_data_path", "output_dir", "face_weights_dir", "realesrgan_weights_dir"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Path):
+                object.__setattr__(self, name, Path(value))
+        if not 0 < self.upscale <= MAX_UPSCALE:
+            raise ValueError(f"upscale must be in (0, {MAX_UPSCALE:g}], got {self.upscale}")
+        if self.detector not in DETECTORS:
+            raise ValueError(f"detector must be one of {DETECTORS}, got {self.detector!r}")
+        if self.face_mask not in ("parsing", "ellipse") or self.bg_upsampler not in ("none", "realesrgan"):
+            raise ValueError(f"unknown face_mask {self.face_mask!r} or bg_upsampler {self.bg_upsampler!r}")
+        if self.ext not in ("auto", "png", "jpg"):
+            raise ValueError(f"ext must be auto, png or jpg, got {self.ext!r}")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> WholeImageOptions:
+        """The options from parsed arguments (the fields the namespace has; the defaults otherwise)."""
+        given = vars(args)
+        return cls(**{f.name: given[f.name] for f in fields(cls) if f.name in given})
 
 
 @dataclass
@@ -109,39 +182,51 @@ class WholeImageTools:
 
 
 def load_tools(
-    args: argparse.Namespace, device: str | torch.device, detector: FaceDetector | None = None
+    options: WholeImageOptions, device: str | torch.device = "cpu", detector: FaceDetector | None = None
 ) -> WholeImageTools:
-    """Detector, parser and background upsampler as `args` asks; a missing weights file ends the program
-    with one line naming it (the parser alone falls back to the ellipse mask)."""
+    """Detector, parser and background upsampler as `options` ask; the detector's choice is printed.
+
+    Weights that cannot be read end the program with one line naming the file (the parser alone falls
+    back to the ellipse mask, with a warning).
+    """
     try:
         if detector is None:
-            detector = load_retinaface(args.face_weights_dir, device, threshold=args.detection_threshold)
-        parser = load_face_parser(args.face_weights_dir, device) if args.face_mask == "parsing" else None
+            detector, description = load_detector(
+                options.detector, options.face_weights_dir, device, options.detection_threshold
+            )
+            print(description, flush=True)
+        parser = None
+        if options.face_mask == "parsing":
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                parser = load_face_parser(options.face_weights_dir, device)
+            for warning in caught:  # the ellipse fallback: one line, not a Python warning with its source
+                print(f"warning: {warning.message}", flush=True)
         bg_upsampler = None
-        if args.bg_upsampler == "realesrgan":
-            bg_upsampler = load_realesrgan(args.realesrgan_weights_dir, device, tile=args.bg_tile)
-    except (MissingWeightsError, ValueError) as error:
-        raise SystemExit(f"error: {error}") from None
+        if options.bg_upsampler == "realesrgan":
+            bg_upsampler = load_realesrgan(options.realesrgan_weights_dir, device, tile=options.bg_tile)
+    except (MissingWeightsError, WeightsReadError) as error:
+        fail(str(error))
     return WholeImageTools(detector, parser, bg_upsampler)
 
 
-def collect_inputs(lq_data_path: str | Path) -> list[Path]:
+def collect_inputs(lq_data_path: str | os.PathLike) -> list[Path]:
     """The photos to restore: one image file, or the images directly inside a folder."""
     path = Path(lq_data_path)
     if path.is_file():
         if not is_image_file(path):
-            raise SystemExit(f"error: {path}: not an image file")
+            fail(f"{path}: not an image file (expected one of .png .jpg .jpeg .bmp .webp .tif .tiff .gif)")
         return [path]
     if not path.is_dir():
-        raise SystemExit(f"error: {path}: no such file or folder")
+        fail(f"{path}: no such file or folder")
     images = list_images(path)
     if not images:
-        raise SystemExit(f"error: {path}: no images in this folder")
+        fail(f"{path}: no images in this folder")
     return images
 
 
 def face_stems(inputs: list[Path]) -> dict[Path, str]:
-    """Base name of each photo's face files: its stem, or stem_ext when two photos share a stem."""
+    """Base name of each photo's outputs: its stem, or stem_ext when two photos share a stem."""
     stems = [path.stem for path in inputs]
     return {
         path: path.stem if stems.count(path.stem) == 1 else f"{path.stem}_{path.suffix.lstrip('.').lower()}"
@@ -149,50 +234,96 @@ def face_stems(inputs: list[Path]) -> dict[Path, str]:
     }
 
 
-def output_paths(output_dir: Path, photo: Path, stem: str, num_faces: int) -> dict[str, list[Path]]:
-    return {
-        "cropped_faces": [output_dir / "cropped_faces" / f"{stem}_{k:02d}.png" for k in range(num_faces)],
-        "restored_faces": [output_dir / "restored_faces" / f"{stem}_{k:02d}.png" for k in range(num_faces)],
-        "cmp": [output_dir / "cmp" / photo.name],
-        "restored_imgs": [output_dir / "restored_imgs" / photo.name],
-    }
+@dataclass
+class PhotoOutputs:
+    """The files written for one photo."""
+
+    cropped_faces: list[Path]
+    restored_faces: list[Path]
+    face_comparisons: list[Path]
+    photo_comparison: Path
+    restored_image: Path
+    posterior_mean_faces: list[Path]
+    posterior_mean_image: Path
+
+
+def output_paths(options: WholeImageOptions, photo: Path, stem: str, num_faces: int) -> PhotoOutputs:
+    out = options.output_dir
+    face = [f"{stem}_{k:02d}" for k in range(num_faces)]
+    suffixed = [f"{name}_{options.suffix}" if options.suffix else name for name in face]
+    photo_name = output_name(stem + photo.suffix, options.suffix, options.ext)
+    return PhotoOutputs(
+        cropped_faces=[out / "cropped_faces" / f"{name}.png" for name in face],
+        restored_faces=[out / "restored_faces" / f"{name}.png" for name in suffixed],
+        face_comparisons=[out / "cmp" / f"{name}.png" for name in face],
+        photo_comparison=out / "cmp" / output_name(f"{stem}_photo{photo.suffix}", None, options.ext),
+        restored_image=out / "restored_imgs" / photo_name,
+        posterior_mean_faces=[out / "restored_faces_posterior_mean" / f"{name}.png" for name in suffixed],
+        posterior_mean_image=out / "restored_imgs_posterior_mean" / photo_name,
+    )
 
 
 def refuse_overwriting_inputs(inputs: list[Path], output_dir: Path) -> None:
-    """Exit before any work when an output folder is the input folder (outputs reuse the inputs' names)."""
+    """Stop before any work when an output folder is an input folder."""
     input_folders = {path.parent.resolve() for path in inputs}
     for folder in OUTPUT_FOLDERS:
         if (output_dir / folder).resolve() in input_folders:
-            raise SystemExit(f"error: {output_dir / folder} holds the inputs; choose another --output_dir")
+            fail(f"{output_dir / folder} holds the inputs; choose another --output_dir")
 
 
-def save_restoration(result, photo: Path, image, paths: dict[str, list[Path]]) -> None:
-    for face, path in zip(result.cropped_faces, paths["cropped_faces"], strict=True):
-        save_rgb(face, path)
-    for face, path in zip(result.restored_faces, paths["restored_faces"], strict=True):
-        save_rgb(face, path)
-    save_rgb(side_by_side(image, result.restored_image), paths["cmp"][0])
-    save_rgb(result.restored_image, paths["restored_imgs"][0])
+def save_restoration(
+    result: PhotoRestoration, image: np.ndarray, paths: PhotoOutputs, options: WholeImageOptions
+) -> None:
+    quality = options.jpeg_quality
+    for cropped, restored, crop_path, face_path, cmp_path in zip(
+        result.cropped_faces,
+        result.restored_faces,
+        paths.cropped_faces,
+        paths.restored_faces,
+        paths.face_comparisons,
+        strict=True,
+    ):
+        save_rgb(cropped, crop_path)
+        save_rgb(restored, face_path)
+        save_rgb(np.concatenate([cropped, restored], axis=1), cmp_path)
+    save_rgb(side_by_side(image, result.restored_image), paths.photo_comparison, jpeg_quality=quality)
+    save_rgb(result.restored_image, paths.restored_image, jpeg_quality=quality)
+    if options.save_mmse and result.posterior_mean_image is not None:
+        for face, path in zip(result.posterior_mean_faces or [], paths.posterior_mean_faces, strict=True):
+            save_rgb(face, path)
+        save_rgb(result.posterior_mean_image, paths.posterior_mean_image, jpeg_quality=quality)
+
+
+def gives_posterior_mean(restore_faces: RestoreFaces) -> bool:
+    """Whether the restorer can hand back the posterior mean (FaceRestorer with an MMSE network)."""
+    if not callable(getattr(restore_faces, "restore", None)):
+        return False
+    return bool(getattr(restore_faces, "has_posterior_mean", True))
 
 
 def run_whole_image(
-    args: argparse.Namespace, restore_faces: RestoreFaces, detector: FaceDetector | None = None
+    options: WholeImageOptions,
+    restore_faces: RestoreFaces,
+    device: str | torch.device = "cpu",
+    detector: FaceDetector | None = None,
 ) -> list[Path]:
-    """Restore every photo of `args.lq_data_path` into the four folders of `args.output_dir`.
-
-    Writes cropped_faces/<stem>_<k>.png, restored_faces/<stem>_<k>.png (k = 00, 01, ... largest face
-    first), cmp/<name> (input | restored) and restored_imgs/<name>, where <name> is the input's file name.
-    `restore_faces` gets all faces of one photo as one batch. Returns the restored photos' paths.
+    """Restore every photo of `options.lq_data_path` (a folder or one image file) into
+    `options.output_dir` (see the module's docstring for the files). `restore_faces` gets the faces of
+    one photo in batches of `options.batch_size` (default: all at once); `device` runs the detector,
+    parser and background upsampler. Returns the restored photos' paths.
     """
-    inputs = collect_inputs(args.lq_data_path)
-    output_dir = Path(args.output_dir)
-    refuse_overwriting_inputs(inputs, output_dir)
-    tools = load_tools(args, resolve_device(getattr(args, "device", None)), detector)
+    inputs = collect_inputs(options.lq_data_path)
+    refuse_overwriting_inputs(inputs, options.output_dir)
+    check_writable_folder(options.output_dir)  # before any model or detector work
+    tools = load_tools(options, device, detector)
+    save_mmse = options.save_mmse and gives_posterior_mean(restore_faces)
+    if options.save_mmse and not save_mmse:
+        print("warning: --save_mmse: this model has no posterior-mean network; only PMRF's results are written")
     stems = face_stems(inputs)
-    written, unreadable, faceless = [], [], []
+    written, unreadable, faceless, num_faces = [], [], [], 0
     for photo in tqdm(inputs, desc="whole photos", unit="photo"):
         try:
-            image = read_rgb(photo)
+            image = read_image(photo)  # upright (EXIF), alpha kept
         except ImageReadError as error:
             unreadable.append(str(error))
             continue
@@ -202,22 +333,39 @@ def run_whole_image(
                 image,
                 restore_faces,
                 tools.detector,
-                upscale=args.upscale,
-                only_center_face=args.only_center_face,
-                max_faces=args.max_faces,
+                upscale=options.upscale,
+                only_center_face=options.only_center_face,
+                max_faces=options.max_faces,
                 parser=tools.parser,
                 bg_upsampler=tools.bg_upsampler,
                 name=photo.name,
+                posterior_mean=save_mmse,
+                batch_size=options.batch_size,
             )
         if not result.faces:
             faceless.append(photo.name)
-            tqdm.write(f"warning: {photo.name}: no face detected; copied through, resized x{args.upscale:g}")
-        paths = output_paths(output_dir, photo, stems[photo], len(result.faces))
-        save_restoration(result, photo, image, paths)
-        written.append(paths["restored_imgs"][0])
-    print(f"{len(written)} photo(s) written to {output_dir}/restored_imgs ({len(faceless)} without a face)")
+            tqdm.write(f"warning: {photo.name}: no face detected; copied through, resized x{options.upscale:g}")
+            if save_mmse:
+                result.posterior_mean_image, result.posterior_mean_faces = result.restored_image, []
+        num_faces += len(result.faces)
+        paths = output_paths(options, photo, stems[photo], len(result.faces))
+        save_restoration(result, image, paths, options)
+        written.append(paths.restored_image)
+    print(
+        f"{len(written)} photo(s), {num_faces} face(s) written to {options.output_dir}/restored_imgs "
+        f"({len(faceless)} photo(s) without a face)"
+    )
     if unreadable:
         print(f"skipped {len(unreadable)} unreadable file(s):")
         for message in unreadable:
             print(f"  {message}")
     return written
+
+
+__all__ = [
+    "NoFaceWarning",
+    "WholeImageOptions",
+    "add_whole_image_arguments",
+    "load_tools",
+    "run_whole_image",
+]

@@ -10,13 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from whole_image.weights import (
-    DEFAULT_REALESRGAN_WEIGHTS_DIR,
-    REALESRGAN_FILE,
-    REALESRGAN_URL,
-    find_or_download,
-    load_into,
-)
+from whole_image.weights import load_weights_into, realesrgan_path
 
 
 def output_size(height: int, width: int, scale: float) -> tuple[int, int]:
@@ -106,17 +100,8 @@ def load_realesrgan(
     weights_dir: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
     tile: int = 400,
-    allow_download: bool = True,
 ) -> RealESRGANUpsampler:
-    """Real-ESRGAN with `RealESRGAN_x2plus.pth` from `weights_dir` (default checkpoints/realesrgan/),
-    downloaded there by BasicSR on first use; MissingWeightsError when it cannot be had."""
-    folder = weights_dir or DEFAULT_REALESRGAN_WEIGHTS_DIR
-    path = find_or_download(
-        folder,
-        REALESRGAN_FILE,
-        REALESRGAN_URL,
-        "Real-ESRGAN background",
-        download="basicsr",
-        allow_download=allow_download,
-    )
-    return RealESRGANUpsampler(load_into(build_rrdbnet_x2(), path), device, tile=tile)
+    """Real-ESRGAN with `RealESRGAN_x2plus.pth` from `weights_dir` (default checkpoints/realesrgan/);
+    MissingWeightsError (utils.weights) naming the file and its download address when it is absent."""
+    path = realesrgan_path(weights_dir)  # before building the network: a missing file is said at once
+    return RealESRGANUpsampler(load_weights_into(build_rrdbnet_x2(), path), device, tile=tile)

@@ -1,18 +1,19 @@
-"""Where the detector, parser and background upsampler weights live, and how they are loaded.
+"""Where the detector, parser and background-upsampler weights live.
 
-Each file is looked up in a local folder first. When it is absent, the library that owns the
-network downloads it into that folder (facexlib for the face networks, BasicSR for Real-ESRGAN).
-When that fails too (offline), `MissingWeightsError` says which file is missing and where it goes.
-Checkpoints are always read with ``weights_only=True``: facexlib's own loaders unpickle them fully.
+Every file is read through `utils.weights` (tensors only, never arbitrary pickles) and nothing is
+downloaded: a file that is not on disk is a `utils.weights.MissingWeightsError` that names it, says
+where it goes and where to get it. MTCNN's three small networks ship inside the facenet-pytorch wheel,
+so whole-photo restoration works offline on a fresh install.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+from utils.weights import MissingWeightsError, load_into, load_state_dict, require_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FACE_WEIGHTS_ENV = "PMRF_FACE_WEIGHTS"
@@ -25,12 +26,20 @@ PARSER_FILE = "parsing_parsenet.pth"
 PARSER_URL = "https://github.com/xinntao/facexlib/releases/download/v0.2.2/parsing_parsenet.pth"
 REALESRGAN_FILE = "RealESRGAN_x2plus.pth"
 REALESRGAN_URL = "https://github.com/xinntao/Real-ESRGAN/releases/download/v0.2.1/RealESRGAN_x2plus.pth"
+MTCNN_FILES = ("pnet.pt", "rnet.pt", "onet.pt")
 
-Downloader = Callable[[str, Path, str], object]
-
-
-class MissingWeightsError(FileNotFoundError):
-    """A weights file is neither on disk nor downloadable; the message names the file and folder."""
+__all__ = [
+    "DETECTOR_FILE",
+    "MissingWeightsError",
+    "PARSER_FILE",
+    "REALESRGAN_FILE",
+    "face_weights_dir",
+    "load_weights_into",
+    "mtcnn_weights_dir",
+    "parser_path",
+    "realesrgan_path",
+    "retinaface_path",
+]
 
 
 def face_weights_dir(folder: str | os.PathLike | None = None) -> Path:
@@ -42,76 +51,41 @@ def face_weights_dir(folder: str | os.PathLike | None = None) -> Path:
     return DEFAULT_FACE_WEIGHTS_DIR
 
 
-def download_with_facexlib(url: str, folder: Path, file_name: str) -> object:
-    from facexlib.utils import load_file_from_url
+def retinaface_path(weights_dir: str | os.PathLike | None = None) -> Path:
+    """Where RetinaFace's weights are expected (the file may be absent)."""
+    return face_weights_dir(weights_dir) / DETECTOR_FILE
 
-    return load_file_from_url(
-        url=url, model_dir=None, progress=True, file_name=file_name, save_dir=str(folder)
+
+def require_retinaface(weights_dir: str | os.PathLike | None = None) -> Path:
+    return require_file(
+        retinaface_path(weights_dir),
+        "RetinaFace face detector",
+        DETECTOR_URL,
+        hint="; or use --detector mtcnn, which needs no download",
     )
 
 
-def download_with_basicsr(url: str, folder: Path, file_name: str) -> object:
-    import compat.basicsr_torchvision  # noqa: F401  (must precede any basicsr import)
-    from basicsr.utils.download_util import load_file_from_url
-
-    return load_file_from_url(url=url, model_dir=str(folder), progress=True, file_name=file_name)
+def parser_path(weights_dir: str | os.PathLike | None = None) -> Path:
+    return require_file(face_weights_dir(weights_dir) / PARSER_FILE, "ParseNet face parsing", PARSER_URL)
 
 
-DOWNLOADERS: dict[str, Downloader] = {"facexlib": download_with_facexlib, "basicsr": download_with_basicsr}
+def realesrgan_path(weights_dir: str | os.PathLike | None = None) -> Path:
+    folder = Path(weights_dir).expanduser() if weights_dir else DEFAULT_REALESRGAN_WEIGHTS_DIR
+    return require_file(folder / REALESRGAN_FILE, "Real-ESRGAN background", REALESRGAN_URL)
 
 
-def find_or_download(
-    folder: str | os.PathLike,
-    file_name: str,
-    url: str,
-    what: str,
-    download: str = "facexlib",
-    allow_download: bool = True,
-) -> Path:
-    """Path of `folder/file_name`, downloaded from `url` on first use by the library named in `download`."""
-    path = Path(folder) / file_name
-    if path.is_file():
-        return path
-    reason = "downloads are disabled"
-    if allow_download:
-        try:
-            DOWNLOADERS[download](url, Path(folder), file_name)
-        except Exception as error:  # offline, proxy, disk full...: all end in the same advice
-            reason = f"download failed: {error.__class__.__name__}: {error}"
-        if path.is_file():
-            return path
-    raise MissingWeightsError(
-        f"{what} weights '{file_name}' not found in {Path(folder).resolve()} ({reason}); "
-        f"download {url} and put it at {path.resolve()}"
-    )
-
-
-def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a checkpoint safely and return its plain state dict.
-
-    Accepts a bare state dict or BasicSR's {'params_ema': ...} / {'params': ...} wrappers, and strips the
-    'module.' prefix that DataParallel adds.
-    """
+def mtcnn_weights_dir() -> Path:
+    """The folder inside the installed facenet-pytorch package that holds MTCNN's weights."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ValueError(f"{path}: cannot read checkpoint ({error.__class__.__name__}: {error})") from None
-    if not isinstance(checkpoint, dict):
-        raise ValueError(f"{path}: expected a state dict, got {type(checkpoint).__name__}")
-    for wrapper in ("params_ema", "params", "state_dict"):
-        if isinstance(checkpoint.get(wrapper), dict):
-            checkpoint = checkpoint[wrapper]
-            break
-    return {key.removeprefix("module."): value for key, value in checkpoint.items()}
+        import facenet_pytorch
+    except ImportError:
+        raise MissingWeightsError(
+            "MTCNN face detector: facenet-pytorch is not installed "
+            "(pip install --no-deps facenet-pytorch); or use --detector retinaface"
+        ) from None
+    return Path(facenet_pytorch.__file__).resolve().parent / "data"
 
 
-def load_into(network: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:
-    """Load the checkpoint at `path` into `network` strictly; a mismatch is a one-line error."""
-    state_dict = load_state_dict(path)
-    try:
-        network.load_state_dict(state_dict, strict=True)
-    except RuntimeError as error:
-        details = " ".join(str(error).split())
-        details = details if len(details) < 300 else details[:300] + "..."
-        raise ValueError(f"{path}: does not fit {type(network).__name__} ({details})") from None
-    return network
+def load_weights_into(network: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:
+    """`network` with the state dict of `path`, read safely and loaded strictly (utils.weights)."""
+    return load_into(network, load_state_dict(path), path)
