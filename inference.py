@@ -19,8 +19,8 @@ from pathlib import Path
 
 from lightning_models.restoration import (
     AlignedOptions,
+    FaceRestorer,
     load_model,
-    make_face_restorer,
     prepare_for_inference,
     restore_aligned,
 )
@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_output_arguments(p)
     from whole_image.cli import add_whole_image_arguments
 
-    add_whole_image_arguments(p)
+    add_whole_image_arguments(p, output_arguments=False)
     return p
 
 
@@ -92,7 +92,7 @@ def report_skipped(skipped: list[tuple[str, str]]) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     lq_path, output_dir = Path(args.lq_data_path), Path(args.output_dir)
-    inputs = collect_inputs(lq_path)
+    inputs = [] if args.whole_image else collect_inputs(lq_path)
     configure_torch()  # TF32 matmuls, as the reference
     try:
         device = resolve_device(args.device)
@@ -107,9 +107,13 @@ def main(argv: list[str] | None = None) -> None:
         fail(str(error))
     prepare_for_inference(model, args.attention_backend, args.compile, args.compile_mmse)
     if args.whole_image:
-        from whole_image.cli import run_whole_image
+        from whole_image.cli import WholeImageOptions, run_whole_image
 
-        run_whole_image(args, make_face_restorer(model, args.num_flow_steps, args.seed, args.bf16))
+        restorer = FaceRestorer(model, args.num_flow_steps, args.seed, args.bf16)
+        try:
+            run_whole_image(WholeImageOptions.from_args(args), restorer, device)
+        except WriteError as error:
+            fail(str(error))
         return
     options = AlignedOptions(
         num_flow_steps=args.num_flow_steps, batch_size=args.batch_size, seed=args.seed, bf16=args.bf16,

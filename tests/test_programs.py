@@ -142,8 +142,8 @@ def test_whole_image_flag_hands_the_model_to_the_photo_pipeline(trained, tmp_pat
 
     calls = {}
 
-    def fake_run_whole_image(args, restore_faces):
-        calls["args"] = args
+    def fake_run_whole_image(options, restore_faces, device):
+        calls["args"] = options
         calls["restored"] = restore_faces(torch.rand(2, 3, 16, 16))
 
     monkeypatch.setattr("whole_image.cli.run_whole_image", fake_run_whole_image)
@@ -152,3 +152,20 @@ def test_whole_image_flag_hands_the_model_to_the_photo_pipeline(trained, tmp_pat
                     "--max_faces", "3", "--num_flow_steps", "1", "--device", "cpu", "--seed", "0"])
     assert calls["args"].upscale == 1 and calls["args"].max_faces == 3
     assert calls["restored"].shape == (2, 3, 16, 16) and 0 <= calls["restored"].min() <= calls["restored"].max() <= 1
+
+
+@pytest.mark.slow
+def test_inference_py_restores_a_real_photo_end_to_end(trained, tmp_path):
+    """--whole_image through the program, offline: MTCNN finds the astronaut's face, the tiny model
+    restores it, and the photo comes back at the asked scale."""
+    from skimage import data
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(data.astronaut()).resize((256, 256)).save(photos / "astronaut.jpg", quality=90)
+    result = run("inference.py", "--whole_image", "--detector", "mtcnn", "--face_mask", "ellipse",
+                 "--ckpt_path", trained / "pmrf" / "checkpoints" / "last.ckpt", "-i", photos, "-o", tmp_path / "out",
+                 "--num_flow_steps", 1, "-s", 2, "--device", "cpu", "--seed", 0)
+    assert "mtcnn" in result.stdout.lower()
+    assert Image.open(tmp_path / "out" / "restored_imgs" / "astronaut.jpg").size == (512, 512)
+    assert sorted(p.name for p in (tmp_path / "out" / "restored_faces").iterdir()) == ["astronaut_00.png"]

@@ -7,7 +7,14 @@ as `lightning_models.restoration.FaceRestorer`.
 
 from utils.weights import MissingWeightsError
 from whole_image.cli import WholeImageOptions, add_whole_image_arguments, run_whole_image
-from whole_image.detect import DetectedFace, find_faces, load_detector, load_mtcnn, load_retinaface, select_faces
+from whole_image.detect import (
+    DetectedFace,
+    find_faces,
+    load_detector,
+    load_mtcnn,
+    load_retinaface,
+    select_faces,
+)
 from whole_image.pipeline import NoFaceWarning, PhotoRestoration, restore_photo
 
 __all__ = [

@@ -32,8 +32,24 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from utils.cli import add_output_arguments, check_writable_folder, fail, float_range, int_range, positive_int, probability
-from utils.images import ImageReadError, is_image_file, list_images, output_name, read_image, save_rgb
+from utils.cli import (
+    add_output_arguments,
+    check_writable_folder,
+    fail,
+    float_range,
+    int_range,
+    positive_int,
+    probability,
+)
+from utils.images import (
+    ImageReadError,
+    WriteError,
+    is_image_file,
+    list_images,
+    output_name,
+    read_image,
+    save_rgb,
+)
 from utils.weights import MissingWeightsError, WeightsReadError
 from whole_image.detect import DETECTORS, FaceDetector, load_detector
 from whole_image.paste import FaceParser, load_face_parser
@@ -349,7 +365,13 @@ def run_whole_image(
                 result.posterior_mean_image, result.posterior_mean_faces = result.restored_image, []
         num_faces += len(result.faces)
         paths = output_paths(options, photo, stems[photo], len(result.faces))
-        save_restoration(result, image, paths, options)
+        try:
+            save_restoration(result, image, paths, options)
+        except OSError as error:
+            raise WriteError(
+                f"cannot write the results of {photo.name} in {options.output_dir}: {error.strerror or error} "
+                f"(check the disk space and permissions); {len(written)} photo(s) were written before it"
+            ) from None
         written.append(paths.restored_image)
     print(
         f"{len(written)} photo(s), {num_faces} face(s) written to {options.output_dir}/restored_imgs "
