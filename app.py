@@ -31,7 +31,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from utils.cli import add_checkpoint_arguments, add_runtime_arguments, fail, int_range, resolve_device
+from utils.cli import (
+    add_checkpoint_arguments,
+    add_runtime_arguments,
+    configure_torch,
+    fail,
+    int_range,
+    resolve_device,
+)
 from utils.images import ImageReadError, is_gray, read_image, save_rgb
 from utils.weights import MissingWeightsError, WeightsReadError
 from whole_image.detect import DETECTORS, FaceDetector, load_detector
@@ -92,11 +99,7 @@ class ModelStore:
                 f"Cannot load the PMRF model from {where}: {error.__class__.__name__}: {error}. "
                 "Download the checkpoint (see README) and start the demo with --ckpt_path pointing at it."
             ) from None
-        backend = getattr(self.settings, "attention_backend", None)
-        if backend and hasattr(model.model, "set_neighborhood_backend"):
-            model.model.set_neighborhood_backend(backend)
-        if self.settings.compile:
-            model.model.compile()  # in place, as inference.py does: keeps state-dict keys and the type
+        restoration.prepare_for_inference(model, getattr(self.settings, "attention_backend", None), self.settings.compile)
         return restoration, model
 
     def detector(self) -> FaceDetector:
@@ -409,6 +412,7 @@ def main(argv: list[str] | None = None) -> None:
         device = resolve_device(args.device)
     except ValueError as error:
         fail(str(error))
+    configure_torch()  # TF32 matmuls, as inference.py and the reference
     STORE = ModelStore(args, device)
     demo = build_demo()
     demo.queue(default_concurrency_limit=1)

@@ -75,6 +75,13 @@ class FakeRestoration(types.ModuleType):
         assert self.model.model.compiled == 0  # compiled after loading, never before
         return self.model
 
+    def prepare_for_inference(self, model, attention_backend=None, compile=False, compile_mmse=False):
+        if attention_backend:
+            model.model.set_neighborhood_backend(attention_backend)
+        if compile:
+            model.model.compile()
+        return model
+
     def FaceRestorer(self, model, num_flow_steps=25, seed=None, bf16=False):  # noqa: N802 (a class there)
         assert model is self.model
         self.restorers.append((num_flow_steps, seed, bf16))
