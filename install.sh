@@ -67,7 +67,8 @@ echo "install.sh: installing with $installer"
 if [ "$installer" = uv ]; then
   # pip's effective package sources, as uv arguments, one per line (PIP_* variables win over the
   # [install] section, which wins over [global]; missing local folders are left out, as pip ignores them).
-  mapfile -t UV_SOURCES < <(pip config list 2>/dev/null | .venv/bin/python -c '
+  pip_config=$(pip config list 2>/dev/null || true)
+  mapfile -t UV_SOURCES < <(.venv/bin/python -c '
 import ast, os, sys
 from urllib.parse import urlparse, unquote
 seen = {}
@@ -90,12 +91,13 @@ for name, flag in flags.items():
     for location in seen.get(name, (0, ""))[1].split():
         if local_ok(location):
             print(flag); print(location)
-')
-  cert=$(pip config list 2>/dev/null | sed -n "s/^\(:env:\|global\|install\)\.cert='\(.*\)'$/\2/p" | head -n1)
+' <<<"$pip_config")
+  cert=$(sed -n "s/^\(:env:\|global\|install\)\.cert='\(.*\)'$/\2/p" <<<"$pip_config" | head -n1)
   if [ -n "$cert" ] && [ -z "${SSL_CERT_FILE:-}" ] && [ -f "$cert" ]; then export SSL_CERT_FILE=$cert; fi
   install_reqs() {
     # unsafe-best-match: like pip, take the best version across all indexes, not the first index's.
-    .venv/bin/uv pip install --python .venv/bin/python --quiet --index-strategy unsafe-best-match \
+    # --compile-bytecode: like pip, write .pyc files now, not at every import (PYTHONDONTWRITEBYTECODE).
+    .venv/bin/uv pip install --python .venv/bin/python --quiet --compile-bytecode --index-strategy unsafe-best-match \
       "${UV_SOURCES[@]}" "$@"
   }
   # natten builds without build isolation, so the build tools must be in .venv.
