@@ -51,14 +51,33 @@ case $installer in
   *) echo "install.sh: PMRF_INSTALLER must be auto, uv or pip (got '$installer')" >&2; exit 2 ;;
 esac
 
+# Fast no-op: after a successful run, .venv/.install-stamp holds a digest of what that run read (this
+# script, requirements.txt, compat/, PMRF_INSTALLER) and of what .venv then held (every distribution
+# and version), followed by its check line. If nothing of that changed, there is nothing to install
+# and nothing new to check. Delete the stamp to force a full run.
+STAMP=.venv/.install-stamp
+state() {
+  local dists
+  dists=$(.venv/bin/python -c 'import importlib.metadata as m; print(*sorted(f"{d.name}=={d.version}" for d in m.distributions()))') || return 1
+  cat install.sh requirements.txt compat/*.py <(echo "PMRF_INSTALLER=$installer" "$dists") | sha256sum | cut -d' ' -f1
+}
+if [ -f "$STAMP" ] && [ "$(head -n1 "$STAMP")" = "$(state)" ]; then
+  echo "install.sh: .venv is up to date, nothing to install"
+  tail -n +2 "$STAMP"
+  exit 0
+fi
+rm -f "$STAMP"
+
 uv_works() { .venv/bin/uv --version >/dev/null 2>&1; }
 if [ "$installer" != pip ]; then
-  if uv_works || { pip install -q "$(grep -E "$UV_RE" requirements.txt | sed 's/#.*//' || echo uv)" && uv_works; }; then
+  uv_spec=$(grep -E "$UV_RE" requirements.txt | sed 's/#.*//; s/[[:space:]]*$//' || true)
+  uv_spec=${uv_spec:-uv}
+  if uv_works || { bootstrap=$(pip install -q "$uv_spec" 2>&1) && uv_works; }; then
     installer=uv
   elif [ "$installer" = uv ]; then
-    echo "install.sh: could not install uv into .venv (PMRF_INSTALLER=uv)" >&2; exit 1
+    echo "install.sh: could not install uv into .venv (PMRF_INSTALLER=uv): ${bootstrap:-}" >&2; exit 1
   else
-    echo "install.sh: could not install uv into .venv; falling back to pip" >&2
+    echo "install.sh: could not install uv into .venv ($(tail -n1 <<<"${bootstrap:-}")); falling back to pip" >&2
     installer=pip
   fi
 fi
@@ -111,4 +130,7 @@ install_reqs -r <(group torch)
 install_reqs -r <(group rest)
 install_reqs --no-deps -r <(group no-deps)
 install_reqs --no-build-isolation -r <(group no-build-isolation)
-.venv/bin/python -c "import sys, torch, torchvision, natten; import compat.basicsr_torchvision, basicsr; print('install ok: torch', torch.__version__, '| torchvision', torchvision.__version__, '| natten', natten.__version__, '| cuda' if torch.cuda.is_available() else '| cpu', '| installed with', sys.argv[1])" "$installer"
+check=$(.venv/bin/python -c "import sys, torch, torchvision, natten; import compat.basicsr_torchvision, basicsr; print('install ok: torch', torch.__version__, '| torchvision', torchvision.__version__, '| natten', natten.__version__, '| cuda' if torch.cuda.is_available() else '| cpu', '| installed with', sys.argv[1])" "$installer")
+installer=${PMRF_INSTALLER:-auto}  # the stamp's digest is of the request, not of the installer that ran
+printf '%s\n%s\n' "$(state)" "$check" >"$STAMP"
+echo "$check"
