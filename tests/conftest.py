@@ -53,35 +53,66 @@ TINY_SWINIR = {
 }
 
 
+
 # --- pytest-xdist: `make test` runs `pytest -n auto --dist loadgroup` -------------------------------
-# Tests that share an expensive module-scoped fixture run on one worker (one xdist group), so that the
-# fixture is built once rather than once per worker. The DDP test, which starts two training
-# processes talking over gloo, runs in that group too: it needs the trained checkpoints, and its
-# worker runs nothing else meanwhile. Groups are only read with --dist loadgroup; a plain `pytest`
-# runs everything serially as before.
-XDIST_GROUP_BY_FIXTURE = {
-    "trained": "programs",  # test_programs.py: train.py run twice in subprocesses
-    "official_checkpoints": "official_checkpoints",  # test_checkpoints.py: full-size synthetic checkpoints
+# The tests that share an expensive module-scoped fixture form one xdist group, run by one worker, so
+# the fixture is built once instead of once per worker: test_programs.py's `trained` (train.py run
+# twice in subprocesses; the DDP test, which starts two training processes talking over gloo, uses it
+# and runs on that worker too) and test_checkpoints.py's `official_checkpoints`. Groups go by node-id
+# prefix so that the controller, which sees node ids only, can tell them too.
+XDIST_GROUPS = {
+    "programs": ("tests/test_programs.py::",),
+    "official_checkpoints": ("tests/test_checkpoints.py::test_official_",),
 }
-XDIST_GROUP_BY_NODEID = {
-    "tests/test_programs.py::test_ddp_on_two_cpu_processes_trains_and_validates": "programs",
-}
+XDIST_UNGROUPED = ("tests/test_programs.py::test_bad_input_gives_a_one_line_error",)  # no `trained`
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group markers
+def xdist_group_of(nodeid: str) -> str | None:
+    if nodeid.startswith(XDIST_UNGROUPED):
+        return None
+    return next((group for group, prefixes in XDIST_GROUPS.items() if nodeid.startswith(prefixes)), None)
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        group = XDIST_GROUP_BY_NODEID.get(item.nodeid)
-        group = group or next((g for name, g in XDIST_GROUP_BY_FIXTURE.items() if name in item.fixturenames), None)
+        group = xdist_group_of(item.nodeid)
         if group:
             item.add_marker(pytest.mark.xdist_group(group))
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # the groups first (a stable sort: every worker collects the same order), so that the longest
+        # unit of work starts at once instead of last
+        items.sort(key=lambda item: xdist_group_of(item.nodeid) is None)
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)  # before xdist's own choice of scheduler
+def pytest_xdist_make_scheduler(config, log):
+    """--dist loadgroup, with the groups above read from node ids.
+
+    pytest-xdist 3.8 tells a test's group to its scheduler by renaming the test's node id, which pytest
+    9.2 no longer lets it do (pytest-dev/pytest-xdist#1386): its own loadgroup then silently spreads a
+    group over all workers.
+    """
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    class GroupScheduling(LoadGroupScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            if nodeid.rfind("@") > nodeid.rfind("]"):  # where xdist did add its "@group" suffix
+                nodeid = nodeid[: nodeid.rfind("@")]
+            return xdist_group_of(nodeid) or nodeid
+
+    return GroupScheduling(config, log)
 
 
 def pytest_configure(config):
     # Under xdist each worker gets its share of the cores (2 workers on 2 cores: one thread each), and
-    # so do the programs that tests start, instead of every worker running one thread per core.
+    # so do the programs that tests start, instead of every worker running one thread per core:
+    # OpenMP threads that outnumber the cores wait on each other and make small operations many
+    # times slower.
     workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
     if workers and "OMP_NUM_THREADS" not in os.environ:
-        threads = max(1, (os.cpu_count() or 1) // int(workers))
+        threads = max(1, len(os.sched_getaffinity(0)) // int(workers))
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
         torch.set_num_threads(threads)
