@@ -12,7 +12,7 @@ runs. For real results use the official checkpoint (see README).
 Sized for a 2-core machine (about two minutes there): 48×48 faces, SwinIR windows of 4 tokens so that the
 12×12 token grid needs no padding (configs/demo_swinir.json), a 5×5 neighbourhood in the HDiT
 (configs/demo_hdit.json: the CPU neighbourhood-attention backend's cost grows with the window area),
-200 + 250 training steps, one data-loading worker, and OpenMP threads that sleep rather than spin while
+150 + 200 training steps, one data-loading worker, and OpenMP threads that sleep rather than spin while
 they wait (OMP_WAIT_POLICY=PASSIVE, unless set: spinning threads slow training badly on a busy machine).
 """
 
@@ -94,8 +94,8 @@ def main() -> None:
     parser.add_argument("--num_test", type=int, default=8)
     parser.add_argument("--img_size", type=int, default=48, help="a multiple of 16 (SwinIR: sf 4 × window 4)")
     parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--mmse_steps", type=int, default=200)
-    parser.add_argument("--pmrf_steps", type=int, default=250)
+    parser.add_argument("--mmse_steps", type=int, default=150)
+    parser.add_argument("--pmrf_steps", type=int, default=200)
     parser.add_argument("--num_flow_steps", type=int, default=25)
     parser.add_argument("--num_workers", type=int, default=1, help="data-loading workers of each training run")
     args = parser.parse_args()
