@@ -10,8 +10,10 @@ install:
 demo: install
 	$(PY) scripts/demo.py
 
+# -n auto: one pytest-xdist worker per core; --dist loadgroup keeps each xdist group (tests/conftest.py)
+# on one worker. --durations=15 lists the slowest tests.
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadgroup --durations=15
 
 bench: install
 	$(PY) benchmarks/attention.py

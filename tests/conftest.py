@@ -1,4 +1,5 @@
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -50,3 +51,68 @@ TINY_SWINIR = {
     "sf": 2,
     "img_size": 8,
 }
+
+
+
+# --- pytest-xdist: `make test` runs `pytest -n auto --dist loadgroup` -------------------------------
+# The tests that share an expensive module-scoped fixture form one xdist group, run by one worker, so
+# the fixture is built once instead of once per worker: test_programs.py's `trained` (train.py run
+# twice in subprocesses; the DDP test, which starts two training processes talking over gloo, uses it
+# and runs on that worker too) and test_checkpoints.py's `official_checkpoints`. Groups go by node-id
+# prefix so that the controller, which sees node ids only, can tell them too.
+XDIST_GROUPS = {
+    "programs": ("tests/test_programs.py::",),
+    "official_checkpoints": ("tests/test_checkpoints.py::test_official_",),
+}
+XDIST_UNGROUPED = ("tests/test_programs.py::test_bad_input_gives_a_one_line_error",)  # no `trained`
+
+
+def xdist_group_of(nodeid: str) -> str | None:
+    if nodeid.startswith(XDIST_UNGROUPED):
+        return None
+    return next((group for group, prefixes in XDIST_GROUPS.items() if nodeid.startswith(prefixes)), None)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        group = xdist_group_of(item.nodeid)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # the groups first (a stable sort: every worker collects the same order), so that the longest
+        # unit of work starts at once instead of last
+        items.sort(key=lambda item: xdist_group_of(item.nodeid) is None)
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)  # before xdist's own choice of scheduler
+def pytest_xdist_make_scheduler(config, log):
+    """--dist loadgroup, with the groups above read from node ids.
+
+    pytest-xdist 3.8 tells a test's group to its scheduler by renaming the test's node id, which pytest
+    9.2 no longer lets it do (pytest-dev/pytest-xdist#1386): its own loadgroup then silently spreads a
+    group over all workers.
+    """
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    class GroupScheduling(LoadGroupScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            if nodeid.rfind("@") > nodeid.rfind("]"):  # where xdist did add its "@group" suffix
+                nodeid = nodeid[: nodeid.rfind("@")]
+            return xdist_group_of(nodeid) or nodeid
+
+    return GroupScheduling(config, log)
+
+
+def pytest_configure(config):
+    # Under xdist each worker gets its share of the cores (2 workers on 2 cores: one thread each), and
+    # so do the programs that tests start, instead of every worker running one thread per core:
+    # OpenMP threads that outnumber the cores wait on each other and make small operations many
+    # times slower.
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers and "OMP_NUM_THREADS" not in os.environ:
+        threads = max(1, len(os.sched_getaffinity(0)) // int(workers))
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
