@@ -1,6 +1,8 @@
 # The two set-up commands: `make demo` (install, then the main job on a tiny bundled example, CPU,
 # offline) and `make test` (install, then the test suite).
 PY := .venv/bin/python
+# .pyc files are written on first import (install.sh does not compile every file of every package).
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: install demo test bench clean
 

@@ -39,9 +39,10 @@ UV_RE='^uv[<>=!~ ]'
 group() {
   case $1 in
     torch) grep -E "$TORCH_RE" requirements.txt ;;
-    rest) grep -vE "$TORCH_RE|$UV_RE|# no-(deps|build-isolation)" requirements.txt ;;
-    no-deps) grep -E '# no-deps' requirements.txt | sed 's/#.*//' ;;
-    no-build-isolation) grep -E '# no-build-isolation' requirements.txt | sed 's/#.*//' ;;
+    rest) grep -vE "$TORCH_RE|$UV_RE|# .*no-(deps|build-isolation)" requirements.txt ;;
+    no-deps) grep -E '# .*no-deps' requirements.txt | grep -v 'no-build-isolation' | sed 's/#.*//' || true ;;
+    no-build-isolation) grep -E '# .*no-build-isolation' requirements.txt | grep -v 'no-deps' | sed 's/#.*//' || true ;;
+    no-deps-no-build-isolation) grep -E '# .*no-deps' requirements.txt | grep 'no-build-isolation' | sed 's/#.*//' || true ;;
   esac
 }
 
@@ -115,8 +116,7 @@ for name, flag in flags.items():
   if [ -n "$cert" ] && [ -z "${SSL_CERT_FILE:-}" ] && [ -f "$cert" ]; then export SSL_CERT_FILE=$cert; fi
   install_reqs() {
     # unsafe-best-match: like pip, take the best version across all indexes, not the first index's.
-    # --compile-bytecode: like pip, write .pyc files now, not at every import (PYTHONDONTWRITEBYTECODE).
-    .venv/bin/uv pip install --python .venv/bin/python --quiet --compile-bytecode --index-strategy unsafe-best-match \
+    .venv/bin/uv pip install --python .venv/bin/python --quiet --index-strategy unsafe-best-match \
       "${UV_SOURCES[@]}" "$@"
   }
   # natten builds without build isolation, so the build tools must be in .venv.
@@ -130,7 +130,10 @@ install_reqs -r <(group torch)
 install_reqs -r <(group rest)
 install_reqs --no-deps -r <(group no-deps)
 install_reqs --no-build-isolation -r <(group no-build-isolation)
-check=$(.venv/bin/python -c "import sys, torch, torchvision, natten; import compat.basicsr_torchvision, basicsr; print('install ok: torch', torch.__version__, '| torchvision', torchvision.__version__, '| natten', natten.__version__, '| cuda' if torch.cuda.is_available() else '| cpu', '| installed with', sys.argv[1])" "$installer")
+install_reqs --no-deps --no-build-isolation -r <(group no-deps-no-build-isolation)
+# Bytecode is written as modules are first imported (here and by the Makefile's targets), not for every
+# file of every package at install time: that would add about 45 s, mostly for torch files never imported.
+check=$(PYTHONDONTWRITEBYTECODE= .venv/bin/python -c "import sys, torch, torchvision, natten; import compat.basicsr_torchvision, basicsr; print('install ok: torch', torch.__version__, '| torchvision', torchvision.__version__, '| natten', natten.__version__, '| cuda' if torch.cuda.is_available() else '| cpu', '| installed with', sys.argv[1])" "$installer")
 installer=${PMRF_INSTALLER:-auto}  # the stamp's digest is of the request, not of the installer that ran
 printf '%s\n%s\n' "$(state)" "$check" >"$STAMP"
 echo "$check"

@@ -58,10 +58,12 @@ TINY_SWINIR = {
 # The tests that share an expensive module-scoped fixture form one xdist group, run by one worker, so
 # the fixture is built once instead of once per worker: test_programs.py's `trained` (train.py run
 # twice in subprocesses; the DDP test, which starts two training processes talking over gloo, uses it
-# and runs on that worker too) and test_checkpoints.py's `official_checkpoints`. Groups go by node-id
+# and runs on that worker too), test_robustness.py's trained checkpoints and test_checkpoints.py's
+# `official_checkpoints`. Groups go by node-id
 # prefix so that the controller, which sees node ids only, can tell them too.
 XDIST_GROUPS = {
     "programs": ("tests/test_programs.py::",),
+    "robustness": ("tests/test_robustness.py::",),
     "official_checkpoints": ("tests/test_checkpoints.py::test_official_",),
 }
 XDIST_UNGROUPED = ("tests/test_programs.py::test_bad_input_gives_a_one_line_error",)  # no `trained`
