@@ -66,7 +66,11 @@ XDIST_GROUPS = {
     "robustness": ("tests/test_robustness.py::",),
     "official_checkpoints": ("tests/test_checkpoints.py::test_official_",),
 }
-XDIST_UNGROUPED = ("tests/test_programs.py::test_bad_input_gives_a_one_line_error",)  # no `trained`
+XDIST_UNGROUPED = (  # tests of test_programs.py that do not use `trained`
+    "tests/test_programs.py::test_bad_input_gives_a_one_line_error",
+    "tests/test_programs.py::test_ddp_on_two_cpu_processes_trains_and_validates",
+    "tests/test_programs.py::test_inference_py_restores_a_real_photo_end_to_end",
+)
 
 
 def xdist_group_of(nodeid: str) -> str | None:

@@ -40,13 +40,18 @@ def train_args(work, stage, arch, out, *extra):
             "--accelerator", "cpu", "--num_flow_steps", 2, "--log_every_n_steps", 1, "--output_dir", out, *extra]
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    work = tmp_path_factory.mktemp("programs")
+def write_data(work):
     write_images(work / "train", 4, (16, 16))
     write_images(work / "val", 2, (16, 16), seed=1)
-    swinir = write_arch_json(work / "swinir.json", TINY_SWINIR)
-    hdit = write_arch_json(work / "hdit.json", TINY_HDIT)
+    write_arch_json(work / "swinir.json", TINY_SWINIR)
+    write_arch_json(work / "hdit.json", TINY_HDIT)
+    return work
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    work = write_data(tmp_path_factory.mktemp("programs"))
+    swinir, hdit = work / "swinir.json", work / "hdit.json"
     run(*train_args(work, "mmse", swinir, work / "mmse", "--max_steps", 2))
     run(*train_args(work, "flow", hdit, work / "pmrf", "--max_steps", 2, "--betas", 0.8, 0.99,
                     "--mmse_model_ckpt_path", work / "mmse" / "checkpoints" / "last.ckpt", "--source_noise_std", 0.1))
@@ -75,8 +80,9 @@ def test_resume_from_last_continues_the_step_count(trained, tmp_path):
     assert checkpoint["global_step"] == 4 and checkpoint["ema"]["num_updates"] == 4
 
 
-def test_ddp_on_two_cpu_processes_trains_and_validates(trained, tmp_path):
-    run(*train_args(trained, "naive_flow", trained / "hdit.json", tmp_path / "ddp", "--max_steps", 2, "--devices", 2,
+def test_ddp_on_two_cpu_processes_trains_and_validates(tmp_path):
+    work = write_data(tmp_path)
+    run(*train_args(work, "naive_flow", work / "hdit.json", tmp_path / "ddp", "--max_steps", 2, "--devices", 2,
                     "--val_batch_size", 1), timeout=300)
     checkpoint = torch.load(tmp_path / "ddp" / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["global_step"] == 2
@@ -155,16 +161,18 @@ def test_whole_image_flag_hands_the_model_to_the_photo_pipeline(trained, tmp_pat
 
 
 @pytest.mark.slow
-def test_inference_py_restores_a_real_photo_end_to_end(trained, tmp_path):
-    """--whole_image through the program, offline: MTCNN finds the astronaut's face, the tiny model
-    restores it, and the photo comes back at the asked scale."""
+def test_inference_py_restores_a_real_photo_end_to_end(tmp_path):
+    """--whole_image through the program, offline: MTCNN finds the astronaut's face, a tiny PMRF (a
+    save_pretrained folder) restores it, and the photo comes back at the asked scale."""
+    from helpers import build_method, save_lightning_mmse_checkpoint
     from skimage import data
 
+    build_method("pmrf", save_lightning_mmse_checkpoint(tmp_path / "mmse.ckpt")).save_pretrained(tmp_path / "model")
     photos = tmp_path / "photos"
     photos.mkdir()
     Image.fromarray(data.astronaut()).resize((256, 256)).save(photos / "astronaut.jpg", quality=90)
     result = run("inference.py", "--whole_image", "--detector", "mtcnn", "--face_mask", "ellipse",
-                 "--ckpt_path", trained / "pmrf" / "checkpoints" / "last.ckpt", "-i", photos, "-o", tmp_path / "out",
+                 "--ckpt_path", tmp_path / "model", "-i", photos, "-o", tmp_path / "out",
                  "--num_flow_steps", 1, "-s", 2, "--device", "cpu", "--seed", 0)
     assert "mtcnn" in result.stdout.lower()
     assert Image.open(tmp_path / "out" / "restored_imgs" / "astronaut.jpg").size == (512, 512)
