@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from evaluation.arcface_arch import ResNetFace, resnet_face18
-from evaluation.inputs import Pairs, PairDataset, batches, paired_files
+from evaluation.inputs import PairDataset, Pairs, batches, paired_files
 from evaluation.weights import ARCFACE_FILE, DEFAULT_CKPT_DIR, MetricUnavailable, find_metric_checkpoint
 from utils.images import read_rgb
 from utils.weights import load_into, load_state_dict

@@ -11,7 +11,10 @@ import os
 import torch
 
 import compat.basicsr_torchvision  # noqa: F401  (must precede basicsr)
+
+# isort: split
 from basicsr.metrics.psnr_ssim import calculate_psnr_pt
+
 from evaluation.distortion import mse_255
 from evaluation.inputs import mean_over_pairs, paired_files
 

@@ -11,7 +11,10 @@ import warnings
 import numpy as np
 
 import compat.basicsr_torchvision  # noqa: F401  (must precede basicsr)
+
+# isort: split
 from basicsr.metrics.niqe import calculate_niqe as basicsr_niqe
+
 from evaluation.inputs import ImageListDataset, batches, image_files, image_size, readable_files
 from evaluation.weights import MetricUnavailable
 

@@ -15,9 +15,9 @@ import inference
 from arch import create_arch
 from data import ImageFolderDataset, make_transform
 from degradations import create_degradation
+from lightning_models.mmse_rectified_flow import MMSERectifiedFlow
 from lightning_models.restoration import load_model
 from utils.weights import WeightsReadError, read_checkpoint
-from lightning_models.mmse_rectified_flow import MMSERectifiedFlow
 
 SPEC_HPARAMS = dict(  # the official blind-face hyper-parameters
     stage="flow", arch="hdit_ImageNet256Sp4", conditional=False,

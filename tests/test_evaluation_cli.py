@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_evaluation_inputs import bomb_png, one_torch_thread  # noqa: F401  (autouse fixture)
+from test_inception import random_inception
 
 from evaluation import compute_metrics_blind, compute_metrics_controlled_experiments
 from evaluation.arcface_arch import resnet_face18
 from evaluation.landmarks import build_fan
-from test_evaluation_inputs import bomb_png, one_torch_thread  # noqa: F401  (autouse fixture)
-from test_inception import random_inception
 from utils.images import FILE_MODE
 
 INCEPTION = "weights-inception-2015-12-05-6726825d.pth"

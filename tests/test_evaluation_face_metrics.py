@@ -8,6 +8,7 @@ import pytest
 import torch
 from conftest import load_manifest
 from PIL import Image
+from test_evaluation_inputs import one_torch_thread  # noqa: F401  (autouse fixture)
 
 from evaluation.arcface_arch import resnet_face18
 from evaluation.identity import (
@@ -28,7 +29,6 @@ from evaluation.landmarks import (
 )
 from utils.images import read_rgb
 from utils.weights import WeightsReadError
-from test_evaluation_inputs import one_torch_thread  # noqa: F401  (autouse fixture)
 
 
 def shapes(state_dict):

@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch_fidelity
 from PIL import Image
+from test_evaluation_inputs import one_torch_thread  # noqa: F401  (autouse fixture)
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 
@@ -21,7 +22,6 @@ from evaluation import fidelity as fidelity_module
 from evaluation.fidelity import FeatureExtractor, calculate_fidelity_metrics, folder_cache_path
 from evaluation.inputs import ImageListDataset, forget_unreadable, image_files, unreadable_images
 from utils.weights import MissingWeightsError
-from test_evaluation_inputs import one_torch_thread  # noqa: F401  (autouse fixture)
 
 STUB = "pmrf-test-table-features"
 NUM_ROWS, DIM = 40, 6

@@ -14,11 +14,11 @@ import pytest
 import torch
 import torchvision
 from PIL import Image
+from test_evaluation_inputs import one_torch_thread  # noqa: F401  (autouse fixture)
 
 from evaluation.lpips_vgg import build_lpips_vgg, calculate_lpips
 from evaluation.piq_metrics import build_piq_lpips, calculate_piq_lpips
 from utils.weights import MissingWeightsError, WeightsReadError
-from test_evaluation_inputs import one_torch_thread  # noqa: F401  (autouse fixture)
 
 CHANNELS = (64, 128, 256, 512, 512)
 

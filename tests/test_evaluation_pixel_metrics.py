@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from PIL import Image
 from skimage.metrics import structural_similarity
+from test_evaluation_inputs import one_torch_thread  # noqa: F401  (autouse fixture)
 
 from evaluation.distortion import calculate_psnr_ssim_mse
 from evaluation.ind_rmse import calculate_ind_rmse
 from evaluation.piq_metrics import calculate_piq_distortion
-from test_evaluation_inputs import one_torch_thread  # noqa: F401  (autouse fixture)
 
 
 def write_folder(folder, images):

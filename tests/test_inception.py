@@ -8,12 +8,12 @@ from unittest import mock
 import pytest
 import torch
 import torch_fidelity.feature_extractor_inceptionv3 as fidelity_inception
+from test_evaluation_inputs import one_torch_thread  # noqa: F401  (autouse fixture)
 from torchmetrics.image.fid import FrechetInceptionDistance, NoTrainInceptionV3
 from torchmetrics.image.inception import InceptionScore
 
 from utils.inception import torch_fidelity_inception, torchmetrics_inception
 from utils.weights import MissingWeightsError, WeightsReadError
-from test_evaluation_inputs import one_torch_thread  # noqa: F401  (autouse fixture)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

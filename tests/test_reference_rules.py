@@ -10,8 +10,6 @@ arguments and work offline; `source_noise_std` is an alias of `mmse_noise_std`.
 import importlib.util
 import json
 import shutil
-import subprocess
-import sys
 from argparse import Namespace
 from pathlib import Path
 from types import SimpleNamespace
@@ -213,20 +211,18 @@ def test_conditional_applies_to_the_flow_stage_only(stage, arch):
         MMSERectifiedFlow(stage=stage, arch=arch, conditional=True)
 
 
-@pytest.mark.slow
-def test_train_py_refuses_conditional_outside_the_flow_stage_with_one_line(tmp_path):
+def test_train_py_refuses_conditional_outside_the_flow_stage_with_one_line(tmp_path, capsys):
     """The program's own check (one branch for both stages; the constructor test covers each stage)."""
+    import train
+
     stage, arch = "naive_flow", "hdit_XL2"
-    result = subprocess.run(
-        [sys.executable, "train.py", "--stage", stage, "--conditional", "--arch", arch, "--degradation",
-         "gaussian_noise_035", "--train_data_root", str(tmp_path), "--output_dir", str(tmp_path / "out"),
-         "--accelerator", "cpu"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
-    )
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "--conditional" in errors[0] and stage in errors[0], result.stderr
+    with pytest.raises(SystemExit) as exit_:
+        train.main(["--stage", stage, "--conditional", "--arch", arch, "--degradation", "gaussian_noise_035",
+                    "--train_data_root", str(tmp_path), "--output_dir", str(tmp_path / "out"), "--accelerator", "cpu"])
+    assert exit_.value.code != 0
+    stderr = capsys.readouterr().err
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "--conditional" in errors[0] and stage in errors[0], stderr
     assert not (tmp_path / "out").exists()  # it stopped before setting anything up
 
 

@@ -66,6 +66,7 @@ def test_strict_load_of_synthetic_checkpoint_then_forward(manifest, name, channe
 @pytest.mark.parametrize("size", [(32, 32), (32, 48)])
 def test_matches_basicsr_swinir(resi_connection, size):
     import compat.basicsr_torchvision  # noqa: F401
+    # isort: split
     from basicsr.archs.swinir_arch import SwinIR as BasicSRSwinIR
 
     ours = tiny(sf=4, resi_connection=resi_connection)

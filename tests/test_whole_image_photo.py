@@ -17,7 +17,13 @@ import torch
 from PIL import Image
 
 from utils.images import read_rgb
-from whole_image.align import FFHQ_TEMPLATE_512, alignment_matrix, inverse_matrix, warp_from_template, warp_to_template
+from whole_image.align import (
+    FFHQ_TEMPLATE_512,
+    alignment_matrix,
+    inverse_matrix,
+    warp_from_template,
+    warp_to_template,
+)
 from whole_image.cli import WholeImageOptions, run_whole_image
 from whole_image.detect import find_faces, load_mtcnn
 from whole_image.paste import FACEXLIB_SIGMA_512, FaceParser, ellipse_mask, feather_sigma, paste_faces
