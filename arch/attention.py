@@ -11,7 +11,9 @@ inward at the borders: NATTEN's definition, dilation 1) has three backends behin
   (``natten.HAS_LIBNATTEN``); otherwise it falls back to uncompiled flex attention with (H·W)² scores.
 * ``torch``: pure PyTorch. It gathers each query's k×k window of keys and values, a chunk of query
   rows at a time, so memory grows with H·W·k² (capped per chunk) rather than (H·W)²; it has a backward
-  pass and runs anywhere.
+  pass and runs anywhere. Small grids (at most ``DENSE_TOKENS_PER_WINDOW`` tokens per window area) run
+  instead as one ``scaled_dot_product_attention`` call over all token pairs with the window mask,
+  which PyTorch's fused kernels compute without storing the scores: 4–5× faster there on CPU.
 
 ``auto`` (the default) picks, on CUDA, natten when it has fused kernels for the device and flex
 otherwise; on every other device, torch. Force a backend with the ``backend`` argument, the
@@ -117,8 +119,35 @@ def check_kernel(h: int, w: int, kernel_size: int) -> None:
 CHUNK_ELEMENTS = 1 << 25
 
 
+# Up to this many tokens per k×k window area, attending to every token under the window mask beats
+# gathering the windows (2-core CPU, forward + backward: 4.7× at a 12×12 grid with k = 5, 4.4× at 32×32
+# with k = 7, 1.3× at 64×64 with k = 7); above it the gather's H·W·k² cost wins.
+DENSE_TOKENS_PER_WINDOW = 64
+
+
+def neighborhood_mask(h: int, w: int, kernel_size: int, device=None) -> torch.Tensor:
+    """(H·W, H·W) boolean mask, True where the key lies in the query's window (NATTEN's rule)."""
+    def in_window(n: int) -> torch.Tensor:  # (query position, key position) along one axis
+        starts = window_starts(n, kernel_size, device)[:, None]
+        keys = torch.arange(n, device=device)[None, :]
+        return (keys >= starts) & (keys < starts + kernel_size)
+
+    rows, cols = in_window(h), in_window(w)
+    return (rows[:, None, :, None] & cols[None, :, None, :]).reshape(h * w, h * w)
+
+
+def _na2d_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    n, h, w, heads, d = q.shape
+    q, k, v = (rearrange(t, "n h w nh e -> n nh (h w) e") for t in (q, k, v))
+    mask = neighborhood_mask(h, w, kernel_size, q.device)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
+    return rearrange(out, "n nh (h w) e -> n h w nh e", h=h)
+
+
 def _na2d_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: int) -> torch.Tensor:
     n, h, w, heads, d = q.shape
+    if h * w <= DENSE_TOKENS_PER_WINDOW * kernel_size**2:
+        return _na2d_dense(q, k, v, kernel_size)
     offsets = torch.arange(kernel_size, device=q.device)
     key_rows = window_starts(h, kernel_size, q.device)[:, None] + offsets  # (H, k)
     key_cols = window_starts(w, kernel_size, q.device)[:, None] + offsets  # (W, k)

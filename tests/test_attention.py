@@ -34,14 +34,24 @@ def random_qkv(h, w, heads=2, d=8, n=2, requires_grad=False):
 GRIDS = [(7, 7), (9, 9), (8, 13), (13, 8), (11, 5)]
 
 
+@pytest.fixture(params=["gather", "dense"])
+def torch_path(request, monkeypatch):
+    """The torch backend's two ways: gathered windows, or masked attention over all tokens (small grids)."""
+    monkeypatch.setattr(attention, "DENSE_TOKENS_PER_WINDOW", 0 if request.param == "gather" else 1 << 30)
+    calls = []
+    dense = attention._na2d_dense
+    monkeypatch.setattr(attention, "_na2d_dense", lambda *args: calls.append(1) or dense(*args))
+    return request.param, calls
+
+
 @pytest.mark.parametrize("kernel_size", [3, 5, 7])
 @pytest.mark.parametrize("h,w", GRIDS)
-def test_torch_backend_matches_brute_force(h, w, kernel_size):
+def test_torch_backend_matches_brute_force(h, w, kernel_size, torch_path):
     if kernel_size > min(h, w):
         pytest.skip("kernel larger than grid")
     q, k, v = random_qkv(h, w)
     out = neighborhood_attention(q, k, v, kernel_size, backend="torch")
-    assert attention.last_backend() == "torch"
+    assert attention.last_backend() == "torch" and bool(torch_path[1]) == (torch_path[0] == "dense")
     torch.testing.assert_close(out, brute_force_neighborhood(q, k, v, kernel_size), atol=1e-5, rtol=1e-5)
 
 
@@ -92,13 +102,22 @@ def test_natten_backend_matches_brute_force(h, w, kernel_size):
 
 
 @pytest.mark.parametrize("h,w,kernel_size", [(9, 9, 3), (8, 13, 5), (7, 7, 7)])
-def test_torch_backend_gradients_match_brute_force(h, w, kernel_size):
+def test_torch_backend_gradients_match_brute_force(h, w, kernel_size, torch_path):
     q, k, v = random_qkv(h, w, requires_grad=True)
     upstream = torch.randn(q.shape, generator=torch.Generator().manual_seed(0))
     grads = torch.autograd.grad((neighborhood_attention(q, k, v, kernel_size, backend="torch") * upstream).sum(), (q, k, v))
     expected = torch.autograd.grad((brute_force_neighborhood(q, k, v, kernel_size) * upstream).sum(), (q, k, v))
+    assert bool(torch_path[1]) == (torch_path[0] == "dense")
     for got, want in zip(grads, expected):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_torch_backend_runs_small_grids_dense_and_large_ones_gathered(monkeypatch):
+    used = []
+    monkeypatch.setattr(attention, "_na2d_dense", lambda q, *rest: used.append(q.shape[1:3]) or q)
+    for h, w in [(8, 8), (40, 40), (41, 40)]:  # 64 tokens per 5×5 window area: up to 1600 tokens
+        neighborhood_attention(*random_qkv(h, w, n=1), 5, backend="torch")
+    assert used == [(8, 8), (40, 40)]
 
 
 def test_window_starts_follow_natten_border_rule():
