@@ -121,8 +121,9 @@ CHUNK_ELEMENTS = 1 << 25
 
 # Up to this many tokens per k×k window area, attending to every token under the window mask beats
 # gathering the windows (2-core CPU, forward + backward: 4.7× at a 12×12 grid with k = 5, 4.4× at 32×32
-# with k = 7, 1.3× at 64×64 with k = 7); above it the gather's H·W·k² cost wins.
-DENSE_TOKENS_PER_WINDOW = 64
+# with k = 7, 1.3× at 64×64 with k = 7; the official HDiT's 512² forward 15.4 → 14.6 s). At 96×96 with
+# k = 7 (188 tokens per window area) the gather is faster.
+DENSE_TOKENS_PER_WINDOW = 100
 
 
 def neighborhood_mask(h: int, w: int, kernel_size: int, device=None) -> torch.Tensor:

@@ -286,7 +286,8 @@ def main(argv: list[str] | None = None) -> dict:
     for row in rows:
         for kernel in row.get("top_kernels", []):
             print(f"    {kernel['ms']:8.2f} ms {kernel['share']:6.1%}  {kernel['kernel']}")
-    payload = {"benchmark": "inference", "environment": info, "settings": vars(args), "reduced": reduced, "cases": rows}
+    settings = {key: value for key, value in vars(args).items() if key != "output_json"}  # no local paths
+    payload = {"benchmark": "inference", "environment": info, "settings": settings, "reduced": reduced, "cases": rows}
     if args.output_json:
         save_json(args.output_json, payload)
     return payload

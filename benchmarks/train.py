@@ -157,7 +157,8 @@ def main(argv: list[str] | None = None) -> dict:
     rows = run_all(args, device, device.type == "cpu" and not args.in_process)
     print(f"\nPMRF training step, {args.image_size}², {describe_machine(info)}, torch {info['torch']}")
     print(format_table(rows, COLUMNS))
-    payload = {"benchmark": "train", "environment": info, "settings": vars(args), "cases": rows}
+    settings = {key: value for key, value in vars(args).items() if key != "output_json"}  # no local paths
+    payload = {"benchmark": "train", "environment": info, "settings": settings, "cases": rows}
     if args.output_json:
         save_json(args.output_json, payload)
     return payload

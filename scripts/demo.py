@@ -1,4 +1,5 @@
-"""`make demo`: the whole PMRF pipeline on a tiny synthetic face data set, on CPU, offline, in about two minutes.
+"""`make demo`: the whole PMRF pipeline on a tiny synthetic face data set, on CPU, offline, in about
+three minutes after the install.
 
 1. draws cartoon faces (train / held-out test), 48×48;
 2. trains a tiny posterior-mean (MMSE) SwinIR with train.py --stage mmse;
@@ -9,7 +10,7 @@
 The networks are far too small and trained far too briefly to be good; the point is that every piece
 runs. For real results use the official checkpoint (see README).
 
-Sized for a 2-core machine (about two minutes there): 48×48 faces, SwinIR windows of 4 tokens so that the
+Sized for a 2-core machine (about three minutes there): 48×48 faces, SwinIR windows of 4 tokens so that the
 12×12 token grid needs no padding (configs/demo_swinir.json), a 5×5 neighbourhood in the HDiT
 (configs/demo_hdit.json: the CPU neighbourhood-attention backend's cost grows with the window area),
 150 + 200 training steps, one data-loading worker, and OpenMP threads that sleep rather than spin while
@@ -61,7 +62,7 @@ def train_command(args, stage: str, arch: str, out: Path, steps: int, extra: lis
 def degrade_folder(clean: Path, degraded: Path, seed: int) -> None:
     degrade = create_degradation(DEGRADATION, generator=torch.Generator().manual_seed(seed))
     for path in list_images(clean):
-        x = torch.from_numpy(read_rgb(path)).permute(2, 0, 1).float() / 255
+        x = torch.from_numpy(read_rgb(path).copy()).permute(2, 0, 1).float() / 255
         y, _ = degrade(x)
         save_rgb(tensor_to_uint8(y), degraded / path.name)
 

@@ -115,9 +115,9 @@ def test_torch_backend_gradients_match_brute_force(h, w, kernel_size, torch_path
 def test_torch_backend_runs_small_grids_dense_and_large_ones_gathered(monkeypatch):
     used = []
     monkeypatch.setattr(attention, "_na2d_dense", lambda q, *rest: used.append(q.shape[1:3]) or q)
-    for h, w in [(8, 8), (40, 40), (41, 40)]:  # 64 tokens per 5×5 window area: up to 1600 tokens
+    for h, w in [(8, 8), (50, 50), (51, 50)]:  # 100 tokens per 5×5 window area: up to 2500 tokens
         neighborhood_attention(*random_qkv(h, w, n=1), 5, backend="torch")
-    assert used == [(8, 8), (40, 40)]
+    assert used == [(8, 8), (50, 50)]
 
 
 def test_window_starts_follow_natten_border_rule():

@@ -13,7 +13,7 @@ from conftest import load_manifest
 from arch import NAMED_CONFIGS, create_arch
 
 MANIFEST = load_manifest("architectures.json")
-# the state-dict entries that are buffers, not parameters (spec §2.3)
+# the state-dict entries that are buffers, not parameters
 BUFFER_SUFFIXES = ("time_emb.weight", "aug_emb.weight", "pos_emb.freqs", "relative_position_index", "attn_mask")
 
 

@@ -1,7 +1,7 @@
 """The method itself (lightning_models.pmrf / flow), pinned by oracles rather than by "it runs".
 
 Stub networks with known answers stand in for HDiT and SwinIR, so every assertion is an exact
-statement of the spec (§1): the flow's target, the interpolation, the source and condition of each
+statement of the method: the flow's target, the interpolation, the source and condition of each
 method of the table, the clipped posterior mean, the Euler integrator and its float32 update.
 """
 
