@@ -32,6 +32,8 @@ def random_qkv(h, w, heads=2, d=8, n=2, requires_grad=False):
 
 
 GRIDS = [(7, 7), (9, 9), (8, 13), (13, 8), (11, 5)]
+# every grid with every kernel that fits it (square and non-square grids, borders included)
+CASES = [(h, w, k) for h, w in GRIDS for k in (3, 5, 7) if k <= min(h, w)]
 
 
 @pytest.fixture(params=["gather", "dense"])
@@ -44,23 +46,17 @@ def torch_path(request, monkeypatch):
     return request.param, calls
 
 
-@pytest.mark.parametrize("kernel_size", [3, 5, 7])
-@pytest.mark.parametrize("h,w", GRIDS)
+@pytest.mark.parametrize("h,w,kernel_size", CASES)
 def test_torch_backend_matches_brute_force(h, w, kernel_size, torch_path):
-    if kernel_size > min(h, w):
-        pytest.skip("kernel larger than grid")
     q, k, v = random_qkv(h, w)
     out = neighborhood_attention(q, k, v, kernel_size, backend="torch")
     assert attention.last_backend() == "torch" and bool(torch_path[1]) == (torch_path[0] == "dense")
     torch.testing.assert_close(out, brute_force_neighborhood(q, k, v, kernel_size), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("kernel_size", [3, 5, 7])
-@pytest.mark.parametrize("h,w", GRIDS)
+@pytest.mark.parametrize("h,w,kernel_size", CASES)
 def test_flex_backend_matches_brute_force(h, w, kernel_size):
     """FlexAttention with the block mask of NATTEN's window rule (uncompiled on CPU, forward only)."""
-    if kernel_size > min(h, w):
-        pytest.skip("kernel larger than grid")
     q, k, v = random_qkv(h, w, d=attention.FLEX_MIN_HEAD_DIM)
     with torch.no_grad():
         out = neighborhood_attention(q, k, v, kernel_size, backend="flex")
