@@ -6,8 +6,8 @@ around them are the project's own:
 
 - the Inception weights are read by `utils.weights` and handed over as tensors (`utils.inception`);
 - features are extracted here and the FFHQ features are cached here, as safetensors files that are
-  read back without unpickling anything (torch-fidelity's own cache is ``torch.load(...,
-  weights_only=False)``; it is never used). A cache file that does not read is recomputed.
+  read back without unpickling anything (torch-fidelity's own cache is unpickled with ``torch.load``
+  and ``weights_only=False``; it is never used). A cache file that does not read is recomputed.
 
 Orientation. The authors call ``calculate_metrics(input1=FFHQ, input2=restored)``; torch-fidelity
 computes the Inception Score of input1 and "precision" as the share of input1 inside the input2

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +17,8 @@ from conftest import TINY_HDIT, TINY_SWINIR
 from PIL import Image
 
 from lightning_models.mmse_rectified_flow import MMSERectifiedFlow
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # method name -> constructor arguments (besides arch / mmse checkpoint)
 METHODS = {
@@ -62,3 +70,30 @@ def write_images(folder: Path, count: int, size: tuple[int, int] = (32, 32), see
 def write_arch_json(path: Path, config: dict) -> Path:
     path.write_text(json.dumps(config))
     return path
+
+
+def run_program(*args, umask: int | None = None, env: dict | None = None, timeout: float = 600):
+    """A program of the repository (train.py, inference.py, …) as a user runs it, in a session of its
+    own so that a hung program and the processes it started (DDP) can all be killed after `timeout`.
+    With `umask`, the shell sets it and then becomes the program."""
+    command = [sys.executable, *map(str, args)]
+    if umask is not None:
+        command = ["/bin/sh", "-c", f'umask {umask:03o} && exec "$0" "$@"', *command]
+    process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **(env or {})}, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise AssertionError(f"{args[0]} did not finish within {timeout} s") from None
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+@functools.cache
+def load_test_program():
+    """test.py as a module, loaded by path: `import test` could find the standard library's package."""
+    spec = importlib.util.spec_from_file_location("pmrf_test_program", ROOT / "test.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -6,42 +6,24 @@ through SystemExit and anything else (what a traceback would show) fails the tes
 """
 
 import csv
-import importlib.util
-import os
-import signal
 import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from conftest import TINY_HDIT, TINY_SWINIR
-from helpers import write_arch_json, write_images
+from helpers import load_test_program, run_program, write_arch_json, write_images
 from PIL import Image
 
 import inference
 import train
 
-ROOT = Path(__file__).resolve().parents[1]
-# test.py by path: `import test` could find the standard library's test package
-_spec = importlib.util.spec_from_file_location("pmrf_test_program_p", ROOT / "test.py")
-test_program = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(test_program)
+test_program = load_test_program()
 PROGRAMS = {"train.py": train.main, "test.py": test_program.main, "inference.py": inference.main}
 
 
 def run(*args, check=True, timeout=600):
-    # a new session, so that a hung program and the processes it started (DDP) can all be killed
-    process = subprocess.Popen([sys.executable, *map(str, args)], cwd=ROOT, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        stdout, stderr = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.communicate()
-        raise AssertionError(f"{args[0]} did not finish within {timeout} s") from None
-    result = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+    result = run_program(*args, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"{args[0]} failed ({result.returncode}):\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
     return result

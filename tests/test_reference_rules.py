@@ -7,7 +7,6 @@ behave; `--conditional` is for the flow stage only; the Hugging Face entry point
 arguments and work offline; `source_noise_std` is an alias of `mmse_noise_std`.
 """
 
-import importlib.util
 import json
 import shutil
 from argparse import Namespace
@@ -139,11 +138,11 @@ def test_jpgs_are_written_at_quality_75_unless_asked(tmp_path):
     assert jpeg_tables(tmp_path / "writer.jpg") == jpeg_tables(tmp_path / "pil75.jpg")
     assert jpeg_tables(tmp_path / "asked.jpg") == jpeg_tables(tmp_path / "pil90.jpg")
 
+    from helpers import load_test_program
+
     import inference
 
-    spec = importlib.util.spec_from_file_location("pmrf_test_program", ROOT / "test.py")  # not the stdlib `test`
-    test_program = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(test_program)
+    test_program = load_test_program()
     assert inference.build_parser().get_default("jpeg_quality") == 75
     assert test_program.build_parser().get_default("jpeg_quality") == 75
 

@@ -11,13 +11,10 @@ where the process itself matters (umask, no traceback on stderr).
 from __future__ import annotations
 
 import errno
-import importlib.util
 import json
 import os
 import shutil
-import signal
 import struct
-import subprocess
 import sys
 import warnings
 import zlib
@@ -27,7 +24,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import TINY_HDIT, TINY_SWINIR
-from helpers import build_method, write_arch_json, write_images
+from helpers import build_method, load_test_program, run_program, write_arch_json, write_images
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -35,10 +32,7 @@ import inference
 import train
 
 ROOT = Path(__file__).resolve().parents[1]
-# test.py by path: `import test` could find the standard library's test package
-_spec = importlib.util.spec_from_file_location("pmrf_test_program", ROOT / "test.py")
-test_program = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(test_program)
+test_program = load_test_program()
 
 DEGRADATION = "gaussian_noise_035"
 
@@ -47,20 +41,9 @@ DEGRADATION = "gaussian_noise_035"
 
 
 def run(*args, umask=None, env=None, timeout=300):
-    """A program as a user runs it; its process group is killed if it outlives `timeout`."""
-    environment = {**os.environ, "PMRF_OFFLINE": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
-    command = [sys.executable, *map(str, args)]
-    if umask is not None:  # the shell sets it, then becomes the program
-        command = ["/bin/sh", "-c", f'umask {umask:03o} && exec "$0" "$@"', *command]
-    process = subprocess.Popen(command, cwd=ROOT, env=environment, text=True, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        stdout, stderr = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.communicate()
-        raise AssertionError(f"{args[0]} did not finish within {timeout} s") from None
-    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+    """A program as a user runs it, offline."""
+    return run_program(*args, umask=umask, env={"PMRF_OFFLINE": "1", "HF_HUB_OFFLINE": "1", **(env or {})},
+                       timeout=timeout)
 
 
 def call(main, argv, capsys):
