@@ -41,7 +41,8 @@ from utils.cli import (
 )
 from utils.images import ImageReadError, is_gray, read_image, save_rgb
 from utils.weights import MissingWeightsError, WeightsReadError
-from whole_image.detect import DETECTORS, FaceDetector, load_detector
+from whole_image.cli import add_photo_model_arguments
+from whole_image.detect import FaceDetector, load_detector
 from whole_image.paste import FaceParser, load_face_parser
 from whole_image.pipeline import NoFaceWarning, RestoreFaces, as_rgb, restore_aligned, restore_photo, to_gray
 from whole_image.upsample import BackgroundUpsampler, load_realesrgan, resize
@@ -370,34 +371,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="PMRF web demo (Gradio), local by default.")
     add_checkpoint_arguments(parser)
     add_runtime_arguments(parser)
-    group = parser.add_argument_group("whole photos")
-    group.add_argument(
-        "--detector",
-        choices=DETECTORS,
-        default="auto",
-        help="face detector: RetinaFace, MTCNN (weights come with facenet-pytorch), or auto: RetinaFace "
-        "when its weights file is on disk, else MTCNN (default auto; the choice is printed)",
-    )
-    group.add_argument(
-        "--face_mask",
-        choices=("parsing", "ellipse"),
-        default="parsing",
-        help="paste mask: face parsing (ellipse when parsing_parsenet.pth is absent) or a soft ellipse",
-    )
-    group.add_argument(
-        "--bg_upsampler",
-        choices=("none", "realesrgan"),
-        default="none",
-        help="whole-photo background: Lanczos resize or Real-ESRGAN x2plus",
-    )
-    group.add_argument(
-        "--face_weights_dir",
-        default=None,
-        help="facexlib weights folder (default $PMRF_FACE_WEIGHTS, else checkpoints/facexlib/)",
-    )
-    group.add_argument(
-        "--realesrgan_weights_dir", default=None, help="folder of RealESRGAN_x2plus.pth (default checkpoints/realesrgan/)"
-    )
+    add_photo_model_arguments(parser.add_argument_group("whole photos"))
     server = parser.add_argument_group("server")
     server.add_argument("--server_name", default="127.0.0.1", help="address to listen on (0.0.0.0 for the LAN)")
     server.add_argument("--server_port", type=int_range(1, 65535), default=7860)

@@ -67,6 +67,43 @@ OUTPUT_FOLDERS = (
 MAX_UPSCALE = 16.0
 
 
+def add_photo_model_arguments(group: argparse._ArgumentGroup) -> None:
+    """The models around PMRF in whole-photo mode (detector, paste mask, background) and their weights
+    folders; shared by inference.py and app.py."""
+    group.add_argument(
+        "--detector",
+        choices=DETECTORS,
+        default="auto",
+        help="face detector: RetinaFace (facexlib; needs detection_Resnet50_Final.pth), MTCNN "
+        "(facenet-pytorch; its weights come with the package), or auto: RetinaFace when its weights "
+        "file is on disk, else MTCNN (default auto; the choice is printed)",
+    )
+    group.add_argument(
+        "--face_mask",
+        choices=("parsing", "ellipse"),
+        default="parsing",
+        help="paste mask: facexlib face parsing (falls back to the ellipse, with a warning, when "
+        "parsing_parsenet.pth is not on disk) or a soft ellipse (default parsing)",
+    )
+    group.add_argument(
+        "--bg_upsampler",
+        choices=("none", "realesrgan"),
+        default="none",
+        help="background: plain Lanczos resize, or Real-ESRGAN x2plus (default none)",
+    )
+    group.add_argument(
+        "--face_weights_dir",
+        default=None,
+        help="folder of facexlib weights (detection_Resnet50_Final.pth, parsing_parsenet.pth); "
+        "default $PMRF_FACE_WEIGHTS, else checkpoints/facexlib/",
+    )
+    group.add_argument(
+        "--realesrgan_weights_dir",
+        default=None,
+        help="folder of RealESRGAN_x2plus.pth (default checkpoints/realesrgan/)",
+    )
+
+
 def add_whole_image_arguments(
     parser: argparse.ArgumentParser, output_arguments: bool = True
 ) -> argparse.ArgumentParser:
@@ -92,32 +129,12 @@ def add_whole_image_arguments(
         default=None,
         help="restore at most this many faces per photo, largest first (default: all)",
     )
-    group.add_argument(
-        "--detector",
-        choices=DETECTORS,
-        default="auto",
-        help="face detector: RetinaFace (facexlib; needs detection_Resnet50_Final.pth), MTCNN "
-        "(facenet-pytorch; its weights come with the package), or auto: RetinaFace when its weights "
-        "file is on disk, else MTCNN (default auto; the choice is printed)",
-    )
+    add_photo_model_arguments(group)
     group.add_argument(
         "--detection_threshold",
         type=probability,
         default=0.97,
         help="detector confidence needed to count as a face, in [0, 1] (default 0.97)",
-    )
-    group.add_argument(
-        "--face_mask",
-        choices=("parsing", "ellipse"),
-        default="parsing",
-        help="paste mask: facexlib face parsing (falls back to the ellipse, with a warning, when "
-        "parsing_parsenet.pth is not on disk) or a soft ellipse (default parsing)",
-    )
-    group.add_argument(
-        "--bg_upsampler",
-        choices=("none", "realesrgan"),
-        default="none",
-        help="background: plain Lanczos resize, or Real-ESRGAN x2plus (default none)",
     )
     group.add_argument(
         "--bg_tile",
@@ -130,17 +147,6 @@ def add_whole_image_arguments(
         action="store_true",
         help="also write the posterior-mean restoration of every face and photo "
         "(restored_faces_posterior_mean/, restored_imgs_posterior_mean/)",
-    )
-    group.add_argument(
-        "--face_weights_dir",
-        default=None,
-        help="folder of facexlib weights (detection_Resnet50_Final.pth, parsing_parsenet.pth); "
-        "default $PMRF_FACE_WEIGHTS, else checkpoints/facexlib/",
-    )
-    group.add_argument(
-        "--realesrgan_weights_dir",
-        default=None,
-        help="folder of RealESRGAN_x2plus.pth (default checkpoints/realesrgan/)",
     )
     if output_arguments:
         add_output_arguments(parser)

@@ -90,9 +90,10 @@ class RealESRGANUpsampler:
 
 
 def build_rrdbnet_x2() -> torch.nn.Module:
-    from basicsr.archs.rrdbnet_arch import RRDBNet
-
     import compat.basicsr_torchvision  # noqa: F401  (must precede any basicsr import)
+
+    # isort: split
+    from basicsr.archs.rrdbnet_arch import RRDBNet
 
     return RRDBNet(num_in_ch=3, num_out_ch=3, num_feat=64, num_block=23, num_grow_ch=32, scale=2)
 
