@@ -35,6 +35,7 @@ from utils.weights import (
 HF_CONFIG_NAME = "config.json"
 HF_WEIGHTS_NAME = "model.safetensors"
 NETWORK_PREFIXES = ("model.", "mmse_model.")
+METRIC_PREFIXES = ("fid.", "inception_score.")  # the reference's FID / IS Inception networks
 
 
 # ------------------------------------------------------------------------- posterior-mean networks
@@ -120,6 +121,11 @@ def network_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if k.startswith(NETWORK_PREFIXES)}
 
 
+def metric_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The metric networks' entries of a module state dict (`fid.*`, `inception_score.*`)."""
+    return {k: v for k, v in state.items() if k.startswith(METRIC_PREFIXES)}
+
+
 def rebuild(
     cls,
     hparams: Mapping[str, Any],
@@ -151,18 +157,42 @@ def rebuild(
     if model.ema is not None and ema_state is not None:
         try:
             model.ema.load_state_dict(ema_state)
-        except (ValueError, KeyError, RuntimeError) as error:
+        except (ValueError, KeyError, RuntimeError, AssertionError) as error:
             raise ValueError(f"{source}: its EMA state does not fit the model ({error})") from None
+        model.ema.collected_params = None  # older checkpoints of this project kept a copy of the weights
     return model
 
 
-def load_lightning_checkpoint(cls, path: str | os.PathLike, map_location="cpu", strict: bool = True, **overrides):
-    checkpoint = read_checkpoint(path, map_location or "cpu")
+def read_hparams_file(path: str | os.PathLike) -> dict:
+    """Hyper-parameters from a .yaml/.yml or .csv file, read as Lightning's load_from_checkpoint reads them."""
+    from lightning.pytorch.core.saving import load_hparams_from_tags_csv, load_hparams_from_yaml
+
+    extension = Path(path).suffix.lower()
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"hparams_file {path}: no such file")
+    if extension == ".csv":
+        return dict(load_hparams_from_tags_csv(str(path)))
+    if extension in (".yml", ".yaml"):
+        return dict(load_hparams_from_yaml(str(path), use_omegaconf=False))
+    raise ValueError(f"hparams_file {path}: a .csv, .yml or .yaml file is required")
+
+
+def load_lightning_checkpoint(cls, path: str | os.PathLike, map_location=None, strict: bool = True,
+                              hparams_file: str | os.PathLike | None = None, **overrides):
+    """A model from a Lightning checkpoint. `map_location` None is Lightning's default: tensors stay on
+    the device they were saved from when that device exists here, else the CPU, and the model follows them."""
+    from lightning.pytorch.core.saving import _default_map_location
+
+    checkpoint = read_checkpoint(path, _default_map_location if map_location is None else map_location)
     if "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
         raise WeightsReadError(f"{path}: not a Lightning checkpoint (needs 'state_dict' and 'hyper_parameters')")
-    model = rebuild(cls, checkpoint["hyper_parameters"], checkpoint["state_dict"], str(path),
-                    checkpoint.get("ema"), strict, **overrides)
-    return model.to(map_location) if map_location is not None else model
+    hparams = read_hparams_file(hparams_file) if hparams_file is not None else checkpoint["hyper_parameters"]
+    state = checkpoint["state_dict"]
+    model = rebuild(cls, hparams, state, str(path), checkpoint.get("ema"), strict, **overrides)
+    if map_location is None:
+        device = next((v.device for v in network_state(state).values() if isinstance(v, torch.Tensor)), None)
+        return model.to(device) if device is not None else model
+    return model.to(map_location) if isinstance(map_location, (str, torch.device)) else model
 
 
 def resolve_pretrained_files(repo_or_dir: str | os.PathLike, **hub_kwargs) -> tuple[Path, Path]:
@@ -197,13 +227,14 @@ def read_config(path: Path) -> dict:
     return config
 
 
-def load_pretrained(cls, repo_or_dir: str | os.PathLike, map_location="cpu", hub_kwargs=None, **overrides):
+def load_pretrained(cls, repo_or_dir: str | os.PathLike, map_location="cpu", hub_kwargs=None, strict: bool = True,
+                    **overrides):
     """A model from the Hugging Face layout; its weights already are the EMA weights, so no EMA is kept."""
     config_path, weights_path = resolve_pretrained_files(repo_or_dir, **(hub_kwargs or {}))
     config = read_config(config_path)
     config["ema_decay"] = -1
     state = read_checkpoint(weights_path, map_location or "cpu")
-    model = rebuild(cls, config, state, str(weights_path), **overrides)
+    model = rebuild(cls, config, state, str(weights_path), strict=strict, **overrides)
     return model.to(map_location) if map_location is not None else model
 
 

@@ -53,7 +53,7 @@ def load_model(
                 f"checkpoint {ckpt_path} not found. Put the official checkpoint there, or use "
                 f"--ckpt_path {HF_REPO} --ckpt_path_is_huggingface"
             )
-        model = MMSERectifiedFlow.load_from_checkpoint(path, **overrides)
+        model = MMSERectifiedFlow.load_from_checkpoint(path, map_location="cpu", **overrides)
         if use_ema:
             model.copy_ema_to_model()
     return model.eval().requires_grad_(False).to(device)

@@ -88,3 +88,14 @@ def test_bf16_restore_of_a_pmrf_batch():
         sample = model.pmrf.sample(torch.rand(2, 3, 32, 32, device="cuda"), 4)
     assert sample.xhat.dtype == torch.float32 and torch.isfinite(sample.xhat).all()
     assert 0 <= sample.xhat.min() and sample.xhat.max() <= 1
+
+
+def test_load_from_checkpoint_keeps_a_cuda_checkpoint_on_cuda_as_lightning_does(tmp_path):
+    """map_location=None is Lightning's default: the tensors stay on the device they were saved from."""
+    from lightning_models.mmse_rectified_flow import MMSERectifiedFlow
+
+    model = MMSERectifiedFlow(stage="naive_flow", arch=TINY_HDIT, ema_decay=0.9).cuda()
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
+                "ema": model.ema.state_dict()}, tmp_path / "cuda.ckpt")
+    assert MMSERectifiedFlow.load_from_checkpoint(tmp_path / "cuda.ckpt").device.type == "cuda"
+    assert MMSERectifiedFlow.load_from_checkpoint(tmp_path / "cuda.ckpt", map_location="cpu").device.type == "cpu"
