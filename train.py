@@ -20,7 +20,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from torch.utils.data import DataLoader
 
 from arch.attention import BACKENDS
-from data import ImageFolderDataset, make_transform
+from data import ImageFolderDataset, make_transform, scan_images
 from degradations import DEGRADATION_NAMES, create_degradation, degradation_channels
 from lightning_models.flow import T_SCHEDULES
 from lightning_models.mmse_rectified_flow import STAGES, MMSERectifiedFlow
@@ -141,23 +141,6 @@ def make_logger(args, output_dir: Path, kind: str | None = None):
 # --------------------------------------------------------------------------------------------- data
 
 
-def scan_images(dataset: ImageFolderDataset, img_size: int, skip: bool, what: str, workers: int) -> None:
-    """Decode every image once before the first step; list unreadable and odd-sized ones.
-
-    Without --skip_bad_images the program stops with that list; with it, training goes on without them.
-    """
-    problems = dataset.scan(img_size, workers)
-    if not problems:
-        return
-    listing = "\n".join(f"  {path.name}: {reason}" for path, reason in problems[:20])
-    more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-    if not skip:
-        fail(f"{what}: {len(problems)} image(s) cannot be used:\n{listing}{more}\n"
-             "fix or remove them, or pass --skip_bad_images to train without them")
-    print(f"warning: {what}: training without {len(problems)} image(s):\n{listing}{more}")
-    dataset.drop([path for path, _ in problems])
-
-
 def make_loaders(args, processes: int):
     if args.train_batch_size % processes:
         fail(f"--train_batch_size {args.train_batch_size} is not divisible by the {processes} processes (nodes × devices)")
@@ -167,11 +150,11 @@ def make_loaders(args, processes: int):
     try:
         train_set = ImageFolderDataset(args.train_data_root, degradation, transform, args.source_samples_train_data_root)
         val_set = ImageFolderDataset(args.val_data_root, degradation, transform) if args.val_data_root else None
+        scan_images(train_set, args.img_size, args.skip_bad_images, "--train_data_root", workers)
+        if val_set is not None:
+            scan_images(val_set, args.img_size, args.skip_bad_images, "--val_data_root", workers)
     except (ValueError, FileNotFoundError) as error:
         fail(str(error))
-    scan_images(train_set, args.img_size, args.skip_bad_images, "--train_data_root", workers)
-    if val_set is not None:
-        scan_images(val_set, args.img_size, args.skip_bad_images, "--val_data_root", workers)
     common = dict(num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
     per_process = args.train_batch_size // processes
     if len(train_set) < per_process:

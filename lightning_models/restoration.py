@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from utils.cli import HF_REPO
-from utils.images import ImageReadError, ImageWriter, output_name, read_rgb
+from utils.images import ImageReadError, ImageWriter, displayed_size, output_name, read_rgb
 
 # Image size each named architecture was trained at: aligned inputs are resized to it.
 NATIVE_SIZES = {"hdit_ImageNet256Sp4": 512, "swinir_L": 512, "hdit_XL2": 256, "swinir_M": 256}
@@ -161,14 +161,6 @@ class AlignedReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
-def _displayed_size(path: Path) -> tuple[int, int]:
-    """(width, height) as displayed (EXIF orientation applied), from the header alone."""
-    with Image.open(path) as image:
-        width, height = image.size
-        orientation = image.getexif().get(0x0112, 1)
-    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
-
-
 class AlignedFaces(Dataset):
     """Aligned faces read upright as float tensors, resized to `size` (bicubic) when it is set.
 
@@ -209,9 +201,9 @@ def plan_batches(paths: list[Path], size: int | None, check_size, batch_size: in
     skipped, resized = [], 0
     for index, path in enumerate(paths):
         try:
-            width, height = _displayed_size(path)
-        except Exception as error:  # unreadable header: listed, never fatal
-            skipped.append((path.name, f"cannot read image ({error.__class__.__name__}: {error})"))
+            width, height = displayed_size(path)
+        except ImageReadError as error:  # unreadable header: listed, never fatal
+            skipped.append((path.name, str(error)))
             continue
         limit = MAX_ALIGNED_SCALE * (size or 512)
         if max(width, height) > limit:

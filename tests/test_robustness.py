@@ -709,3 +709,106 @@ def test_pad_batches_gives_the_model_full_batches_and_one_output_per_input(pmrf_
     assert report.written == 3 and not report.skipped
     assert outputs(tmp_path / "out" / "restored_images") == ["000.png", "001.png", "002.png"]
     assert outputs(tmp_path / "out" / "restored_images_posterior_mean") == ["000.png", "001.png", "002.png"]
+
+
+# ------------------------------------------------- issue 21, 11. test.py scans its folder first
+
+
+def test_21_11_test_py_lists_bad_images_before_the_first_batch(work, tmp_path, capsys):
+    results = tmp_path / "results"
+    code, _, err = call(test_program.main, argv_for_test_py(work, work / "train_bad", results), capsys)
+    assert code == 2 and "Traceback" not in err
+    for name in ("broken.png", "bomb.png", "wide.png"):
+        lines = [line for line in err.splitlines() if name in line]
+        assert len(lines) == 1, f"{name} should be listed on one line:\n{err}"
+    assert "--skip_bad_images" in err and "--test_data_root" in err
+    assert not [p for p in results.rglob("*") if p.is_file()], "results were written before the scan"
+
+
+def test_21_11_test_py_with_skip_bad_images_tests_the_rest(work, tmp_path, capsys):
+    results = tmp_path / "results"
+    code, out, err = call(test_program.main,
+                          argv_for_test_py(work, work / "train_bad", results, "--skip_bad_images"), capsys)
+    assert code == 0, err[-3000:]
+    assert "testing without 3 image(s)" in out + err
+    method = results / DEGRADATION / "pmrf"
+    good = ["000.png", "001.png", "002.png", "003.png"]
+    assert outputs(method / "y") == good and outputs(method / "num_flow_steps=1" / "xhat") == good
+
+
+def test_21_11_an_img_size_the_model_cannot_take_is_refused_before_the_first_batch(work, tmp_path, capsys):
+    results = tmp_path / "results"
+    code, _, err = call(test_program.main, argv_for_test_py(work, work / "val", results, "--img_size", 18), capsys)
+    assert code == 2
+    assert_one_line_error(err, "--img_size 18")
+    assert not [p for p in results.rglob("*") if p.is_file()]
+
+
+# ------------------------------------------- issue 21, 14. sizes are read the way pixels are read
+
+
+def save_with_orientation(path: Path, array: np.ndarray, orientation: int) -> Path:
+    """`array` stored as it is, with an EXIF orientation tag that tells viewers how to turn it."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(array).save(path, exif=exif.tobytes())
+    return path
+
+
+def png_with_exif_after_the_pixels(path: Path, array: np.ndarray, orientation: int) -> Path:
+    """A PNG whose eXIf chunk comes after IDAT (legal; Pillow sees it only once it decodes the pixels)."""
+    save_with_orientation(path, array, orientation)
+    data = path.read_bytes()
+    chunks, offset = [], 8
+    while offset < len(data):
+        (length,) = struct.unpack(">I", data[offset:offset + 4])
+        chunks.append(data[offset:offset + 12 + length])
+        offset += 12 + length
+    exif = [c for c in chunks if c[4:8] == b"eXIf"]
+    assert len(exif) == 1
+    rest = [c for c in chunks if c[4:8] != b"eXIf"]
+    path.write_bytes(data[:8] + b"".join(rest[:-1] + exif + rest[-1:]))  # just before IEND
+    return path
+
+
+def test_21_14_displayed_size_is_the_size_read_rgb_returns(tmp_path):
+    from utils.images import displayed_size, read_rgb
+
+    array = np.random.default_rng(0).integers(0, 256, (16, 24, 3), dtype=np.uint8)  # 24 wide, 16 tall
+    files = {
+        "plain.png": Image.fromarray(array).save(tmp_path / "plain.png") or tmp_path / "plain.png",
+        **{f"jpeg_{o}.jpg": save_with_orientation(tmp_path / f"jpeg_{o}.jpg", array, o) for o in (1, 3, 6, 8)},
+        "png_6.png": save_with_orientation(tmp_path / "png_6.png", array, 6),
+        "png_tail_6.png": png_with_exif_after_the_pixels(tmp_path / "png_tail_6.png", array, 6),
+        "webp_5.webp": save_with_orientation(tmp_path / "webp_5.webp", array, 5),
+    }
+    for name, path in files.items():
+        height, width = read_rgb(path).shape[:2]
+        assert displayed_size(path) == (width, height), name
+    assert displayed_size(files["jpeg_6.jpg"]) == (16, 24) and displayed_size(files["png_tail_6.png"]) == (16, 24)
+
+
+def test_21_14_evaluation_of_exif_rotated_images(tmp_path):
+    """A phone photo (stored 24×16, EXIF 'turn 90°') is 16×24 upright: its restoration, written upright
+    without a tag, pairs with it; and a folder mixing it with unrotated 24×16 images is not one size."""
+    from evaluation.distortion import calculate_psnr_ssim_mse
+    from evaluation.inputs import forget_unreadable
+
+    rng = np.random.default_rng(1)
+    stored = rng.integers(0, 256, (16, 24, 3), dtype=np.uint8)
+    flat = rng.integers(0, 256, (16, 24, 3), dtype=np.uint8)
+    gt, rec, gt_copy = tmp_path / "gt", tmp_path / "rec", tmp_path / "gt_copy"
+    for folder in (gt, rec, gt_copy):
+        folder.mkdir()
+    save_with_orientation(gt / "phone.png", stored, 6)
+    Image.fromarray(flat).save(gt / "scan.png")
+    upright = np.rot90(stored, -1)  # what read_rgb gives for orientation 6
+    Image.fromarray(np.ascontiguousarray(np.clip(upright.astype(int) + 3, 0, 255).astype(np.uint8))).save(rec / "phone.png")
+    Image.fromarray(np.clip(flat.astype(int) + 3, 0, 255).astype(np.uint8)).save(rec / "scan.png")
+    shutil.copy(gt / "phone.png", gt_copy / "phone.png")
+    shutil.copy(gt / "scan.png", gt_copy / "scan.png")
+    forget_unreadable()
+    result = calculate_psnr_ssim_mse(rec, gt, batch_size=4)  # upright restoration vs rotated original
+    assert result["mse"] == pytest.approx(9.0, abs=0.5)
+    result = calculate_psnr_ssim_mse(gt_copy, gt, batch_size=4)  # same headers, pixels of two shapes
+    assert result["mse"] == 0.0
