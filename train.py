@@ -22,6 +22,8 @@ from torch.utils.data import DataLoader
 from arch.attention import BACKENDS
 from data import ImageFolderDataset, make_transform, scan_images
 from degradations import DEGRADATION_NAMES, create_degradation, degradation_channels
+from lightning_models.checkpoints import NonFiniteWeightsError, check_finite, ema_shadows
+from lightning_models.finite_guard import NAN_POLICIES, FiniteGuard, NonFiniteTrainingError
 from lightning_models.flow import T_SCHEDULES
 from lightning_models.mmse_rectified_flow import STAGES, MMSERectifiedFlow
 from utils.cli import (
@@ -91,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="neighbourhood-attention kernel (default auto: natten with fused kernels or flex on CUDA, torch elsewhere)")
     p.add_argument("--skip_bad_images", action="store_true",
                    help="train without the unreadable or odd-sized images that the start-up scan lists")
+    p.add_argument("--nan_policy", choices=NAN_POLICIES, default="stop",
+                   help="at a NaN or infinite loss or gradient: stop (default) or skip that step")
     return p
 
 
@@ -198,6 +202,10 @@ def resume_path(args, checkpoint_dir: Path) -> str | None:
     saved = checkpoint.get("hyper_parameters") or {}
     if "state_dict" not in checkpoint or not saved:
         fail(f"--resume_from_ckpt {path}: not a training checkpoint of train.py (no state_dict / hyper_parameters)")
+    try:
+        check_finite(checkpoint["state_dict"], str(path), ema_shadows(checkpoint))
+    except NonFiniteWeightsError as error:
+        fail(f"--resume_from_ckpt: {error}")
     here = {"stage": args.stage, "conditional": args.conditional}
     for key, value in here.items():
         if key in saved and saved[key] != value:
@@ -255,11 +263,12 @@ def main(argv: list[str] | None = None) -> None:
         callbacks=[
             ModelCheckpoint(dirpath=str(checkpoint_dir), save_last=True, enable_version_counter=False),
             LearningRateMonitor(logging_interval="step"),
+            FiniteGuard(args.nan_policy),
         ],
     )
     try:
         trainer.fit(model, train_loader, val_loader, ckpt_path=ckpt_path, weights_only=True)
-    except WriteError as error:
+    except (WriteError, NonFiniteTrainingError) as error:
         fail(str(error))
     print(f"checkpoints: {checkpoint_dir}")
 

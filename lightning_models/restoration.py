@@ -93,6 +93,17 @@ def seeded_generator(seed: int | None, device: torch.device) -> torch.Generator 
     return torch.Generator(device=device).manual_seed(seed)
 
 
+NON_FINITE_OUTPUT = ("the model's output holds NaN or infinite values (its weights or the precision cannot "
+                     "handle this input): not written")
+
+
+def finite_images(*batches: torch.Tensor) -> list[bool]:
+    """Per image (dim 0), whether every value in all `batches` is finite: one reduction per batch, on
+    the host copies the outputs are written from (no extra device sync)."""
+    flags = torch.stack([torch.isfinite(batch).flatten(1).all(1) for batch in batches]).all(0)
+    return flags.tolist()
+
+
 @dataclass
 class Restoration:
     """A batch restored: PMRF's estimate and, when the model has one, the posterior mean (float, CPU)."""
@@ -254,10 +265,14 @@ def restore_aligned(model, paths: list[Path], output_dir: Path, options: Aligned
                 y = torch.cat([y, y[-1:].expand(options.batch_size - count, -1, -1, -1)])
             with precision_context(device, options.bf16):
                 sample = model.pmrf.sample(y, options.num_flow_steps, generator)
-            for key, images in (("xhat", sample.xhat), ("posterior_mean", sample.posterior_mean)):
-                if images is None:
+            outputs = {key: images[:count].float().cpu() for key, images in
+                       (("xhat", sample.xhat), ("posterior_mean", sample.posterior_mean)) if images is not None}
+            finite = finite_images(*outputs.values())
+            for index, name in enumerate(batch["names"]):
+                if not finite[index]:
+                    report.skipped.append((name, NON_FINITE_OUTPUT))
                     continue
-                for name, image in zip(batch["names"], images[:count].float().cpu()):
-                    writer.submit(image, folders[key] / output_name(name, options.suffix, options.ext))
-            report.written += count
+                for key, images in outputs.items():
+                    writer.submit(images[index], folders[key] / output_name(name, options.suffix, options.ext))
+                report.written += 1
     return report

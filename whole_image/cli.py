@@ -53,7 +53,14 @@ from utils.images import (
 from utils.weights import MissingWeightsError, WeightsReadError
 from whole_image.detect import DETECTORS, FaceDetector, load_detector
 from whole_image.paste import FaceParser, load_face_parser
-from whole_image.pipeline import NoFaceWarning, PhotoRestoration, RestoreFaces, restore_photo, side_by_side
+from whole_image.pipeline import (
+    NoFaceWarning,
+    NonFiniteFacesError,
+    PhotoRestoration,
+    RestoreFaces,
+    restore_photo,
+    side_by_side,
+)
 from whole_image.upsample import BackgroundUpsampler, load_realesrgan
 
 OUTPUT_FOLDERS = (
@@ -349,21 +356,25 @@ def run_whole_image(
         except ImageReadError as error:
             unreadable.append(str(error))
             continue
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NoFaceWarning)  # reported below, one line per photo
-            result = restore_photo(
-                image,
-                restore_faces,
-                tools.detector,
-                upscale=options.upscale,
-                only_center_face=options.only_center_face,
-                max_faces=options.max_faces,
-                parser=tools.parser,
-                bg_upsampler=tools.bg_upsampler,
-                name=photo.name,
-                posterior_mean=save_mmse,
-                batch_size=options.batch_size,
-            )
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NoFaceWarning)  # reported below, one line per photo
+                result = restore_photo(
+                    image,
+                    restore_faces,
+                    tools.detector,
+                    upscale=options.upscale,
+                    only_center_face=options.only_center_face,
+                    max_faces=options.max_faces,
+                    parser=tools.parser,
+                    bg_upsampler=tools.bg_upsampler,
+                    name=photo.name,
+                    posterior_mean=save_mmse,
+                    batch_size=options.batch_size,
+                )
+        except NonFiniteFacesError as error:  # listed below, with the unreadable files
+            unreadable.append(f"{photo}: {error}")
+            continue
         if not result.faces:
             faceless.append(photo.name)
             tqdm.write(f"warning: {photo.name}: no face detected; copied through, resized x{options.upscale:g}")
@@ -384,7 +395,7 @@ def run_whole_image(
         f"({len(faceless)} photo(s) without a face)"
     )
     if unreadable:
-        print(f"skipped {len(unreadable)} unreadable file(s):")
+        print(f"skipped {len(unreadable)} file(s):")
         for message in unreadable:
             print(f"  {message}")
     return written
