@@ -349,7 +349,7 @@ def run_whole_image(
     if options.save_mmse and not save_mmse:
         print("warning: --save_mmse: this model has no posterior-mean network; only PMRF's results are written")
     stems = face_stems(inputs)
-    written, unreadable, faceless, num_faces = [], [], [], 0
+    written, unreadable, faceless, num_faces, not_finite = [], [], [], 0, []
     for photo in tqdm(inputs, desc="whole photos", unit="photo"):
         try:
             image = read_image(photo)  # upright (EXIF), alpha kept
@@ -372,8 +372,8 @@ def run_whole_image(
                     posterior_mean=save_mmse,
                     batch_size=options.batch_size,
                 )
-        except NonFiniteFacesError as error:  # listed below, with the unreadable files
-            unreadable.append(f"{photo}: {error}")
+        except NonFiniteFacesError as error:  # listed below
+            not_finite.append(f"{photo}: {error}")
             continue
         if not result.faces:
             faceless.append(photo.name)
@@ -395,8 +395,12 @@ def run_whole_image(
         f"({len(faceless)} photo(s) without a face)"
     )
     if unreadable:
-        print(f"skipped {len(unreadable)} file(s):")
+        print(f"skipped {len(unreadable)} unreadable file(s):")
         for message in unreadable:
+            print(f"  {message}")
+    if not_finite:
+        print(f"skipped {len(not_finite)} photo(s) whose restored faces were not finite:")
+        for message in not_finite:
             print(f"  {message}")
     return written
 
