@@ -16,7 +16,7 @@ from pathlib import Path
 import lightning as L
 from torch.utils.data import DataLoader
 
-from data import ImageFolderDataset, make_transform
+from data import ImageFolderDataset, make_transform, scan_images
 from degradations import DEGRADATION_NAMES, create_degradation
 from lightning_models.restoration import load_model
 from utils.cli import (
@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="K, the Euler steps; several values test several K")
     p.add_argument("--seed", type=seed_int, default=None, help="makes degradations and source noise reproducible")
     p.add_argument("--jpeg_quality", type=int_range(1, 100), default=75, help="for .jpg outputs (default 75)")
+    p.add_argument("--skip_bad_images", action="store_true",
+                   help="test without the unreadable or non-square images that the start-up scan lists")
     return p
 
 
@@ -74,11 +76,16 @@ def main(argv: list[str] | None = None) -> None:
     results = Path(args.results_path) / args.degradation / model.method_name
     model.test_results_path = results
     model.test_jpeg_quality = args.jpeg_quality
+    accelerator, devices = resolve_devices(args.accelerator, None, args.num_gpus)
+    try:
+        model.check_input_size(args.img_size, args.img_size)
+    except ValueError as error:
+        fail(f"--img_size {args.img_size}: {error}")
     try:
         dataset = ImageFolderDataset(args.test_data_root, create_degradation(args.degradation), make_transform(args.img_size))
+        scan_images(dataset, args.img_size, args.skip_bad_images, "--test_data_root", args.num_workers // devices, "test")
     except (ValueError, FileNotFoundError) as error:
         fail(str(error))
-    accelerator, devices = resolve_devices(args.accelerator, None, args.num_gpus)
     processes = devices * args.num_nodes
     loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False,
                         num_workers=args.num_workers // devices, pin_memory=accelerator != "cpu")

@@ -20,9 +20,10 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from torch.utils.data import DataLoader, DistributedSampler
 
 from arch.attention import BACKENDS
-from data import ImageFolderDataset, make_transform
+from data import ImageFolderDataset, make_transform, scan_images
 from degradations import DEGRADATION_NAMES, create_degradation, degradation_channels
-from lightning_models.checkpoints import network_state
+from lightning_models.checkpoints import NonFiniteWeightsError, check_finite, ema_shadows, network_state
+from lightning_models.finite_guard import NAN_POLICIES, FiniteGuard, NonFiniteTrainingError
 from lightning_models.flow import T_SCHEDULES
 from lightning_models.mmse_rectified_flow import STAGES, MMSERectifiedFlow, self_contained
 from utils.cli import (
@@ -99,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train without the unreadable or odd-sized images that the start-up scan lists")
     p.add_argument("--use_ema", action="store_true",
                    help="validate with the EMA weights (default: the raw weights, as the reference's validation)")
+    p.add_argument("--nan_policy", choices=NAN_POLICIES, default="stop",
+                   help="at a NaN or infinite loss or gradient: stop (default) or skip that step")
     return p
 
 
@@ -149,23 +152,6 @@ def make_logger(args, output_dir: Path, kind: str | None = None):
 # --------------------------------------------------------------------------------------------- data
 
 
-def scan_images(dataset: ImageFolderDataset, img_size: int, skip: bool, what: str, workers: int) -> None:
-    """Decode every image once before the first step; list unreadable and odd-sized ones.
-
-    Without --skip_bad_images the program stops with that list; with it, training goes on without them.
-    """
-    problems = dataset.scan(img_size, workers)
-    if not problems:
-        return
-    listing = "\n".join(f"  {path.name}: {reason}" for path, reason in problems[:20])
-    more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-    if not skip:
-        fail(f"{what}: {len(problems)} image(s) cannot be used:\n{listing}{more}\n"
-             "fix or remove them, or pass --skip_bad_images to train without them")
-    print(f"warning: {what}: training without {len(problems)} image(s):\n{listing}{more}")
-    dataset.drop([path for path, _ in problems])
-
-
 def make_loaders(args, processes: int):
     if args.train_batch_size % processes:
         fail(f"--train_batch_size {args.train_batch_size} is not divisible by the {processes} processes (nodes × devices)")
@@ -175,11 +161,11 @@ def make_loaders(args, processes: int):
     try:
         train_set = ImageFolderDataset(args.train_data_root, degradation, transform, args.source_samples_train_data_root)
         val_set = ImageFolderDataset(args.val_data_root, degradation, transform) if args.val_data_root else None
+        scan_images(train_set, args.img_size, args.skip_bad_images, "--train_data_root", workers)
+        if val_set is not None:
+            scan_images(val_set, args.img_size, args.skip_bad_images, "--val_data_root", workers)
     except (ValueError, FileNotFoundError) as error:
         fail(str(error))
-    scan_images(train_set, args.img_size, args.skip_bad_images, "--train_data_root", workers)
-    if val_set is not None:
-        scan_images(val_set, args.img_size, args.skip_bad_images, "--val_data_root", workers)
     common = dict(num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
     per_process = args.train_batch_size // processes
     if len(train_set) < per_process:
@@ -247,6 +233,10 @@ def resume_checkpoint(args, checkpoint_dir: Path) -> tuple[str | None, dict | No
     saved = checkpoint.get("hyper_parameters") or {}
     if "state_dict" not in checkpoint or not saved:
         fail(f"--resume_from_ckpt {path}: not a training checkpoint of train.py (no state_dict / hyper_parameters)")
+    try:
+        check_finite(checkpoint["state_dict"], str(path), ema_shadows(checkpoint))
+    except NonFiniteWeightsError as error:
+        fail(f"--resume_from_ckpt: {error}")
     here = {"stage": args.stage, "conditional": args.conditional}
     for key, value in here.items():
         if key in saved and saved[key] != value:
@@ -346,11 +336,12 @@ def main(argv: list[str] | None = None) -> None:
         callbacks=[
             ModelCheckpoint(dirpath=str(checkpoint_dir), save_last=True, enable_version_counter=False),
             LearningRateMonitor(logging_interval="step"),
+            FiniteGuard(args.nan_policy),
         ],
     )
     try:
         trainer.fit(model, train_loader, val_loader, ckpt_path=ckpt_path, weights_only=True)
-    except WriteError as error:
+    except (WriteError, NonFiniteTrainingError) as error:
         fail(str(error))
     print(f"checkpoints: {checkpoint_dir}")
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from arch import NAMED_CONFIGS, create_arch
+from arch.validate import ArchConfigError
 from utils.weights import (
     WeightsReadError,
     clean_state_dict,
@@ -36,6 +37,39 @@ HF_CONFIG_NAME = "config.json"
 HF_WEIGHTS_NAME = "model.safetensors"
 NETWORK_PREFIXES = ("model.", "mmse_model.")
 METRIC_PREFIXES = ("fid.", "inception_score.")  # the reference's FID / IS Inception networks
+
+
+# ------------------------------------------------------------------------------- finite weights
+
+
+class NonFiniteWeightsError(ValueError):
+    """A checkpoint holds NaN or infinite weights (its training run diverged); the message names it."""
+
+
+def non_finite_tensors(named: Iterable[tuple[str, torch.Tensor]]) -> list[str]:
+    """Names of the floating-point tensors holding a NaN or an infinity. A sum per tensor (a NaN or an
+    infinity makes it non-finite; one pass, nothing allocated) and one host sync per device; the names
+    are looked for only when something is wrong."""
+    floats = [(name, t.detach()) for name, t in named if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    sums: dict[torch.device, list[torch.Tensor]] = {}
+    for _, tensor in floats:
+        wide = torch.float64 if tensor.dtype == torch.float64 else torch.float32  # no float16 overflow
+        sums.setdefault(tensor.device, []).append(tensor.sum(dtype=wide).reshape(1))
+    if all(bool(torch.isfinite(torch.cat(device_sums)).all()) for device_sums in sums.values()):
+        return []
+    return [name for name, t in floats if not bool(torch.isfinite(t).all())]
+
+
+def check_finite(state: Mapping[str, torch.Tensor], source: str, shadows: Sequence[torch.Tensor] | None = None) -> None:
+    """Refuse weights (and EMA shadows) with a NaN or an infinity: NonFiniteWeightsError, one line."""
+    named = list(state.items()) + [(f"ema.shadow_params[{i}]", t) for i, t in enumerate(shadows or [])]
+    bad = non_finite_tensors(named)
+    if bad:
+        values = sum(int((~torch.isfinite(t)).sum()) for name, t in named if name in set(bad))
+        raise NonFiniteWeightsError(
+            f"{source}: {values:,} weight value(s) in {len(bad)} tensor(s) are NaN or infinite (first: {bad[0]}); "
+            "the training run that wrote it diverged: use an earlier checkpoint"
+        )
 
 
 # ------------------------------------------------------------------------- posterior-mean networks
@@ -98,6 +132,7 @@ def load_mmse_network(ckpt_path: str | os.PathLike | None, arch: str | dict | No
     if ckpt_path is not None:
         checkpoint = read_checkpoint(ckpt_path)
         state, shadows = mmse_network_state(checkpoint)
+        check_finite(state, str(ckpt_path), shadows)
         if arch is None:
             arch = (checkpoint.get("hyper_parameters") or {}).get("arch") or infer_arch_name(state)
         if arch is None:
@@ -140,6 +175,7 @@ def rebuild(
     The posterior-mean network is rebuilt from `state` (its original checkpoint path is dropped unless
     overridden), its architecture read from the hyper-parameters or recognised from the weights.
     """
+    check_finite(network_state(state), source, (ema_state or {}).get("shadow_params"))
     hparams = {**dict(hparams), **overrides}
     if "mmse_model_ckpt_path" not in overrides:
         hparams["mmse_model_ckpt_path"] = None
@@ -188,7 +224,10 @@ def load_lightning_checkpoint(cls, path: str | os.PathLike, map_location=None, s
         raise WeightsReadError(f"{path}: not a Lightning checkpoint (needs 'state_dict' and 'hyper_parameters')")
     hparams = read_hparams_file(hparams_file) if hparams_file is not None else checkpoint["hyper_parameters"]
     state = checkpoint["state_dict"]
-    model = rebuild(cls, hparams, state, str(path), checkpoint.get("ema"), strict, **overrides)
+    try:
+        model = rebuild(cls, hparams, state, str(path), checkpoint.get("ema"), strict, **overrides)
+    except ArchConfigError as error:
+        raise ArchConfigError(f"{path}: {error}") from None
     if map_location is None:
         device = next((v.device for v in network_state(state).values() if isinstance(v, torch.Tensor)), None)
         return model.to(device) if device is not None else model
@@ -234,7 +273,10 @@ def load_pretrained(cls, repo_or_dir: str | os.PathLike, map_location="cpu", hub
     config = read_config(config_path)
     config["ema_decay"] = -1
     state = read_checkpoint(weights_path, map_location or "cpu")
-    model = rebuild(cls, config, state, str(weights_path), strict=strict, **overrides)
+    try:
+        model = rebuild(cls, config, state, str(weights_path), strict=strict, **overrides)
+    except ArchConfigError as error:
+        raise ArchConfigError(f"{config_path}: {error}") from None
     return model.to(map_location) if map_location is not None else model
 
 
