@@ -475,6 +475,14 @@ def test_a_network_without_a_time_input_is_refused_as_a_velocity():
         PMRF(METHODS["mmse"], net)  # as f(y) it is fine
     with pytest.raises(ValueError, match="called as f\\(y\\)"):
         PMRF(METHODS["pmrf"], TimeMLP(), lambda x, t: x)  # a posterior mean that needs two inputs
+    # compiled in place (as prepare_for_inference and train.py --compile do), a network keeps its forward:
+    # judged the same, and nothing to unwrap (nothing is compiled until it is called)
+    compiled_mlp, compiled_swinir = TimeMLP(), create_arch(TINY_SWINIR)
+    compiled_mlp.compile()
+    compiled_swinir.compile()
+    PMRF(METHODS["naive_flow"], compiled_mlp)
+    with pytest.raises(ValueError, match="takes no time input"):
+        PMRF(METHODS["naive_flow"], compiled_swinir)
 
 
 def test_hdit_and_swinir_fit_the_protocol_through_create_arch():
