@@ -72,13 +72,17 @@ class ModelStore:
         self._bg_upsampler: BackgroundUpsampler | None = None
         self._bg_upsampler_tried = False
 
-    def restorer(self, num_flow_steps: int, seed: int) -> RestoreFaces:
+    def restorer(self, num_flow_steps: int, seed: int, fidelity_weight: float = 0.0) -> RestoreFaces:
         with self._lock:
             if self._model is None:
                 self._restoration, self._model = self._load_model()
-        return self._restoration.FaceRestorer(
-            self._model, num_flow_steps=num_flow_steps, seed=seed, bf16=self.settings.bf16
-        )
+        try:
+            return self._restoration.FaceRestorer(
+                self._model, num_flow_steps=num_flow_steps, seed=seed, bf16=self.settings.bf16,
+                fidelity_weight=fidelity_weight,
+            )
+        except ValueError as error:  # w > 0 for a model without a posterior mean
+            raise user_error(f"Fidelity weight: {error}.") from None
 
     def _load_model(self):
         ckpt = self.settings.ckpt_path
@@ -215,6 +219,16 @@ def checked_seed(seed) -> int:
     return int(number)
 
 
+def checked_fidelity_weight(weight) -> float:
+    try:
+        value = float(weight)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not 0 <= value <= 1:  # NaN fails too
+        raise user_error(f"Fidelity weight must be from 0 to 1; got {weight}.")
+    return value
+
+
 def checked_upscale(upscale) -> float:
     try:
         value = float(upscale)
@@ -260,23 +274,25 @@ def restore_image(
     restore_faces: RestoreFaces | None = None,
     detector: FaceDetector | None = None,
     store: ModelStore | None = None,
+    fidelity_weight: float = 0.0,
 ) -> tuple[tuple[np.ndarray, np.ndarray], list[tuple[np.ndarray, str]], str, str]:
     """The Restore button: ((before, after) for the slider, [(restored face, caption)] for the gallery,
     path of the restored PNG, a status line).
 
     `upload` is the uploaded file's path (an array is taken as the photo). `restore_faces` and `detector`
     default to the networks of `store` (the demo's own), which also gives the paste mask's face parser
-    and the background upsampler.
+    and the background upsampler. `fidelity_weight` w moves the result toward the posterior mean.
     """
     image = load_upload(upload)
     steps = checked_whole_number(steps, 1, MAX_STEPS, "The number of flow steps")
     upscale = checked_upscale(upscale)
     seed = checked_seed(seed)
+    fidelity_weight = checked_fidelity_weight(fidelity_weight)
     store = store or demo_store()
     if mode != ALIGNED and detector is None:
         detector = store.detector()  # before the model: a missing detector file is said at once
     if restore_faces is None:
-        restore_faces = store.restorer(steps, seed)
+        restore_faces = store.restorer(steps, seed, fidelity_weight)
     if mode == ALIGNED:
         face = square_face(as_rgb(image))
         restored = restore_aligned([face], restore_faces)[0]
@@ -310,6 +326,11 @@ def restore_image(
     os.close(handle)
     save_rgb(download, path)  # atomic replace of the empty placeholder
     return (before, after), gallery, path, status
+
+
+def restore_from_page(upload, mode, steps, upscale, seed, fidelity_weight=0.0):
+    """The Restore button's inputs, in the page's order."""
+    return restore_image(upload, mode, steps, upscale, seed, fidelity_weight=fidelity_weight)
 
 
 @functools.cache
@@ -347,6 +368,9 @@ def build_demo():
                 shown = gr.Image(label="Your photo", type="numpy", interactive=False, height=240)
                 mode = gr.Radio([WHOLE_PHOTO, ALIGNED], value=WHOLE_PHOTO, label="Input kind")
                 steps = gr.Slider(1, MAX_STEPS, value=25, step=1, label="Flow steps")
+                fidelity = gr.Slider(
+                    0, 1, value=0, step=0.05, label="Fidelity weight (0: PMRF, sharpest; 1: posterior mean, lowest MSE)"
+                )
                 upscale = gr.Slider(MIN_UPSCALE, MAX_UPSCALE, value=2, step=0.5, label="Output scale (whole photo)")
                 seed = gr.Number(value=42, precision=0, label=f"Seed (0 to {MAX_SEED}; -1: random)")
                 run = gr.Button("Restore", variant="primary")
@@ -359,8 +383,8 @@ def build_demo():
                 status = gr.Markdown()
         upload.change(preview, inputs=[upload], outputs=[shown], api_name="preview")
         run.click(
-            restore_image,
-            inputs=[upload, mode, steps, upscale, seed],
+            restore_from_page,
+            inputs=[upload, mode, steps, upscale, seed, fidelity],
             outputs=[slider, faces, download, status],
             api_name="restore",
         )

@@ -26,6 +26,7 @@ from lightning_models.restoration import (
 )
 from utils.cli import (
     add_checkpoint_arguments,
+    add_fidelity_weight_argument,
     add_output_arguments,
     add_runtime_arguments,
     check_writable_folder,
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a folder of degraded images, or one image")
     p.add_argument("-o", "--output", "--output_dir", dest="output_dir", required=True, help="where results go")
     p.add_argument("--num_flow_steps", type=int_range(1, 10_000), default=25, help="K, the number of Euler steps")
+    add_fidelity_weight_argument(p)
     p.add_argument("--batch_size", type=positive_int, default=64)
     p.add_argument("--seed", type=seed_int, default=0,
                    help="seed of the source noise (default 0, this project's; the reference draws fresh noise every run)")
@@ -106,11 +108,15 @@ def main(argv: list[str] | None = None) -> None:
         model = load_model(args.ckpt_path, args.ckpt_path_is_huggingface, device, use_ema=not args.use_raw_weights)
     except (FileNotFoundError, ValueError, RuntimeError) as error:
         fail(str(error))
+    try:
+        model.pmrf.check_fidelity_weight(args.fidelity_weight)
+    except ValueError as error:
+        fail(f"--{error}")
     prepare_for_inference(model, args.attention_backend, args.compile, args.compile_mmse)
     if args.whole_image:
         from whole_image.cli import WholeImageOptions, run_whole_image
 
-        restorer = FaceRestorer(model, args.num_flow_steps, args.seed, args.bf16)
+        restorer = FaceRestorer(model, args.num_flow_steps, args.seed, args.bf16, args.fidelity_weight)
         try:
             run_whole_image(WholeImageOptions.from_args(args), restorer, device)
         except WriteError as error:
@@ -119,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     options = AlignedOptions(
         num_flow_steps=args.num_flow_steps, batch_size=args.batch_size, seed=args.seed, bf16=args.bf16,
         num_workers=args.num_workers, input_size=args.input_size, suffix=args.suffix, ext=args.ext,
-        jpeg_quality=args.jpeg_quality, pad_batches=args.compile,
+        jpeg_quality=args.jpeg_quality, pad_batches=args.compile, fidelity_weight=args.fidelity_weight,
     )
     try:
         report = restore_aligned(model, inputs, output_dir, options)

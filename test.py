@@ -2,7 +2,8 @@
 
 Writes <results_path>/<degradation>/<method>/: y/, and for flows num_flow_steps=<K>/xhat/ for every K,
 source_distribution_samples/ (drawn for the first K) and mmse_samples/ (when the model has a
-posterior-mean network); for the mmse stage, xhat/. File names are the inputs'.
+posterior-mean network); for the mmse stage, xhat/. File names are the inputs'. With --fidelity_weight w > 0
+the xhat/ images are (1 - w)·PMRF + w·posterior mean, under <method>_fidelity_weight=<w>/.
 The model writes them itself (MMSERectifiedFlow.test_step, as in the reference); this program
 says where, with which K and which weights (raw by default, as the reference's; --use_ema for the EMA).
 Example: scripts/test/test.sh (all five methods of one controlled experiment).
@@ -21,6 +22,7 @@ from degradations import DEGRADATION_NAMES, create_degradation
 from lightning_models.restoration import load_model
 from utils.cli import (
     add_checkpoint_arguments,
+    add_fidelity_weight_argument,
     arch_argument,
     check_writable_folder,
     configure_torch,
@@ -52,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--img_size", type=positive_int, default=256)
     p.add_argument("--num_flow_steps", type=int_range(1, 10_000), nargs="+", required=True,
                    help="K, the Euler steps; several values test several K")
+    add_fidelity_weight_argument(p)
     p.add_argument("--seed", type=seed_int, default=None, help="makes degradations and source noise reproducible")
     p.add_argument("--jpeg_quality", type=int_range(1, 100), default=75, help="for .jpg outputs (default 75)")
     p.add_argument("--skip_bad_images", action="store_true",
@@ -73,7 +76,13 @@ def main(argv: list[str] | None = None) -> None:
     # What the reference's test.py sets: test_step writes the outputs itself.
     model.use_ema = args.use_ema
     model.num_test_flow_steps = list(args.num_flow_steps)
-    results = Path(args.results_path) / args.degradation / model.method_name
+    try:
+        model.pmrf.check_fidelity_weight(args.fidelity_weight)
+    except ValueError as error:
+        fail(f"--{error}")
+    model.fidelity_weight = args.fidelity_weight
+    method_folder = model.method_name + (f"_fidelity_weight={args.fidelity_weight:g}" if args.fidelity_weight else "")
+    results = Path(args.results_path) / args.degradation / method_folder
     model.test_results_path = results
     model.test_jpeg_quality = args.jpeg_quality
     accelerator, devices = resolve_devices(args.accelerator, None, args.num_gpus)

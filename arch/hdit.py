@@ -250,6 +250,8 @@ class HDiT(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
         n, c, h, w = x.shape
+        if c == 1 and self.in_channels == 3:
+            x, c = x.expand(-1, 3, -1, -1), 3  # a gray measurement into an RGB network, as SwinIR takes it
         if c != self.in_channels:
             raise ValueError(f"HDiT expects {self.in_channels} input channels, got {c}")
         self.check_input_size(h, w)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import numbers
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -51,20 +52,37 @@ def euler_times(num_steps: int, eps: float = 0.0) -> list[float]:
     return [eps + (1 - eps) * i / num_steps for i in range(num_steps)]
 
 
+def time_grid(num_steps: int, eps: float = 0.0) -> torch.Tensor:
+    """The reference's grid as K + 1 times eps = t_0 < … < t_K = 1 (float64), to hand to `sample_euler`."""
+    return torch.tensor([*euler_times(num_steps, eps), 1.0], dtype=torch.float64)
+
+
+def _steps(grid: int | Sequence[float] | torch.Tensor, eps: float) -> list[tuple[float, float]]:
+    """(t_i, dt_i) of every Euler step: K equal steps of (1 − eps)/K from an int, else a grid's own steps."""
+    if isinstance(grid, numbers.Integral):
+        times = euler_times(int(grid), eps)
+        return [(t, (1 - eps) / grid) for t in times]
+    times = [float(t) for t in (grid.tolist() if isinstance(grid, torch.Tensor) else grid)]
+    if len(times) < 2 or any(b <= a for a, b in zip(times, times[1:])):
+        raise ValueError(f"a time grid needs at least 2 increasing times, got {times}")
+    return [(a, b - a) for a, b in zip(times, times[1:])]
+
+
 def sample_euler(
     velocity: Velocity,
     x: torch.Tensor,
-    num_steps: int,
+    num_steps: int | Sequence[float] | torch.Tensor,
     eps: float = 0.0,
     callback: Callable[[dict], None] | None = None,
 ) -> torch.Tensor:
-    """Integrate dx/dt = v(x, t) from x at t = eps to t = 1 with `num_steps` Euler steps of (1 − eps)/K.
+    """Integrate dx/dt = v(x, t) with Euler steps, as k-diffusion's `sample_euler(model, x, sigmas)`.
 
-    The update is computed in float32 whatever precision the velocity came in (bf16 autocast).
-    After each step `callback({"i", "t", "x", "velocity"})` receives the new state. Not clipped.
+    `num_steps` K: from x at t = eps to t = 1 in K steps of (1 − eps)/K (the reference's grid; `eps`
+    applies only here). A grid t_0 < … < t_K (a sequence or 1-D tensor): from t_0 to t_K, step i of
+    t_{i+1} − t_i. The update is computed in float32 whatever precision the velocity came in (bf16
+    autocast). After each step `callback({"i", "t", "x", "velocity"})` receives the new state. Not clipped.
     """
-    dt = (1 - eps) / num_steps
-    for i, t in enumerate(euler_times(num_steps, eps)):
+    for i, (t, dt) in enumerate(_steps(num_steps, eps)):
         v = velocity(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.float32))
         x = x + dt * v.float()
         if callback is not None:

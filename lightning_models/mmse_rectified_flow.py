@@ -26,7 +26,7 @@ from arch.configs import load_arch_config
 
 from . import checkpoints
 from .flow import T_SCHEDULES, sample_times
-from .pmrf import METHODS, PMRF, STAGES, method_for, run_network
+from .pmrf import METHODS, PMRF, STAGES, check_networks, method_for
 from .validation import ValidationImages, ValidationMetrics
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,7 @@ class MMSERectifiedFlow(L.LightningModule, PyTorchModelHubMixin, pipeline_tag="i
         self.lr, self.weight_decay, self.betas = lr, weight_decay, tuple(float(b) for b in betas)
         # Validation and testing run the raw weights, as the reference's do (see maybe_ema); True: the EMA.
         self.use_ema = False
+        self.fidelity_weight = 0.0  # test outputs (1 − w)·PMRF + w·posterior mean (test.py --fidelity_weight)
 
         self.model = create_arch(arch, self._condition_channels())
         self.hparams["arch"] = self_contained(arch)
@@ -96,6 +97,7 @@ class MMSERectifiedFlow(L.LightningModule, PyTorchModelHubMixin, pipeline_tag="i
         if self.method.uses_posterior_mean:
             self.mmse_model, mmse_arch = checkpoints.load_mmse_network(mmse_model_ckpt_path, mmse_model_arch)
             self.hparams["mmse_model_arch"] = self_contained(mmse_arch)  # checkpoints rebuild f without its file
+        check_networks(self.method, self.model, self.mmse_model)  # e.g. a SwinIR (no t) as a flow's velocity
         self.ema = self._build_ema(ema_decay)
         # The reference's test attributes: where test_step writes, and the K values it restores with.
         self.test_results_path: str | os.PathLike | None = None
@@ -145,7 +147,6 @@ class MMSERectifiedFlow(L.LightningModule, PyTorchModelHubMixin, pipeline_tag="i
     def check_input_size(self, h: int, w: int) -> None:
         """Raise ValueError when an h×w image is a size the networks cannot take."""
         for net in (self.model, self.mmse_model):
-            net = getattr(net, "_orig_mod", net)
             if net is not None and hasattr(net, "check_input_size"):
                 net.check_input_size(h, w)
 
@@ -279,7 +280,7 @@ class MMSERectifiedFlow(L.LightningModule, PyTorchModelHubMixin, pipeline_tag="i
     # The reference's method names, for scripts written against it.
 
     def forward_mmse(self, y: torch.Tensor) -> torch.Tensor:
-        return run_network(self.model, y).clamp(0, 1)
+        return self.model(y).clamp(0, 1)
 
     def forward_flow(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         condition = None
@@ -399,7 +400,8 @@ class MMSERectifiedFlow(L.LightningModule, PyTorchModelHubMixin, pipeline_tag="i
             posterior_mean = self.pmrf.posterior_mean(y) if self.mmse_model is not None else None
             out = {"y": y, "xhat": {}, "source": None, "posterior_mean": posterior_mean}
             for steps in self.num_test_flow_steps or [self.num_flow_steps]:
-                sample = self.pmrf.sample(y, steps, non_noisy_z0=non_noisy_z0, posterior_mean=posterior_mean)
+                sample = self.pmrf.sample(y, steps, non_noisy_z0=non_noisy_z0, posterior_mean=posterior_mean,
+                                          fidelity_weight=self.fidelity_weight)
                 out["xhat"][steps] = sample.xhat
                 if out["source"] is None:
                     out["source"] = sample.source

@@ -21,7 +21,8 @@ mmse                              mmse        no            —                 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -75,16 +76,36 @@ def method_for(stage: str, conditional: bool, has_posterior_mean: bool) -> Metho
     )
 
 
-def run_network(net: nn.Module, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
-    """A velocity network (HDiT) takes (x, t); a posterior-mean network (SwinIR) takes x alone."""
-    from arch import HDiT
+def takes_inputs(net: Callable, count: int) -> bool:
+    """Whether `net` can be called with `count` positional tensors, judged from its forward's signature.
 
-    inner = getattr(net, "_orig_mod", net)  # behind torch.compile
-    if isinstance(inner, HDiT):
-        if x.shape[1] == 1 and inner.in_channels == 3:
-            x = x.expand(-1, 3, -1, -1)  # a gray measurement into an RGB network
-        return net(x, t)
-    return net(x)
+    A signature that cannot be read, or takes *args (torch.compile's wrapper), counts as yes.
+    """
+    try:
+        signature = inspect.signature(getattr(net, "forward", net))
+    except (TypeError, ValueError):
+        return True
+    try:
+        signature.bind(*range(count))
+    except TypeError:
+        return False
+    return True
+
+
+def check_networks(method: Method, model: nn.Module, mmse_model: nn.Module | None) -> None:
+    """Refuse, in one line, a network that cannot be called the way the method calls it: the velocity as
+    velocity(x_t, t) (so that t is never silently dropped), a posterior-mean network as f(y)."""
+    if method.stage == "mmse":
+        if not takes_inputs(model, 1):
+            raise ValueError(f"the mmse stage calls its network as f(y); {type(model).__name__}.forward does not take one input")
+    elif not takes_inputs(model, 2):
+        raise ValueError(
+            f"method {method.name!r} calls its network as velocity(x_t, t), but {type(model).__name__}.forward "
+            "takes no time input; use a velocity network (an HDiT architecture, or any module whose forward "
+            "takes (x, t))"
+        )
+    if mmse_model is not None and not takes_inputs(mmse_model, 1):
+        raise ValueError(f"the posterior-mean network is called as f(y); {type(mmse_model).__name__}.forward does not take one input")
 
 
 # ------------------------------------------------------------------------------------ the module
@@ -97,18 +118,42 @@ class Source:
     posterior_mean: torch.Tensor | None  # clip(f(y)) when the method has f
 
 
+def fidelity_blend(xhat: torch.Tensor, posterior_mean: torch.Tensor, fidelity_weight: float) -> torch.Tensor:
+    """(1 − w)·xhat + w·posterior_mean: w = 0 is xhat itself, w = 1 the posterior mean itself.
+
+    Between X̂0 and X* this moves along the optimal distortion–perception curve (Freirich et al., 2021).
+    """
+    if fidelity_weight == 0:
+        return xhat
+    if fidelity_weight == 1:
+        return posterior_mean.to(xhat.dtype)
+    return torch.lerp(xhat, posterior_mean.to(xhat.dtype), float(fidelity_weight))
+
+
 @dataclass
 class Sample:
-    xhat: torch.Tensor  # the estimate, in [0, 1]
+    xhat: torch.Tensor  # the estimate (in [0, 1] when the method clips)
     posterior_mean: torch.Tensor | None  # clip(f(y)), when the method has f
     source: torch.Tensor | None  # z0
+
+    def with_fidelity_weight(self, fidelity_weight: float) -> Sample:
+        """This sample with xhat moved a fraction w toward the posterior mean (no network call)."""
+        if fidelity_weight == 0:
+            return self
+        if self.posterior_mean is None:
+            raise ValueError(f"fidelity_weight {fidelity_weight:g} needs a posterior mean, and this method has none")
+        return Sample(fidelity_blend(self.xhat, self.posterior_mean, fidelity_weight), self.posterior_mean, self.source)
 
 
 class PMRF(nn.Module):
     """The method: `posterior_mean`, `source`, `velocity`, `loss` and one sampler, `sample`.
 
-    `model` is the trained network (the velocity, or f itself for the mmse stage); `mmse_model` the
-    frozen posterior-mean network. State-dict keys are `model.*` and `mmse_model.*`, as in checkpoints.
+    `model` is the trained network: the velocity, called as `model(x_t, t)` (the condition concatenated to
+    x_t on dim 1), or f itself for the mmse stage, called as `model(y)`; `mmse_model` is the frozen
+    posterior-mean network, called as `mmse_model(y)`. Tensors are (N, C, …): images (N, 3, H, W) or
+    vectors (N, d); `channels` is C of x (3 for RGB, d for vectors). `clip` clamps the posterior mean and
+    the estimate to [0, 1] (images; off for unbounded data). State-dict keys are `model.*` and
+    `mmse_model.*`, as in checkpoints.
     """
 
     def __init__(
@@ -118,24 +163,45 @@ class PMRF(nn.Module):
         mmse_model: nn.Module | None = None,
         source_noise_std: float = 0.0,
         eps: float = 0.0,
-        image_channels: int = 3,
+        channels: int = 3,
+        clip: bool = True,
     ):
         super().__init__()
         if method.uses_posterior_mean and mmse_model is None:
             raise ValueError(f"method {method.name!r} needs a posterior-mean network (mmse_model)")
+        check_networks(method, model, mmse_model)
         self.method, self.model, self.mmse_model = method, model, mmse_model
         self.source_noise_std = float(source_noise_std)
         self.eps = float(eps)  # t_min: the flow runs on [eps, 1]
-        self.image_channels = image_channels
+        self.channels = int(channels)
+        self.clip = bool(clip)
+
+    def _clip(self, x: torch.Tensor) -> torch.Tensor:
+        return x.clamp(0, 1) if self.clip else x
+
+    @property
+    def has_posterior_mean(self) -> bool:
+        """Whether samples carry a posterior mean (and so accept a fidelity weight above 0)."""
+        return self.method.uses_posterior_mean
+
+    def check_fidelity_weight(self, fidelity_weight: float) -> None:
+        """Raise ValueError (one line) unless w is in [0, 1] and, for w > 0, the method has f."""
+        if not 0 <= fidelity_weight <= 1:
+            raise ValueError(f"fidelity_weight must be in [0, 1], got {fidelity_weight}")
+        if fidelity_weight > 0 and not self.has_posterior_mean:
+            raise ValueError(
+                f"fidelity_weight {fidelity_weight:g}: method {self.method.name!r} has no posterior mean to move "
+                "toward; only 0 is possible"
+            )
 
     @torch.no_grad()
     def posterior_mean(self, y: torch.Tensor) -> torch.Tensor:
         """clip(f(y), 0, 1), without a graph: f is frozen."""
-        return run_network(self.mmse_model, y).clamp(0, 1)
+        return self._clip(self.mmse_model(y))
 
     def noise(self, like: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """n ~ N(0, I) of the image's shape (image_channels channels), float32, on `like`'s device."""
-        shape = (like.shape[0], self.image_channels, *like.shape[2:])
+        """n ~ N(0, I) of x's shape (N, channels, *like's other dims), float32, on `like`'s device."""
+        shape = (like.shape[0], self.channels, *like.shape[2:])
         if generator is None or generator.device == like.device:
             return torch.randn(shape, generator=generator, device=like.device)
         return torch.randn(shape, generator=generator, device=generator.device).to(like.device)
@@ -161,8 +227,13 @@ class PMRF(nn.Module):
         else:
             base = posterior_mean if method.source == "posterior_mean" else y
             base = (non_noisy_z0 if non_noisy_z0 is not None else base).float()
-            if base.shape[1] != self.image_channels:
-                base = base.expand(-1, self.image_channels, -1, -1)  # a gray y (colorization)
+            if base.shape[1] != self.channels:
+                if base.shape[1] != 1:
+                    raise ValueError(
+                        f"method {method.name!r} starts from a tensor of {base.shape[1]} channels, but x has "
+                        f"{self.channels}"
+                    )
+                base = base.expand(-1, self.channels, *base.shape[2:])  # a gray y (colorization)
             z0 = base + self.source_noise_std * self.noise(y, generator) if self.source_noise_std else base
         condition = {"posterior_mean": posterior_mean, "measurement": y, None: None}[method.condition]
         return Source(z0, condition, posterior_mean)
@@ -170,7 +241,7 @@ class PMRF(nn.Module):
     def velocity(self, x_t: torch.Tensor, t: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
         if condition is not None:
             x_t = torch.cat([x_t, condition.to(x_t.dtype)], dim=1)
-        return run_network(self.model, x_t, t)
+        return self.model(x_t, t)
 
     def loss(
         self,
@@ -182,7 +253,7 @@ class PMRF(nn.Module):
     ) -> torch.Tensor:
         """Flow matching ‖v(x_t, t) − (x − z0)‖² for the flows; ‖clip(model(y)) − x‖² for mmse."""
         if self.method.stage == "mmse":
-            return F.mse_loss(run_network(self.model, y).clamp(0, 1), x)
+            return F.mse_loss(self._clip(self.model(y)), x)
         source = self.source(y, generator, non_noisy_z0)
         v = self.velocity(interpolate(x, source.z0, t), t, source.condition)
         return F.mse_loss(v, x - source.z0)
@@ -191,20 +262,24 @@ class PMRF(nn.Module):
     def sample(
         self,
         y: torch.Tensor,
-        num_flow_steps: int,
+        num_flow_steps: int | Sequence[float] | torch.Tensor,
         generator: torch.Generator | None = None,
         callback: Callable[[dict], None] | None = None,
         non_noisy_z0: torch.Tensor | None = None,
         posterior_mean: torch.Tensor | None = None,
+        fidelity_weight: float = 0.0,
     ) -> Sample:
-        """Restore a batch: K Euler steps from z0, clipped to [0, 1]. States go to `callback`.
+        """Restore a batch: Euler steps from z0, clipped to [0, 1]. States go to `callback`.
 
-        A `posterior_mean` already computed for `y` is reused instead of running f again.
+        `num_flow_steps` is K (the reference's grid on [eps, 1]) or a time grid t_0 < … < t_K.
+        A `posterior_mean` already computed for `y` is reused instead of running f again. With
+        `fidelity_weight` w > 0, xhat is (1 − w)·xhat + w·posterior mean (`Sample.with_fidelity_weight`).
         """
+        self.check_fidelity_weight(fidelity_weight)
         if self.method.stage == "mmse":
-            return Sample(run_network(self.model, y).clamp(0, 1), None, None)
+            return Sample(self._clip(self.model(y)), None, None)
         source = self.source(y, generator, non_noisy_z0, posterior_mean)
         x = sample_euler(
             lambda x_t, t: self.velocity(x_t, t, source.condition), source.z0, num_flow_steps, self.eps, callback
         )
-        return Sample(x.clamp(0, 1), source.posterior_mean, source.z0)
+        return Sample(self._clip(x), source.posterior_mean, source.z0).with_fidelity_weight(fidelity_weight)

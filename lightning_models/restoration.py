@@ -62,9 +62,8 @@ def load_model(
 def prepare_for_inference(model, attention_backend: str | None = None, compile: bool = False, compile_mmse: bool = False):
     """Choose the neighbourhood-attention kernel and compile the networks in place (state-dict keys and
     types are kept). Compiling the HDiT compiles its attention too."""
-    inner = getattr(model.model, "_orig_mod", model.model)
-    if attention_backend is not None and hasattr(inner, "set_neighborhood_backend"):
-        inner.set_neighborhood_backend(attention_backend)
+    if attention_backend is not None and hasattr(model.model, "set_neighborhood_backend"):
+        model.model.set_neighborhood_backend(attention_backend)
     if compile:
         model.model.compile()
     if compile_mmse and model.mmse_model is not None:
@@ -116,12 +115,18 @@ class FaceRestorer:
     """Restores batches of aligned faces (N, C, H, W) in [0, 1] with a loaded model, on its device.
 
     `seed` makes the source noise reproducible (one generator, advanced batch after batch).
+    `fidelity_weight` w gives (1 − w)·PMRF + w·posterior mean (0: PMRF, 1: the posterior mean).
     """
 
-    def __init__(self, model, num_flow_steps: int = 25, seed: int | None = None, bf16: bool = False):
+    def __init__(
+        self, model, num_flow_steps: int = 25, seed: int | None = None, bf16: bool = False, fidelity_weight: float = 0.0
+    ):
         self.model = model
         self.num_flow_steps = int(num_flow_steps)
         self.bf16 = bf16
+        self.fidelity_weight = float(fidelity_weight)
+        if self.fidelity_weight:
+            model.pmrf.check_fidelity_weight(self.fidelity_weight)
         self.generator = seeded_generator(seed, self.device)
 
     @property
@@ -136,7 +141,9 @@ class FaceRestorer:
     def restore(self, images: torch.Tensor) -> Restoration:
         device = self.device
         with precision_context(device, self.bf16):
-            sample = self.model.pmrf.sample(images.to(device), self.num_flow_steps, self.generator)
+            sample = self.model.pmrf.sample(
+                images.to(device), self.num_flow_steps, self.generator, fidelity_weight=self.fidelity_weight
+            )
         mean = sample.posterior_mean
         return Restoration(sample.xhat.float().cpu(), None if mean is None else mean.float().cpu())
 
@@ -144,8 +151,10 @@ class FaceRestorer:
         return self.restore(images).xhat
 
 
-def make_face_restorer(model, num_flow_steps: int, seed: int | None = None, bf16: bool = False) -> FaceRestorer:
-    return FaceRestorer(model, num_flow_steps, seed, bf16)
+def make_face_restorer(
+    model, num_flow_steps: int, seed: int | None = None, bf16: bool = False, fidelity_weight: float = 0.0
+) -> FaceRestorer:
+    return FaceRestorer(model, num_flow_steps, seed, bf16, fidelity_weight)
 
 
 # ----------------------------------------------------------------------------- aligned folders
@@ -163,6 +172,7 @@ class AlignedOptions:
     ext: str = "auto"
     jpeg_quality: int = 75
     pad_batches: bool = False  # keep every batch the same size (a compiled network never recompiles)
+    fidelity_weight: float = 0.0  # (1 − w)·PMRF + w·posterior mean in restored_images/
 
 
 @dataclass
@@ -238,6 +248,7 @@ def plan_batches(paths: list[Path], size: int | None, check_size, batch_size: in
 def restore_aligned(model, paths: list[Path], output_dir: Path, options: AlignedOptions) -> AlignedReport:
     """Restore aligned faces into output_dir/restored_images/ (and restored_images_posterior_mean/ for
     models with a posterior-mean network), under the inputs' names."""
+    model.pmrf.check_fidelity_weight(options.fidelity_weight)
     device = next(model.parameters()).device
     size = native_size(model) if options.input_size is None else options.input_size
     batches, resized, skipped = plan_batches(paths, size, model.check_input_size, options.batch_size)
@@ -264,7 +275,7 @@ def restore_aligned(model, paths: list[Path], output_dir: Path, options: Aligned
             if options.pad_batches and count < options.batch_size:
                 y = torch.cat([y, y[-1:].expand(options.batch_size - count, -1, -1, -1)])
             with precision_context(device, options.bf16):
-                sample = model.pmrf.sample(y, options.num_flow_steps, generator)
+                sample = model.pmrf.sample(y, options.num_flow_steps, generator, fidelity_weight=options.fidelity_weight)
             outputs = {key: images[:count].float().cpu() for key, images in
                        (("xhat", sample.xhat), ("posterior_mean", sample.posterior_mean)) if images is not None}
             finite = finite_images(*outputs.values())

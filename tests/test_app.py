@@ -61,11 +61,12 @@ class FakeNetwork:
 class FakeRestoration(types.ModuleType):
     """Stands in for lightning_models.restoration: records how the demo loads and uses the model."""
 
-    def __init__(self, fail: bool = False):
+    def __init__(self, fail: bool = False, no_posterior_mean: bool = False):
         super().__init__("lightning_models.restoration")
-        self.fail = fail
+        self.fail, self.no_posterior_mean = fail, no_posterior_mean
         self.loads = []
         self.restorers = []
+        self.fidelity_weights = []
         self.model = types.SimpleNamespace(model=FakeNetwork())
 
     def load_model(self, ckpt_path, huggingface=False, device="cpu", use_ema=True):
@@ -82,9 +83,12 @@ class FakeRestoration(types.ModuleType):
             model.model.compile()
         return model
 
-    def FaceRestorer(self, model, num_flow_steps=25, seed=None, bf16=False):  # noqa: N802 (a class there)
+    def FaceRestorer(self, model, num_flow_steps=25, seed=None, bf16=False, fidelity_weight=0.0):  # noqa: N802
         assert model is self.model
+        if fidelity_weight > 0 and self.no_posterior_mean:
+            raise ValueError(f"fidelity_weight {fidelity_weight:g}: method 'naive_flow' has no posterior mean")
         self.restorers.append((num_flow_steps, seed, bf16))
+        self.fidelity_weights.append(fidelity_weight)
         return invert
 
 
@@ -191,6 +195,22 @@ def test_model_loads_lazily_once_with_the_settings(tmp_path, monkeypatch):
     (steps1, seed1, bf16), (steps2, seed2, _) = fake.restorers
     assert (steps1, seed1, bf16) == (10, 5, False) and steps2 == 200 and 0 <= seed2 <= app.MAX_SEED
     assert fake.model.model.compiled == 0
+
+
+def test_the_fidelity_slider_reaches_the_restorer_and_is_checked(tmp_path, monkeypatch):
+    fake = FakeRestoration()
+    monkeypatch.setitem(sys.modules, "lightning_models.restoration", fake)
+    store = store_for(tmp_path)
+    upload = saved(tmp_path, photo(32, 32))
+    app.restore_image(upload, app.ALIGNED, 2, 1, 0, store=store)
+    app.restore_from_page(upload, app.ALIGNED, 2, 1, 0, 0.75)
+    assert fake.fidelity_weights == [0.0, 0.75]
+    for weight in (-0.1, 1.5, "abc", float("nan")):
+        with pytest.raises(gr.Error, match="Fidelity weight must be from 0 to 1"):
+            app.restore_image(upload, app.ALIGNED, 2, 1, 0, store=store, fidelity_weight=weight)
+    monkeypatch.setitem(sys.modules, "lightning_models.restoration", FakeRestoration(no_posterior_mean=True))
+    with pytest.raises(gr.Error, match="Fidelity weight: .*no posterior mean"):
+        app.restore_image(upload, app.ALIGNED, 2, 1, 0, store=store_for(tmp_path), fidelity_weight=0.5)
 
 
 def test_compile_bf16_and_attention_backend_take_the_clis_fast_path(tmp_path, monkeypatch):
@@ -351,6 +371,8 @@ def test_the_served_page_restores_through_the_gradio_api(tmp_path, served):
     assert read_rgb(before).shape == read_rgb(after).shape == (512, 512, 3)
     assert read_rgb(restored).shape == (512, 512, 3) and len(gallery) == 1
     assert "4 flow steps" in status and fake.restorers == [(4, 3, False)]
+    client.predict(handle_file(upload), app.ALIGNED, 4, 2, 3, 0.5, api_name="/restore")
+    assert fake.fidelity_weights == [0.0, 0.5]  # the slider's value (left out: its default, 0)
     notes = tmp_path / "notes.txt"
     notes.write_text("hello")
     with pytest.raises(Exception, match="is not an image this demo can read"):

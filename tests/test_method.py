@@ -10,9 +10,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from arch import HDiT
-from lightning_models.flow import euler_times, interpolate, sample_euler, sample_times
-from lightning_models.pmrf import METHODS, PMRF, method_for
+from lightning_models.flow import euler_times, interpolate, sample_euler, sample_times, time_grid
+from lightning_models.pmrf import METHODS, PMRF, Sample, fidelity_blend, method_for
 
 SEED = 11
 B, H, W = 2, 4, 4
@@ -31,14 +30,13 @@ def one_torch_thread():
 # ------------------------------------------------------------------------------------------ stubs
 
 
-class StubVelocity(HDiT):
-    """A velocity network with a known answer: `fn(x_t, t)`. It is an HDiT to `run_network` (so it is
-    called as v(x_t, t), like the real one) and records every input it sees."""
+class StubVelocity(nn.Module):
+    """A velocity network with a known answer: `fn(x_t, t)`, called as v(x_t, t) like any velocity
+    network. Records every input it sees."""
 
-    def __init__(self, fn=None, in_channels: int = 3):
-        nn.Module.__init__(self)
+    def __init__(self, fn=None):
+        super().__init__()
         self.fn = fn or (lambda x, t: torch.zeros_like(x[:, :3]))
-        self.in_channels = in_channels
         self.calls: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def forward(self, x, t):
@@ -365,12 +363,11 @@ def test_stratified_schedule_gives_each_rank_its_own_strata():
 # ------------------------------------------------------------------------- a flow that learns
 
 
-class TinyMLPVelocity(HDiT):
+class TinyMLPVelocity(nn.Module):
     """A small MLP on the flattened image and t, called as v(x_t, t) like HDiT."""
 
     def __init__(self, dim: int, hidden: int = 64):
-        nn.Module.__init__(self)
-        self.in_channels = 3
+        super().__init__()
         self.net = nn.Sequential(nn.Linear(dim + 1, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
                                  nn.Linear(hidden, dim))
 
@@ -399,3 +396,213 @@ def test_a_tiny_flow_trained_on_two_points_moves_its_samples_toward_them():
     before = distance_to_nearest_target(sample.source.clamp(0, 1))
     after = distance_to_nearest_target(sample.xhat)
     assert after < 0.5 * before, (before, after)
+
+
+# ----------------------------------------------------------------- the network protocol, any shape
+
+
+class TimeMLP(nn.Module):
+    """A plain MLP velocity on (N, d) vectors, v(x_t, t): no HDiT anywhere. Records the t it is given."""
+
+    def __init__(self, dim: int = 1, hidden: int = 32):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim + 1, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
+                                 nn.Linear(hidden, dim))
+        self.seen_t: list[torch.Tensor] = []
+
+    def forward(self, x, t):
+        self.seen_t.append(t.detach().clone())
+        return self.net(torch.cat([x, t[:, None]], dim=1))
+
+
+class NoTimeMLP(nn.Module):
+    def __init__(self, dim: int = 1):
+        super().__init__()
+        self.net = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def the_exact_rate(t, a, b):
+    """dx/dt = m(t)·x is the rectified flow from N(0, a²) to an independent N(0, b²) in 1-D:
+    m(t) = (t·b² − (1 − t)·a²) / (t²·b² + (1 − t)²·a²). It changes sign: no t-blind field follows it."""
+    return (t * b**2 - (1 - t) * a**2) / (t**2 * b**2 + (1 - t) ** 2 * a**2)
+
+
+def learned_rate(mlp, t: float, spread: float) -> float:
+    """The slope of the learned field in x at time t, from two points ±spread/5 apart."""
+    x = torch.tensor([[-0.2 * spread], [0.2 * spread]])
+    v = mlp(x, torch.full((2,), t))
+    return ((v[1] - v[0]) / (x[1] - x[0])).item()
+
+
+def test_a_plain_mlp_velocity_receives_t_and_learns_a_field_that_depends_on_it(seed=0):
+    torch.manual_seed(seed)
+    a, b = 1.0, 0.3
+    mlp = TimeMLP()
+    pmrf = PMRF(METHODS["naive_flow"], mlp, source_noise_std=a, channels=1, clip=False)  # z0 = 0 + a·n
+    optimizer = torch.optim.AdamW(mlp.parameters(), lr=1e-2)
+    y = torch.zeros(512, 1)
+    for _ in range(600):
+        t = sample_times(len(y), "stratified_uniform")
+        mlp.seen_t.clear()
+        optimizer.zero_grad()
+        pmrf.loss(b * torch.randn(len(y), 1), y, t).backward()
+        optimizer.step()
+        assert len(mlp.seen_t) == 1 and torch.equal(mlp.seen_t[0], t)  # the training times, as given
+
+    with torch.no_grad():
+        spread = lambda t: (t**2 * b**2 + (1 - t) ** 2 * a**2) ** 0.5  # noqa: E731 (the std of x_t)
+        mid, late = learned_rate(mlp, 0.5, spread(0.5)), learned_rate(mlp, 0.9, spread(0.9))
+        assert mid == pytest.approx(the_exact_rate(0.5, a, b), abs=0.3)  # −1.67
+        assert late - mid > 0.7  # the exact field's slope rises by 1.44 from t = 0.5 to 0.9; a t-blind one by 0
+        mlp.seen_t.clear()
+        sample = pmrf.sample(torch.zeros(8192, 1), 20, torch.Generator().manual_seed(3))
+    assert [t[0].item() for t in mlp.seen_t] == pytest.approx(euler_times(20))  # and the Euler times
+    assert sample.xhat.shape == (8192, 1) and sample.source.std().item() == pytest.approx(a, rel=0.05)
+    assert sample.xhat.std().item() == pytest.approx(b, rel=0.15)
+
+
+def test_a_network_without_a_time_input_is_refused_as_a_velocity():
+    from conftest import TINY_SWINIR
+
+    from arch import create_arch
+
+    for net in (NoTimeMLP(), create_arch(TINY_SWINIR)):
+        with pytest.raises(ValueError, match="velocity\\(x_t, t\\).*takes no time input"):
+            PMRF(METHODS["naive_flow"], net)
+        PMRF(METHODS["mmse"], net)  # as f(y) it is fine
+    with pytest.raises(ValueError, match="called as f\\(y\\)"):
+        PMRF(METHODS["pmrf"], TimeMLP(), lambda x, t: x)  # a posterior mean that needs two inputs
+    # compiled in place (as prepare_for_inference and train.py --compile do), a network keeps its forward:
+    # judged the same, and nothing to unwrap (nothing is compiled until it is called)
+    compiled_mlp, compiled_swinir = TimeMLP(), create_arch(TINY_SWINIR)
+    compiled_mlp.compile()
+    compiled_swinir.compile()
+    PMRF(METHODS["naive_flow"], compiled_mlp)
+    with pytest.raises(ValueError, match="takes no time input"):
+        PMRF(METHODS["naive_flow"], compiled_swinir)
+
+
+def test_hdit_and_swinir_fit_the_protocol_through_create_arch():
+    from conftest import TINY_HDIT, TINY_SWINIR
+
+    from arch import create_arch
+
+    velocity, f = create_arch(TINY_HDIT), create_arch(TINY_SWINIR)
+    pmrf = PMRF(METHODS["pmrf"], velocity, f, source_noise_std=0.1)
+    y = torch.rand(2, 1, 16, 16)  # a gray measurement: both networks take it as gray on 3 channels
+    assert pmrf.sample(y, 2, seeded()).xhat.shape == (2, 3, 16, 16)
+    mmse = PMRF(METHODS["mmse"], create_arch(TINY_HDIT))  # HDiT as f(y): its time input is then ones
+    assert mmse.loss(torch.rand(2, 3, 16, 16), y).ndim == 0
+
+
+@pytest.mark.parametrize("name", FLOWS)
+def test_vectors_n_by_d_go_through_every_method_unclipped(name):
+    d = 5
+    gen = torch.Generator().manual_seed(6)
+    x, y = 3 * torch.randn(4, d, generator=gen), torch.randn(4, d, generator=gen)
+    f = lambda y: 2 * y  # noqa: E731 (a linear posterior mean, values far outside [0, 1])
+    pmrf = PMRF(METHODS[name], StubVelocity(lambda x_t, t: (x - x_t[:, :d]) / (1 - t.view(-1, 1))), f,
+                source_noise_std=0.1, channels=d, clip=False)
+    source = pmrf.source(y, seeded())
+    assert source.z0.shape == (4, d)
+    if METHODS[name].uses_posterior_mean:
+        assert torch.equal(source.posterior_mean, 2 * y)  # not clipped
+    sample = pmrf.sample(y, 3, seeded())
+    torch.testing.assert_close(sample.xhat, x, atol=1e-4, rtol=0)  # not clipped either
+    assert pmrf.loss(x, y, torch.tensor([0.2, 0.4, 0.6, 0.8]), generator=seeded()).item() < 1e-8
+
+
+def test_clip_is_one_setting_of_the_method():
+    _, y = fixed_tensors()
+    unclipped = StubPosteriorMean.unclipped(y)
+    assert torch.equal(PMRF(METHODS["pmrf"], StubVelocity(), StubPosteriorMean(), clip=False).posterior_mean(y), unclipped)
+    mmse = PMRF(METHODS["mmse"], StubPosteriorMean(), clip=False)
+    assert torch.equal(mmse.sample(y, 1).xhat, unclipped)
+    far = PMRF(METHODS["naive_flow"], StubVelocity(lambda x, t: torch.full_like(x, 5.0)), clip=False)
+    assert far.sample(y, 2).xhat.min() > 1.5  # y + 5, unclipped
+
+
+# ---------------------------------------------------------------------------------- time grids
+
+
+def test_sample_euler_takes_a_time_grid_like_k_diffusion():
+    seen = []
+
+    def velocity(x, t):
+        seen.append(t[0].item())
+        return t.view(-1, 1) * torch.ones_like(x)
+
+    out = sample_euler(velocity, torch.zeros(2, 1), [0.0, 0.1, 0.5, 1.0])
+    assert seen == pytest.approx([0.0, 0.1, 0.5])
+    torch.testing.assert_close(out, torch.full((2, 1), 0.0 * 0.1 + 0.1 * 0.4 + 0.5 * 0.5))
+    x0 = torch.randn(3, 2, generator=torch.Generator().manual_seed(1))
+    field = lambda x, t: -x * (1 + t.view(-1, 1))  # noqa: E731
+    torch.testing.assert_close(sample_euler(field, x0, time_grid(7, 0.2)), sample_euler(field, x0, 7, 0.2))
+    for bad in ([0.5], [0.0, 0.5, 0.5], torch.tensor([1.0, 0.0])):
+        with pytest.raises(ValueError, match="increasing"):
+            sample_euler(field, x0, bad)
+
+
+def test_pmrf_samples_on_a_given_grid():
+    x, y = fixed_tensors()
+    pmrf = build("pmrf", StubVelocity(exact_field(x)))
+    sample = pmrf.sample(y, torch.tensor([0.0, 0.3, 0.9, 1.0]), seeded())
+    assert [t[0].item() for _, t in pmrf.model.calls] == pytest.approx([0.0, 0.3, 0.9])
+    torch.testing.assert_close(sample.xhat, x, atol=1e-5, rtol=0)
+
+
+# ------------------------------------------------------------------- the fidelity weight (knob)
+
+
+def noisy_velocity(x_t, t):
+    return torch.sin(3 * x_t[:, :3] + t.view(-1, 1, 1, 1))
+
+
+@pytest.mark.parametrize("name", ["pmrf", "posterior_conditioned_on_mmse"])
+def test_fidelity_weight_zero_is_pmrf_bit_for_bit_and_one_is_the_posterior_mean(name):
+    _, y = fixed_tensors()
+    pmrf = build(name, StubVelocity(noisy_velocity), sigma=0.3)
+    plain = pmrf.sample(y, 4, seeded())
+    assert torch.equal(pmrf.sample(y, 4, seeded(), fidelity_weight=0.0).xhat, plain.xhat)
+    assert torch.equal(pmrf.sample(y, 4, seeded(), fidelity_weight=1.0).xhat, plain.posterior_mean)
+    assert not torch.equal(plain.xhat, plain.posterior_mean)
+    for w in (0.25, 0.5, 0.75):
+        blended = pmrf.sample(y, 4, seeded(), fidelity_weight=w)
+        torch.testing.assert_close(blended.xhat, (1 - w) * plain.xhat + w * plain.posterior_mean, atol=1e-7, rtol=0)
+        assert torch.equal(blended.posterior_mean, plain.posterior_mean) and torch.equal(blended.source, plain.source)
+    calls = len(pmrf.model.calls), len(pmrf.mmse_model.calls)
+    pmrf.sample(y, 4, seeded(), fidelity_weight=0.5)
+    assert (len(pmrf.model.calls), len(pmrf.mmse_model.calls)) == (calls[0] + 4, calls[1] + 1)  # no extra call
+    assert torch.equal(plain.with_fidelity_weight(0.5).xhat, fidelity_blend(plain.xhat, plain.posterior_mean, 0.5))
+
+
+@pytest.mark.parametrize("name", ["posterior_conditioned_on_y", "naive_flow", "mmse"])
+def test_methods_without_a_posterior_mean_refuse_a_fidelity_weight(name):
+    _, y = fixed_tensors()
+    pmrf = build(name, with_f=False) if name != "mmse" else PMRF(METHODS["mmse"], StubPosteriorMean())
+    assert pmrf.sample(y, 2, seeded(), fidelity_weight=0.0).xhat.shape == (B, 3, H, W)
+    with pytest.raises(ValueError, match="has no posterior mean") as caught:
+        pmrf.sample(y, 2, seeded(), fidelity_weight=0.5)
+    assert "\n" not in str(caught.value)
+    with pytest.raises(ValueError, match="needs a posterior mean"):
+        Sample(torch.zeros(1), None, None).with_fidelity_weight(0.5)
+
+
+def test_fidelity_weight_outside_zero_one_is_refused():
+    _, y = fixed_tensors()
+    pmrf = build("pmrf")
+    for w in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="in \\[0, 1\\]"):
+            pmrf.sample(y, 2, fidelity_weight=w)
+
+
+def test_the_trainer_refuses_a_swinir_velocity_at_construction():
+    from conftest import TINY_SWINIR
+
+    from lightning_models.mmse_rectified_flow import MMSERectifiedFlow
+
+    with pytest.raises(ValueError, match="naive_flow.*takes no time input"):
+        MMSERectifiedFlow(stage="naive_flow", arch=TINY_SWINIR)

@@ -157,6 +157,19 @@ def add_output_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_fidelity_weight_argument(parser: argparse.ArgumentParser) -> None:
+    """-w / --fidelity_weight in [0, 1] (inference.py, test.py; a slider in app.py)."""
+    parser.add_argument(
+        "-w",
+        "--fidelity_weight",
+        type=probability,
+        default=0.0,
+        help="output (1 - w)·PMRF + w·posterior mean: 0 (default) is PMRF, the reference's output; 1 the "
+        "posterior mean (lowest MSE, blurrier). It moves along the distortion-perception curve at no extra "
+        "cost (models with a posterior-mean network only)",
+    )
+
+
 # ----------------------------------------------------------------------------------------- devices
 
 
