@@ -12,7 +12,9 @@ matters) and lists folders through `list_images`, so that these behave the same 
   to change it, 0 for none), raises `ImageReadError` naming it, which programs turn into a listed skip;
 * outputs are written atomically (`write_atomic`) with the permissions the user's umask gives, and
   rounded as torchvision's ``save_image`` rounds: ``floor(255·v + 0.5)``, JPEG at quality 75 unless
-  asked otherwise.
+  asked otherwise;
+* outputs are named by one rule in every mode (`output_stems`): inputs whose outputs would share a file
+  name get distinct stems, and nothing that becomes part of a name may hold a path (`check_name_part`).
 """
 
 from __future__ import annotations
