@@ -306,8 +306,8 @@ def restore_aligned(model, paths: list[Path], output_dir: Path, options: Aligned
     models with a posterior-mean network), under the inputs' names; inputs that would write the same file
     are told apart (`AlignedReport.renamed`).
 
-    Ctrl-C raises `RunInterrupted` once the writes under way are whole; its message says how many files
-    were written.
+    Ctrl-C raises `RunInterrupted` once the images already restored are written (whole files; a second
+    Ctrl-C drops those not started); its message says how many files were written.
     """
     device = next(model.parameters()).device
     size = native_size(model) if options.input_size is None else options.input_size
@@ -335,7 +335,7 @@ def restore_aligned(model, paths: list[Path], output_dir: Path, options: Aligned
     generator = seeded_generator(options.seed, device)
     writer = ImageWriter(options.jpeg_quality)
     try:
-        with writer, torch.no_grad():
+        with torch.no_grad():
             for batch in tqdm(loader, desc="restoring", unit="batch", total=len(batches)):
                 report.skipped.extend(batch["errors"])
                 if batch["y"] is None:
@@ -352,10 +352,17 @@ def restore_aligned(model, paths: list[Path], output_dir: Path, options: Aligned
                     for name, image in zip(batch["names"], images[:count].float().cpu()):
                         writer.submit(image, folders[key] / names[name])
                 report.written += count
+        writer.close()
     except KeyboardInterrupt:
-        writer.abort()  # (again, if Ctrl-C came while the last writes were collected): count them all
+        try:
+            writer.close()  # what was restored is written (whole files); a second Ctrl-C drops the rest
+        except KeyboardInterrupt:
+            writer.abort()
         raise RunInterrupted(
             f"interrupted: {writer.written} image file(s) were written into {output_dir}; run again with "
             "--skip_existing to restore the rest"
         ) from None
+    except BaseException:
+        writer.abort()
+        raise
     return report
