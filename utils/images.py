@@ -199,8 +199,8 @@ def check_name_part(text: str) -> str:
 def output_stems(names: Sequence[str], ext: str = "auto") -> dict[str, str]:
     """The stem that names each input's outputs: its own, unless two inputs would give the same output
     file. Then each of them gets ``<stem>_<its extension>`` (anim.gif, anim.png -> anim_gif, anim_png),
-    with ``_2``, ``_3``... added while that is taken too (x.png, x.PNG -> x_png, x_png_2). Inputs whose
-    name is unique keep it.
+    with ``_2``, ``_3``... added, in sorted order, while that is taken too (x.PNG, x.png -> x_png,
+    x_png_2). Inputs whose name is unique keep it.
 
     Names that differ only in case clash (macOS and Windows file systems ignore case). `ext` is the
     outputs' extension as `output_name` takes it: 'png' or 'jpg' for all outputs (pass 'png' when a mode
