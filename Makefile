@@ -13,7 +13,9 @@ demo: install
 	$(PY) scripts/demo.py
 
 # -n auto: one pytest-xdist worker per core; --dist loadgroup keeps each xdist group (tests/conftest.py)
-# on one worker. --durations=15 lists the slowest tests.
+# on one worker. --durations=15 lists the slowest tests. The browser test of app.py runs when Debian's
+# chromium is installed (.ci/run installs it when it can) and skips otherwise; PMRF_REQUIRE_BROWSER=1
+# (which .ci/run sets once Chromium is there) turns that skip into a failure.
 test: install
 	$(PY) -m pytest -q -n auto --dist loadgroup --durations=15
 

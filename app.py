@@ -11,6 +11,11 @@ shows a before/after slider, a gallery of the restored faces and the restored ph
 The page opens at once; the model and the face networks load on the first click, and a missing
 checkpoint is reported there. The model comes from `lightning_models.restoration` (the same loader and
 restorer as inference.py); --bf16 and --compile give the same fast path.
+
+Memory stays bounded: one request runs at a time, at most --queue_size wait (their uploads are files on
+disk, not arrays), faces go through the model --batch_size at a time, at most --max_faces per photo, and
+the output size follows inference.py's rule (--max_output_side). The app's files (results, Gradio's upload
+cache) live in private temporary folders removed when it stops, by Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import math
 import os
 import random
 import shutil
+import signal
 import tempfile
 import threading
 import warnings
@@ -37,19 +43,26 @@ from utils.cli import (
     configure_torch,
     fail,
     int_range,
+    positive_int,
     resolve_device,
 )
-from utils.images import ImageReadError, is_gray, read_image, save_rgb
+from utils.images import ImageReadError, ImageTooLargeError, is_gray, read_image, save_rgb
 from utils.weights import MissingWeightsError, WeightsReadError
 from whole_image.cli import add_photo_model_arguments
 from whole_image.detect import FaceDetector, load_detector
 from whole_image.paste import FaceParser, load_face_parser
 from whole_image.pipeline import NoFaceWarning, RestoreFaces, as_rgb, restore_aligned, restore_photo, to_gray
-from whole_image.upsample import BackgroundUpsampler, load_realesrgan, resize
+from whole_image.upsample import (
+    MAX_OUTPUT_SIDE,
+    BackgroundUpsampler,
+    OutputTooLarge,
+    load_realesrgan,
+    output_scale,
+    resize,
+)
 
 ALIGNED = "Aligned face (512×512)"
 WHOLE_PHOTO = "Whole photo (detect faces)"
-MAX_OUTPUT_SIDE = 4096  # keeps a big upload times a big scale within a desktop's memory
 MAX_SEED = 2**31 - 1
 MAX_STEPS = 200
 MIN_UPSCALE, MAX_UPSCALE = 1.0, 4.0
@@ -188,6 +201,10 @@ def load_upload(upload) -> np.ndarray:
     path = Path(getattr(upload, "name", upload))
     try:
         return read_image(path)
+    except ImageTooLargeError as error:
+        size = f"{error.pixels / 1e6:.0f} megapixels, " if error.pixels else ""
+        limit = f"the limit is {error.limit / 1e6:.0f} megapixels" if error.limit else "over the limit"
+        raise user_error(f"“{path.name}” is too large ({size}{limit}). Please upload a smaller photo.") from None
     except (ImageReadError, OSError):
         raise user_error(
             f"“{path.name}” is not an image this demo can read. Please upload a photo ({READABLE})."
@@ -247,15 +264,16 @@ def square_face(image: np.ndarray, size: int = 512) -> np.ndarray:
     return resize(image[top : top + side, left : left + side], size, size)
 
 
-def capped_scale(image: np.ndarray, upscale: float) -> float:
-    longest = max(image.shape[:2])
-    if longest * upscale <= MAX_OUTPUT_SIDE:
-        return upscale
-    capped = max(MAX_OUTPUT_SIDE / longest, 0.1)
-    user_warning(
-        f"Output scale lowered from {upscale:g} to {capped:.2f} to keep the result within {MAX_OUTPUT_SIDE} px."
-    )
-    return capped
+def capped_scale(image: np.ndarray, upscale: float, max_side: int = MAX_OUTPUT_SIDE) -> float:
+    """inference.py's rule (whole_image.upsample.output_scale): enlargement stops at `max_side` px, said
+    on the page; a photo whose result would not fit in the free memory is refused."""
+    try:
+        scale, note = output_scale(image.shape[0], image.shape[1], upscale, max_side)
+    except OutputTooLarge as error:
+        raise user_error(f"The photo is too large to restore here: {error}.") from None
+    if note:
+        user_warning(f"Output {note}.")
+    return scale
 
 
 def preview(upload):
@@ -302,16 +320,19 @@ def restore_image(
         gallery = [(restored, "restored face")]
         status = f"Restored the aligned face with {steps} flow steps, seed {seed}."
     else:
+        settings = store.settings
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NoFaceWarning)  # said on the page below
             result = restore_photo(
                 image,
                 restore_faces,
                 detector,
-                upscale=capped_scale(image, upscale),
+                upscale=capped_scale(image, upscale, settings.max_output_side),
+                max_faces=settings.max_faces,
                 parser=store.parser(),
                 bg_upsampler=store.bg_upsampler(),
                 name="the photo",
+                batch_size=settings.batch_size,  # bounded memory, however many faces
             )
         download = result.restored_image  # alpha kept in the PNG
         after = as_rgb(download)
@@ -320,6 +341,11 @@ def restore_image(
         gallery = [(face, f"face {k + 1} of {count}") for k, face in enumerate(result.restored_faces)]
         if not result.faces:
             user_warning("No face detected: the photo was only resized.")
+        elif result.detected > count:
+            user_warning(
+                f"{result.detected} faces found; the {count} largest were restored (at most {settings.max_faces} "
+                "per photo in this demo)."
+            )
         detector_name = f" ({store.detector_name.split(' (')[0].removeprefix('face detector: ')})" if store.detector_name else ""
         status = f"Restored {count} face(s) with {steps} flow steps, seed {seed}{detector_name}."
     handle, path = tempfile.mkstemp(prefix="pmrf_restored_", suffix=".png", dir=results_dir())
@@ -342,6 +368,29 @@ def results_dir() -> str:
 
 
 @functools.cache
+def gradio_cache_dir() -> str:
+    """Where Gradio keeps uploads and the files it serves: a private folder removed when the program
+    ends (instead of the shared /tmp/gradio, which nothing empties). A GRADIO_TEMP_DIR set by the user is
+    theirs: used, never removed."""
+    if os.environ.get("GRADIO_TEMP_DIR"):
+        return os.environ["GRADIO_TEMP_DIR"]
+    folder = tempfile.mkdtemp(prefix="pmrf_gradio_")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    os.environ["GRADIO_TEMP_DIR"] = folder  # read by gr.Blocks and by the server when they are created
+    return folder
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM ends the app as Ctrl-C does (Gradio closes the server, the atexit clean-up runs);
+    Python's default would end it at once and leave every user's files behind."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+@functools.cache
 def example_photos() -> list[str]:
     """Example photos for the page: scikit-image's astronaut portrait (none without scikit-image)."""
     try:
@@ -354,6 +403,7 @@ def example_photos() -> list[str]:
 
 
 def build_demo():
+    gradio_cache_dir()  # before Gradio builds anything: it reads the folder then
     import gradio as gr
 
     with gr.Blocks(title="PMRF face restoration", analytics_enabled=False) as demo:
@@ -378,7 +428,10 @@ def build_demo():
                     gr.Examples(examples=[[path] for path in example_photos()], inputs=[upload], label="Example photos")
             with gr.Column():
                 slider = gr.ImageSlider(label="Before / after", type="numpy", format="png", interactive=False)
-                faces = gr.Gallery(label="Restored faces", columns=4, height=220, format="png", interactive=False)
+                faces = gr.Gallery(  # whole faces in the thumbnails; a click shows one large
+                    label="Restored faces", columns=4, object_fit="contain", allow_preview=True, format="png",
+                    interactive=False,
+                )
                 download = gr.File(label="Restored photo (PNG)", interactive=False)
                 status = gr.Markdown()
         upload.change(preview, inputs=[upload], outputs=[shown], api_name="preview")
@@ -396,10 +449,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_checkpoint_arguments(parser)
     add_runtime_arguments(parser)
     add_photo_model_arguments(parser.add_argument_group("whole photos"))
+    demo_limits = parser.add_argument_group("memory (whole photos)")
+    demo_limits.add_argument("--batch_size", type=positive_int, default=4,
+                             help="faces per model call (default 4): memory stays bounded however many faces a photo has")
+    demo_limits.add_argument("--max_faces", type=positive_int, default=20,
+                             help="restore at most this many faces per photo, largest first (default 20; the page says so)")
     server = parser.add_argument_group("server")
     server.add_argument("--server_name", default="127.0.0.1", help="address to listen on (0.0.0.0 for the LAN)")
     server.add_argument("--server_port", type=int_range(1, 65535), default=7860)
     server.add_argument("--share", action="store_true", help="also open a public gradio.live link")
+    server.add_argument("--queue_size", type=positive_int, default=16,
+                        help="requests that may wait while one runs (default 16); more are told the queue is full")
     return parser.parse_args(argv)
 
 
@@ -412,16 +472,20 @@ def main(argv: list[str] | None = None) -> None:
         fail(str(error))
     configure_torch()  # TF32 matmuls, as inference.py and the reference
     STORE = ModelStore(args, device)
+    stop_on_sigterm()
     demo = build_demo()
-    demo.queue(default_concurrency_limit=1)
+    demo.queue(default_concurrency_limit=1, max_size=args.queue_size)
     print(f"PMRF demo on {device}; model {args.ckpt_path} loads on the first Restore.", flush=True)
-    demo.launch(
-        server_name=args.server_name,
-        server_port=args.server_port,
-        share=args.share,
-        show_error=True,
-        allowed_paths=[results_dir()],
-    )
+    try:
+        demo.launch(
+            server_name=args.server_name,
+            server_port=args.server_port,
+            share=args.share,
+            show_error=True,
+            allowed_paths=[results_dir()],
+        )
+    except KeyboardInterrupt:  # stopped before the server was up
+        pass
 
 
 if __name__ == "__main__":

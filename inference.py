@@ -14,14 +14,18 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from lightning_models.restoration import (
     AlignedOptions,
     FaceRestorer,
+    input_size_problem,
     load_model,
     prepare_for_inference,
+    read_model_config,
     restore_aligned,
 )
 from utils.cli import (
@@ -39,7 +43,7 @@ from utils.cli import (
     resolve_device,
     seed_int,
 )
-from utils.images import WriteError, is_image_file, list_images
+from utils.images import RunInterrupted, WriteError, is_image_file, list_images
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_runtime_arguments(p)
     p.add_argument("--compile_mmse", action="store_true", help="with --compile, also compile the posterior-mean network")
     add_output_arguments(p)
+    p.add_argument("--skip_existing", action="store_true",
+                   help="leave inputs whose outputs are already in --output_dir (finish an interrupted run)")
     from whole_image.cli import add_whole_image_arguments
 
     add_whole_image_arguments(p, output_arguments=False)
@@ -92,8 +98,46 @@ def report_skipped(skipped: list[tuple[str, str]]) -> None:
             print(f"  {name}: {reason}", file=sys.stderr)
 
 
+def report_renamed(renamed: dict[str, str]) -> None:
+    if renamed:
+        print(f"note: {len(renamed)} input(s) would have written the same file as another; their outputs are named:")
+        for name, output in renamed.items():
+            print(f"  {name} -> {output}")
+
+
+def check_input_size(args: argparse.Namespace) -> None:
+    """Refuse an input size the model cannot take before loading it (from the checkpoint's config)."""
+    from whole_image.align import FACE_SIZE
+
+    size = FACE_SIZE if args.whole_image else args.input_size
+    if not size:
+        return
+    problem = input_size_problem(read_model_config(args.ckpt_path, args.ckpt_path_is_huggingface), size)
+    if problem:
+        option = "--whole_image (512×512 faces)" if args.whole_image else f"--input_size {size}"
+        fail(f"{option}: the model of {args.ckpt_path} cannot take it: {problem}")
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM ends the run as Ctrl-C does: whole files, one line
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    main_thread = threading.current_thread() is threading.main_thread()  # signal handlers live there only
+    previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
+    try:
+        run(args)
+    except RunInterrupted as interrupted:
+        fail(str(interrupted), code=130)
+    except KeyboardInterrupt:
+        fail("interrupted before any image was written", code=130)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def run(args: argparse.Namespace) -> None:
     lq_path, output_dir = Path(args.lq_data_path), Path(args.output_dir)
     inputs = [] if args.whole_image else collect_inputs(lq_path)
     configure_torch()  # TF32 matmuls, as the reference
@@ -104,6 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.whole_image:
         refuse_writing_into_inputs(inputs, output_dir, ["restored_images", "restored_images_posterior_mean"])
         check_writable_folder(output_dir)
+    check_input_size(args)
     try:
         model = load_model(args.ckpt_path, args.ckpt_path_is_huggingface, device, use_ema=not args.use_raw_weights)
     except (FileNotFoundError, ValueError, RuntimeError) as error:
@@ -126,16 +171,20 @@ def main(argv: list[str] | None = None) -> None:
         num_flow_steps=args.num_flow_steps, batch_size=args.batch_size, seed=args.seed, bf16=args.bf16,
         num_workers=args.num_workers, input_size=args.input_size, suffix=args.suffix, ext=args.ext,
         jpeg_quality=args.jpeg_quality, pad_batches=args.compile, fidelity_weight=args.fidelity_weight,
+        skip_existing=args.skip_existing,
     )
     try:
         report = restore_aligned(model, inputs, output_dir, options)
     except WriteError as error:
         fail(str(error))
+    report_renamed(report.renamed)
+    if report.existing:
+        print(f"left {report.existing} image(s) whose outputs exist already (--skip_existing)")
     if report.resized:
         print(f"note: resized {report.resized} image(s) to the model's native size before restoring them")
     print(f"restored {report.written} image(s) into {output_dir / 'restored_images'}")
     report_skipped(report.skipped)
-    if not report.written:
+    if not report.written and not report.existing:
         fail("no image was restored (see the skipped files above)")
 
 

@@ -4,15 +4,19 @@
 * `FaceRestorer`: the callable the whole-photo pipeline and the web demo hand their aligned faces to;
 * `restore_aligned`: a folder (or one file) of aligned faces, the fast way: DataLoader workers decode
   into pinned memory, the GPU restores batch after batch, and background threads encode and write the
-  results, so the GPU never waits on a file.
+  results, so the GPU never waits on a file;
+* `read_model_config` and `input_size_problem`: whether the model can take an input size, told from
+  the checkpoint's recorded configuration before the model is loaded.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,7 +25,16 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from utils.cli import HF_REPO
-from utils.images import ImageReadError, ImageWriter, displayed_size, output_name, read_rgb
+from utils.images import (
+    ImageReadError,
+    ImageWriter,
+    RunInterrupted,
+    check_name_part,
+    displayed_size,
+    output_name,
+    output_stems,
+    read_rgb,
+)
 
 # Image size each named architecture was trained at: aligned inputs are resized to it.
 NATIVE_SIZES = {"hdit_ImageNet256Sp4": 512, "swinir_L": 512, "hdit_XL2": 256, "swinir_M": 256}
@@ -69,6 +82,48 @@ def prepare_for_inference(model, attention_backend: str | None = None, compile: 
     if compile_mmse and model.mmse_model is not None:
         model.mmse_model.compile()
     return model
+
+
+def read_model_config(ckpt_path: str | os.PathLike, huggingface: bool = False) -> dict[str, Any] | None:
+    """The constructor arguments recorded with a checkpoint, read without building the model: the
+    hyper-parameters of a Lightning .ckpt (memory-mapped, so its weights are not read), or config.json of a
+    saved folder or Hub repo. None when they cannot be read this way; `load_model` then reports why."""
+    path = Path(ckpt_path)
+    try:
+        if huggingface or path.is_dir():
+            from lightning_models.checkpoints import HF_CONFIG_NAME, read_config
+
+            if path.is_dir():
+                return read_config(path / HF_CONFIG_NAME)
+            from huggingface_hub import hf_hub_download
+
+            return read_config(Path(hf_hub_download(str(ckpt_path), HF_CONFIG_NAME)))
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        config = checkpoint.get("hyper_parameters") if isinstance(checkpoint, Mapping) else None
+        return dict(config) if isinstance(config, Mapping) else None
+    except Exception:  # unreadable, offline, an old (non-zip) file: the loader gives the one-line error
+        return None
+
+
+def input_size_problem(config: Mapping[str, Any] | None, size: int) -> str | None:
+    """Why the networks a checkpoint's `config` describes cannot take size×size inputs, or None (also when
+    the config does not say). The networks are built on the meta device: no memory, no weights."""
+    from arch import create_arch
+
+    for key in ("arch", "mmse_model_arch"):
+        arch = (config or {}).get(key)
+        if arch is None:
+            continue
+        try:
+            with torch.device("meta"):
+                network = create_arch(arch)
+        except Exception:  # a config that cannot be built: load_model says so
+            continue
+        try:
+            network.check_input_size(size, size)
+        except ValueError as error:
+            return str(error)
+    return None
 
 
 def native_size(model) -> int | None:
@@ -173,13 +228,20 @@ class AlignedOptions:
     jpeg_quality: int = 75
     pad_batches: bool = False  # keep every batch the same size (a compiled network never recompiles)
     fidelity_weight: float = 0.0  # (1 − w)·PMRF + w·posterior mean in restored_images/
+    skip_existing: bool = False  # inputs whose outputs are all there already are not restored again
+
+    def __post_init__(self):
+        if self.suffix:
+            check_name_part(self.suffix)
 
 
 @dataclass
 class AlignedReport:
-    written: int = 0
+    written: int = 0  # inputs restored
     resized: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    renamed: dict[str, str] = field(default_factory=dict)  # input name -> output name, where they differ
+    existing: int = 0  # inputs left alone by skip_existing
 
 
 class AlignedFaces(Dataset):
@@ -245,14 +307,36 @@ def plan_batches(paths: list[Path], size: int | None, check_size, batch_size: in
     return batches, resized, skipped
 
 
+def aligned_output_names(paths: list[Path], options: AlignedOptions) -> dict[str, str]:
+    """The output file name of every input (one naming rule for every mode: utils.images.output_stems)."""
+    stems = output_stems([path.name for path in paths], options.ext)
+    return {
+        path.name: output_name(stems[path.name] + path.suffix, options.suffix, options.ext) for path in paths
+    }
+
+
 def restore_aligned(model, paths: list[Path], output_dir: Path, options: AlignedOptions) -> AlignedReport:
     """Restore aligned faces into output_dir/restored_images/ (and restored_images_posterior_mean/ for
-    models with a posterior-mean network), under the inputs' names."""
+    models with a posterior-mean network), under the inputs' names; inputs that would write the same file
+    are told apart (`AlignedReport.renamed`).
+
+    Ctrl-C raises `RunInterrupted` once the images already restored are written (whole files; a second
+    Ctrl-C drops those not started); its message says how many files were written.
+    """
     model.pmrf.check_fidelity_weight(options.fidelity_weight)
     device = next(model.parameters()).device
     size = native_size(model) if options.input_size is None else options.input_size
+    folders = {"xhat": output_dir / "restored_images"}
+    if getattr(model, "mmse_model", None) is not None:
+        folders["posterior_mean"] = output_dir / "restored_images_posterior_mean"
+    names = aligned_output_names(paths, options)
+    renamed = {name: out for name, out in names.items() if out != output_name(name, options.suffix, options.ext)}
+    existing = 0
+    if options.skip_existing:
+        done = {path for path in paths if all((folder / names[path.name]).is_file() for folder in folders.values())}
+        existing, paths = len(done), [path for path in paths if path not in done]
     batches, resized, skipped = plan_batches(paths, size, model.check_input_size, options.batch_size)
-    report = AlignedReport(resized=resized, skipped=skipped)
+    report = AlignedReport(resized=resized, skipped=skipped, renamed=renamed, existing=existing)
     if not batches:
         return report
     loader = DataLoader(
@@ -264,26 +348,42 @@ def restore_aligned(model, paths: list[Path], output_dir: Path, options: Aligned
         persistent_workers=False,
     )
     generator = seeded_generator(options.seed, device)
-    folders = {"xhat": output_dir / "restored_images", "posterior_mean": output_dir / "restored_images_posterior_mean"}
-    with ImageWriter(options.jpeg_quality) as writer, torch.no_grad():
-        for batch in tqdm(loader, desc="restoring", unit="batch", total=len(batches)):
-            report.skipped.extend(batch["errors"])
-            if batch["y"] is None:
-                continue
-            y = batch["y"].to(device, non_blocking=True)
-            count = y.shape[0]
-            if options.pad_batches and count < options.batch_size:
-                y = torch.cat([y, y[-1:].expand(options.batch_size - count, -1, -1, -1)])
-            with precision_context(device, options.bf16):
-                sample = model.pmrf.sample(y, options.num_flow_steps, generator, fidelity_weight=options.fidelity_weight)
-            outputs = {key: images[:count].float().cpu() for key, images in
-                       (("xhat", sample.xhat), ("posterior_mean", sample.posterior_mean)) if images is not None}
-            finite = finite_images(*outputs.values())
-            for index, name in enumerate(batch["names"]):
-                if not finite[index]:
-                    report.skipped.append((name, NON_FINITE_OUTPUT))
+    writer = ImageWriter(options.jpeg_quality)
+    try:
+        with torch.no_grad():
+            for batch in tqdm(loader, desc="restoring", unit="batch", total=len(batches)):
+                report.skipped.extend(batch["errors"])
+                if batch["y"] is None:
                     continue
-                for key, images in outputs.items():
-                    writer.submit(images[index], folders[key] / output_name(name, options.suffix, options.ext))
-                report.written += 1
+                y = batch["y"].to(device, non_blocking=True)
+                count = y.shape[0]
+                if options.pad_batches and count < options.batch_size:
+                    y = torch.cat([y, y[-1:].expand(options.batch_size - count, -1, -1, -1)])
+                with precision_context(device, options.bf16):
+                    sample = model.pmrf.sample(y, options.num_flow_steps, generator,
+                                               fidelity_weight=options.fidelity_weight)
+                outputs = {key: images[:count].float().cpu() for key, images in
+                           (("xhat", sample.xhat), ("posterior_mean", sample.posterior_mean))
+                           if images is not None and key in folders}
+                finite = finite_images(*outputs.values())
+                for index, name in enumerate(batch["names"]):
+                    if not finite[index]:
+                        report.skipped.append((name, NON_FINITE_OUTPUT))
+                        continue
+                    for key, images in outputs.items():
+                        writer.submit(images[index], folders[key] / names[name])
+                    report.written += 1
+        writer.close()
+    except KeyboardInterrupt:
+        try:
+            writer.close()  # what was restored is written (whole files); a second Ctrl-C drops the rest
+        except KeyboardInterrupt:
+            writer.abort()
+        raise RunInterrupted(
+            f"interrupted: {writer.written} image file(s) were written into {output_dir}; run again with "
+            "--skip_existing to restore the rest"
+        ) from None
+    except BaseException:
+        writer.abort()
+        raise
     return report

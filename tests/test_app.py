@@ -326,6 +326,154 @@ def test_missing_realesrgan_weights_fall_back_to_resizing(tmp_path):
     assert read_rgb(path).shape == (40, 60, 3)
 
 
+# ------------------------------------------------------------------ bounded memory, hostile uploads
+
+
+class ManyFaces:
+    """A detector that finds `count` faces on a grid (in a photo of 512 px or more, which is its own
+    detection frame), the first ones largest."""
+
+    def __init__(self, count: int):
+        self.count = count
+
+    def detect(self, image):
+        faces = []
+        eyes = FFHQ_TEMPLATE_512[:2].mean(axis=0)
+        for k in range(self.count):
+            center = np.array([60.0 + 120 * (k % 5), 60.0 + 120 * (k // 5)])
+            eye_distance = 34.0 - 0.2 * k
+            landmarks = (FFHQ_TEMPLATE_512 - eyes) * (eye_distance / 126.0) + center
+            half = 1.5 * eye_distance
+            box = np.array([center[0] - half, center[1] - half, center[0] + half, center[1] + half])
+            faces.append(DetectedFace(box=box, landmarks=landmarks, score=0.99))
+        return faces
+
+
+class RecordingInvert:
+    def __init__(self):
+        self.batches = []
+
+    def __call__(self, faces):
+        self.batches.append(faces.shape[0])
+        return 1.0 - faces
+
+
+def test_faces_go_through_the_model_in_bounded_batches_and_are_capped_with_a_message(tmp_path):
+    upload = saved(tmp_path, photo(600, 600))
+    model = RecordingInvert()
+    with pytest.warns(UserWarning, match="25 faces found; the 20 largest were restored"):
+        _, gallery, _, status = app.restore_image(upload, app.WHOLE_PHOTO, 1, 1, 0, model, ManyFaces(25),
+                                                  store_for(tmp_path))
+    assert model.batches == [4, 4, 4, 4, 4] and len(gallery) == 20 and "20 face(s)" in status
+    model = RecordingInvert()
+    app.restore_image(upload, app.WHOLE_PHOTO, 1, 1, 0, model, ManyFaces(25),
+                      store_for(tmp_path, "--batch_size", "8", "--max_faces", "30"))
+    assert model.batches == [8, 8, 8, 1]
+
+
+def test_a_thin_strip_is_a_photo_without_faces_not_an_error(tmp_path):
+    """The real MTCNN used to fail inside on an 8×3000 strip (torch.cat of an empty list)."""
+    store = store_for(tmp_path, "--detector", "mtcnn")
+    for height, width in ((8, 3000), (3000, 2)):
+        with pytest.warns(UserWarning, match="No face detected"):
+            (_, after), gallery, _, _ = app.restore_image(saved(tmp_path, photo(height, width)), app.WHOLE_PHOTO,
+                                                          1, 1, 0, invert, store=store)
+        assert after.shape == (height, width, 3) and gallery == []
+
+
+def test_a_400_megapixel_upload_is_said_to_be_too_large(tmp_path):
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    for call in (lambda: app.preview(str(huge)),
+                 lambda: app.restore_image(str(huge), app.WHOLE_PHOTO, 1, 1, 0, invert, OneFace(), store_for(tmp_path))):
+        with pytest.raises(gr.Error) as caught:
+            call()
+        message = str(caught.value)
+        assert "“huge.png” is too large (400 megapixels" in message and "not an image" not in message
+        assert "\n" not in message
+
+
+def test_the_output_size_follows_inference_pys_rule(tmp_path):
+    upload = saved(tmp_path, photo(40, 60))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        (_, after), _, path, _ = app.restore_image(upload, app.WHOLE_PHOTO, 1, 4, 0, invert, NoFace(),
+                                                   store_for(tmp_path, "--max_output_side", "100"))
+    assert [str(w.message) for w in caught if "within 100 px" in str(w.message)]
+    assert after.shape == (67, 100, 3) and read_rgb(path).shape == (67, 100, 3)
+    big = saved(tmp_path, photo(60, 5000), "panorama.png")  # larger than the limit already: kept, not shrunk
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        (_, after), _, _, _ = app.restore_image(big, app.WHOLE_PHOTO, 1, 2, 0, invert, NoFace(), store_for(tmp_path))
+    assert after.shape == (60, 5000, 3)
+
+
+def test_the_queue_is_bounded_and_sigterm_is_handled(tmp_path, monkeypatch):
+    calls = {}
+
+    class FakeDemo:
+        def queue(self, **kwargs):
+            calls["queue"] = kwargs
+
+        def launch(self, **kwargs):
+            calls["launch"] = kwargs
+
+    monkeypatch.setattr(app, "build_demo", FakeDemo)
+    monkeypatch.setattr(app, "stop_on_sigterm", lambda: calls.setdefault("sigterm", True))
+    app.main(["--device", "cpu", "--queue_size", "3"])
+    assert calls["queue"] == {"default_concurrency_limit": 1, "max_size": 3} and calls["sigterm"]
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(("pmrf_", "gradio")))
+
+
+@pytest.mark.slow
+def test_sigterm_removes_every_file_the_app_made(tmp_path):
+    """app.py stopped by SIGTERM (as a service manager stops it) leaves no results and no Gradio upload
+    cache behind; its temporary folder is the test's own (TMPDIR)."""
+    import queue
+    import signal
+    import subprocess
+    import threading
+
+    from gradio_client import Client, handle_file
+
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "GRADIO_TEMP_DIR"}
+    env.update(TMPDIR=str(temp), GRADIO_ANALYTICS_ENABLED="False")
+    process = subprocess.Popen(
+        [sys.executable, "app.py", "--server_port", str(port), "--device", "cpu", "--ckpt_path", str(tmp_path / "no.ckpt")],
+        cwd=Path(app.__file__).parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True).start()
+    seen = []
+    try:
+        while not any(f"http://127.0.0.1:{port}" in line for line in seen):
+            seen.append(lines.get(timeout=120))
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=str(tmp_path / "downloads"))
+        shown = client.predict(handle_file(saved(tmp_path, photo(64, 64))), api_name="/preview")
+        assert read_rgb(shown).shape == (64, 64, 3)
+        made = _leftovers(temp)
+        assert any(name.startswith("pmrf_demo_") for name in made) and any("gradio" in name for name in made), made
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert _leftovers(temp) == [], _leftovers(temp)
+
+
 # ------------------------------------------------------------------------------ the served page
 
 
@@ -415,14 +563,63 @@ def system_chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
+def browser_or_skip():
+    """(Playwright's sync API, the system Chromium), or a skip when either is missing; a failure instead
+    when PMRF_REQUIRE_BROWSER=1 (set by .ci/run once Chromium is installed), so that CI never passes
+    without running the browser test."""
+    required = os.environ.get("PMRF_REQUIRE_BROWSER") == "1"
+    try:
+        import playwright.sync_api as playwright_api
+    except ImportError:
+        playwright_api = None
+    executable = system_chromium()
+    missing = "the playwright package" if playwright_api is None else None if executable else "a system Chromium"
+    if missing:
+        message = f"no {missing} (apt-get install chromium; pip install playwright)"
+        if required:
+            pytest.fail(f"PMRF_REQUIRE_BROWSER=1 but {message}")
+        pytest.skip(message)
+    return playwright_api, executable
+
+
+SHOWN_WHOLE = """img => {
+    // The part of the picture that is visible: the image drawn in its box by object-fit (centred), clipped
+    // by the box (cover, none) and by every ancestor that hides its overflow (a gallery of fixed height).
+    const box = img.getBoundingClientRect(), fit = getComputedStyle(img).objectFit;
+    const nw = img.naturalWidth, nh = img.naturalHeight;
+    let scaleX = box.width / nw, scaleY = box.height / nh;  // fill
+    if (fit === "contain" || fit === "scale-down") {
+        scaleX = scaleY = Math.min(scaleX, scaleY, fit === "scale-down" ? 1 : Infinity);
+    } else if (fit === "cover") {
+        scaleX = scaleY = Math.max(scaleX, scaleY);
+    } else if (fit === "none") {
+        scaleX = scaleY = 1;
+    }
+    const width = nw * scaleX, height = nh * scaleY;
+    const left = box.left + (box.width - width) / 2, top = box.top + (box.height - height) / 2;
+    let clip = {left: box.left, top: box.top, right: box.right, bottom: box.bottom};
+    for (let el = img.parentElement; el; el = el.parentElement) {
+        const style = getComputedStyle(el);
+        if ([style.overflow, style.overflowX, style.overflowY].some(v => v !== "visible")) {
+            const r = el.getBoundingClientRect();
+            clip = {left: Math.max(clip.left, r.left), top: Math.max(clip.top, r.top),
+                    right: Math.min(clip.right, r.right), bottom: Math.min(clip.bottom, r.bottom)};
+        }
+    }
+    const shownWidth = Math.max(0, Math.min(left + width, clip.right) - Math.max(left, clip.left));
+    const shownHeight = Math.max(0, Math.min(top + height, clip.bottom) - Math.max(top, clip.top));
+    const fraction = (shownWidth * shownHeight) / (width * height);
+    const undistorted = Math.abs(scaleX / scaleY - 1) < 0.02;
+    return {fit, fraction, undistorted, whole: fraction > 0.97 && undistorted, shownWidth, shownHeight};
+}"""
+
+
 @pytest.mark.slow
 def test_in_a_browser_upload_click_and_see_the_slider_and_the_faces(tmp_path, served):
     """The real page in the system's headless Chromium, driven by Playwright (no browser download):
-    upload a photo, click Restore, see the before/after slider, the face gallery and the download."""
-    playwright_api = pytest.importorskip("playwright.sync_api")
-    executable = system_chromium()
-    if executable is None:
-        pytest.skip("no system Chromium (apt-get install chromium)")
+    upload a photo, click Restore, see the before/after slider, the face gallery (whole faces; a click
+    shows one large) and the download."""
+    playwright_api, executable = browser_or_skip()
     url, fake = served
     upload = saved(tmp_path, photo(64, 64))
     notes = tmp_path / "notes.txt"
@@ -434,7 +631,7 @@ def test_in_a_browser_upload_click_and_see_the_slider_and_the_faces(tmp_path, se
             args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
         )
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1600})
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})  # where the faces were cropped
             page.set_default_timeout(120_000)  # a loaded 2-core machine renders slowly
             page.goto(url)
             page.locator("input[type=file]").first.set_input_files(upload)
@@ -447,9 +644,19 @@ def test_in_a_browser_upload_click_and_see_the_slider_and_the_faces(tmp_path, se
             page.wait_for_function(  # before and after in the slider, the face in the gallery
                 "() => [...document.querySelectorAll('img')].filter(i => i.naturalWidth === 512).length >= 3"
             )
-            assert page.locator("img[alt='restored face']").count() == 1  # the gallery's caption
+            thumbnail = page.locator("img[alt='restored face']")
+            assert thumbnail.count() == 1  # the gallery's caption
+            shown = thumbnail.first.evaluate(SHOWN_WHOLE)
+            assert shown["whole"], f"the face is cropped in its thumbnail: {shown}"
+            assert min(shown["shownWidth"], shown["shownHeight"]) >= 100, shown
             page.get_by_text("pmrf_restored_").first.wait_for()  # the download
             assert fake.restorers == [(25, 42, False)]  # the page's default steps and seed
+            thumbnail.first.click()  # the preview: the face alone, whole and large, above a strip of thumbnails
+            page.wait_for_function("() => document.querySelectorAll(\"img[alt='restored face']\").length >= 2")
+            previews = page.locator("img[alt='restored face']")
+            sizes = [previews.nth(k).evaluate(SHOWN_WHOLE) for k in range(previews.count())]
+            assert any(size["whole"] and min(size["shownWidth"], size["shownHeight"]) >= 400 for size in sizes), sizes
+            page.keyboard.press("Escape")
 
             page.get_by_label("Clear").first.click()
             page.locator("input[type=file]").first.set_input_files(str(notes))  # refused on upload

@@ -1123,3 +1123,326 @@ def test_21_6_crafted_configs_end_programs_with_one_line_naming_the_file(work, p
                             + ["--ckpt_path", folder], capsys)
         assert code == 2
         assert_one_line_error(err, str(folder / "config.json"), "'widths'" if 16.5 in arch["widths"] else "'depths'")
+
+
+# =================================================================== round 2 (issue 21)
+# Names: test_r2_<defect number of the issue>_...
+
+
+def distinct_images(folder: Path, names: list[str], size: int = 16) -> Path:
+    """One image per name, each a different flat colour with a gradient (so outputs can be told apart)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ramp = np.linspace(0, 60, size, dtype=np.float64)[None, :, None]
+    for index, name in enumerate(names):
+        colour = np.array([(37 * index) % 190, (91 * index) % 190, (53 * index + 40) % 190], np.float64)
+        array = np.clip(colour[None, None, :] + ramp, 0, 255).astype(np.uint8).repeat(size, axis=0)
+        Image.fromarray(array).save(folder / name)
+    return folder
+
+
+COLLIDING = ["anim.gif", "anim.png", "dup.png", "dup.jpg", "rgb.tif", "rgb.webp"]
+
+
+@pytest.mark.parametrize("ext,expected", [
+    ("auto", ["anim_gif.png", "anim_png.png", "dup.jpg", "dup.png", "rgb.tif", "rgb.webp"]),
+    ("png", ["anim_gif.png", "anim_png.png", "dup_jpg.png", "dup_png.png", "rgb_tif.png", "rgb_webp.png"]),
+])
+def test_r2_1_aligned_inputs_whose_outputs_collide_are_all_written_and_the_renames_listed(
+        ext, expected, work, tmp_path, capsys):
+    lq = distinct_images(tmp_path / "lq", COLLIDING)
+    out = tmp_path / "out"
+    code, printed, err = call(inference.main, inference_argv(work, lq, out, "--ext", ext, "--batch_size", 4), capsys)
+    assert code == 0, err
+    for folder in ("restored_images", "restored_images_posterior_mean"):
+        assert outputs(out / folder) == expected
+    assert "restored 6 image(s)" in printed
+    renamed = [line.strip() for line in printed.splitlines() if "->" in line]
+    assert "anim.gif -> anim_gif.png" in renamed and "anim.png -> anim_png.png" in renamed
+    assert len(renamed) == (2 if ext == "auto" else 6)
+    # each input has its own output: the posterior means (deterministic) of distinct inputs differ
+    means = [np.asarray(Image.open(out / "restored_images_posterior_mean" / name).convert("RGB")) for name in expected]
+    assert len({mean.tobytes() for mean in means}) == 6
+
+
+def test_r2_1_one_naming_rule_tells_apart_names_that_differ_in_case_or_clash_after_renaming():
+    from utils.images import output_stems, renamed_outputs
+
+    stems = output_stems(["x.png", "x.PNG", "y.jpg", "y_jpg.png", "y.png", "z.png"], "png")
+    assert len({stem.casefold() for stem in stems.values()}) == 6
+    assert stems["y_jpg.png"] == "y_jpg" and stems["z.png"] == "z"  # unique names are kept
+    assert set(renamed_outputs(stems)) == {"x.png", "x.PNG", "y.jpg", "y.png"}
+    assert output_stems(["a.png", "a.jpg"], "auto") == {"a.png": "a", "a.jpg": "a"}  # different files: kept
+    assert output_stems(["a.png", "a.jpg"], "png") == {"a.png": "a_png", "a.jpg": "a_jpg"}
+
+
+@pytest.mark.parametrize("suffix", ["/../../../../escaped", "..", "a/b", "a\\b", "../up"])
+def test_r2_8_a_suffix_that_is_a_path_is_refused_when_parsed(suffix, work, tmp_path, capsys, monkeypatch):
+    _compute_must_not_start(monkeypatch)
+    for mode in ([], ["--whole_image"]):
+        out = tmp_path / "out"
+        code, _, err = call(inference.main, inference_argv(work, work / "val", out, "--suffix", suffix, *mode), capsys)
+        assert code == 2, err
+        assert_one_line_error(err, "--suffix")
+        assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir()] == []  # nothing written anywhere around it either
+
+
+def test_r2_8_the_library_options_refuse_a_suffix_that_is_a_path():
+    from lightning_models.restoration import AlignedOptions
+    from whole_image.cli import WholeImageOptions
+
+    for suffix in ("../x", "a/b"):
+        with pytest.raises(ValueError, match="file name"):
+            AlignedOptions(suffix=suffix)
+        with pytest.raises(ValueError, match="file name"):
+            WholeImageOptions(lq_data_path=Path("."), output_dir=Path("o"), suffix=suffix)
+
+
+def test_r2_12_an_input_size_the_model_cannot_take_is_refused_before_loading(work, pmrf_model, tmp_path, capsys,
+                                                                             monkeypatch):
+    folder = tmp_path / "saved"
+    pmrf_model.save_pretrained(folder)
+    _compute_must_not_start(monkeypatch)
+    for ckpt in (work / "pmrf.ckpt", folder):
+        argv = inference_argv(work, work / "val", tmp_path / "out", "--input_size", 18)
+        argv[argv.index("--ckpt_path") + 1] = ckpt
+        code, _, err = call(inference.main, argv, capsys)
+        assert code == 2, err
+        assert_one_line_error(err, "--input_size 18", "multiple of 4")
+
+
+def test_r2_12_an_input_size_the_model_takes_still_runs(work, tmp_path, capsys):
+    code, _, err = call(inference.main, inference_argv(work, work / "val", tmp_path / "out", "--input_size", 24), capsys)
+    assert code == 0, err
+    assert Image.open(tmp_path / "out" / "restored_images" / "000.png").size == (24, 24)
+
+
+def _interrupt_on_call(monkeypatch, number: int) -> list:
+    """PMRF.sample raises KeyboardInterrupt (Ctrl-C) on its `number`-th call."""
+    from lightning_models.pmrf import PMRF
+
+    real, calls = PMRF.sample, []
+
+    def sample(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == number:
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(PMRF, "sample", sample)
+    return calls
+
+
+def test_r2_16_ctrl_c_says_how_many_were_written_and_skip_existing_finishes(work, tmp_path, capsys, monkeypatch):
+    lq = write_images(tmp_path / "lq", 5, (16, 16))
+    out = tmp_path / "out"
+    _interrupt_on_call(monkeypatch, 3)
+    try:
+        code, _, err = call(inference.main, inference_argv(work, lq, out, "--batch_size", 1), capsys)
+    except KeyboardInterrupt:
+        pytest.fail("KeyboardInterrupt escaped inference.main (a traceback for the user)")
+    assert code == 130
+    assert_one_line_error(err, "interrupted", "4 image file(s) were written", "--skip_existing")
+    assert outputs(out / "restored_images") == outputs(out / "restored_images_posterior_mean") == ["000.png", "001.png"]
+    assert not [p for p in out.rglob("*") if p.name.startswith(".")]  # no temporary files left
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "restored_images").iterdir()}
+    monkeypatch.undo()
+    code, printed, err = call(inference.main, inference_argv(work, lq, out, "--batch_size", 1, "--skip_existing"), capsys)
+    assert code == 0, err
+    assert "left 2 image(s)" in printed and "restored 3 image(s)" in printed
+    assert outputs(out / "restored_images") == [f"00{i}.png" for i in range(5)]
+    assert {name: (out / "restored_images" / name).stat().st_mtime_ns for name in before} == before  # not redone
+
+
+@pytest.mark.slow
+def test_r2_16_ctrl_c_in_a_real_process_ends_with_one_line_and_whole_files(work, tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    lq = write_images(tmp_path / "lq", 64, (16, 16))
+    out = tmp_path / "out"
+    command = [sys.executable, "inference.py", *map(str, inference_argv(work, lq, out, "--batch_size", 1,
+                                                                          "--num_flow_steps", 40))]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "PMRF_OFFLINE": "1", "HF_HUB_OFFLINE": "1"})
+    try:
+        deadline = time.monotonic() + 240
+        while not list((out / "restored_images").glob("*.png")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: interrupted: ") and "--skip_existing" in last
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert f"{len(files)} image file(s) were written" in last
+    assert 0 < len(files) < 128 and not [p for p in files if p.name.startswith(".")]
+    for path in files:
+        assert Image.open(path).size == (16, 16)  # whole files only
+
+
+# ------------------------------------------------------------------- whole photos (round 2)
+
+
+class OneFaceInTheMiddle:
+    """A detector that finds one face in the middle of any frame larger than 100 px."""
+
+    def detect(self, image):
+        from whole_image.align import FFHQ_TEMPLATE_512
+        from whole_image.detect import DetectedFace
+
+        height, width = image.shape[:2]
+        if min(height, width) < 100:
+            return []
+        scale = min(height, width) / 4 / 126.0
+        landmarks = (FFHQ_TEMPLATE_512 - FFHQ_TEMPLATE_512[:2].mean(axis=0)) * scale + [width / 2, height / 2.2]
+        return [DetectedFace(box=np.array([0, 0, width, height], float), landmarks=landmarks, score=0.99)]
+
+
+def invert_faces(faces: torch.Tensor) -> torch.Tensor:
+    return 1.0 - faces
+
+
+def whole_photo_options(lq, out, *extra: str):
+    from whole_image.cli import WholeImageOptions, add_whole_image_arguments
+
+    parser = add_whole_image_arguments(argparse_parser())
+    args = parser.parse_args(["--lq_data_path", str(lq), "--output_dir", str(out), "--face_mask", "ellipse", *extra])
+    return WholeImageOptions.from_args(args)
+
+
+def argparse_parser():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--lq_data_path")
+    parser.add_argument("--output_dir")
+    parser.add_argument("--skip_existing", action="store_true")
+    return parser
+
+
+def photos(folder: Path, sizes: dict[str, tuple[int, int]]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for name, (height, width) in sizes.items():
+        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(folder / name)
+    return folder
+
+
+def test_r2_5_thin_strips_do_not_stop_a_whole_photo_folder(work, tmp_path, capsys):
+    """The real MTCNN (its weights ship with facenet-pytorch) on strips it used to crash on."""
+    pytest.importorskip("facenet_pytorch")
+    strips = {"a_8x3000.png": (8, 3000), "b_1x3000.png": (1, 3000), "c_3000x2.png": (3000, 2), "d.png": (64, 48)}
+    lq = photos(tmp_path / "lq", strips)
+    out = tmp_path / "out"
+    code, printed, err = call(inference.main, inference_argv(work, lq, out, "--whole_image", "--detector", "mtcnn",
+                                                             "--face_mask", "ellipse", "-s", "1"), capsys)
+    assert code == 0, err
+    assert "Traceback" not in err
+    assert outputs(out / "restored_imgs") == sorted(strips)
+    for name, (height, width) in strips.items():
+        assert Image.open(out / "restored_imgs" / name).size == (width, height)
+    assert "4 photo(s), 0 face(s)" in printed
+
+
+def test_r2_5_a_photo_the_pipeline_fails_on_is_listed_and_the_folder_goes_on(tmp_path, capsys):
+    from whole_image.cli import run_whole_image
+
+    lq = photos(tmp_path / "lq", {"a.png": (200, 200), "b.png": (220, 200), "c.png": (200, 200)})
+    seen = []
+
+    def fails_on_the_second(faces):
+        seen.append(faces.shape[0])
+        if len(seen) == 2:
+            raise RuntimeError("CUDA out of memory (a stand-in)\nwith more lines")
+        return 1.0 - faces
+
+    written = run_whole_image(whole_photo_options(lq, tmp_path / "out"), fails_on_the_second,
+                              detector=OneFaceInTheMiddle())
+    assert [p.name for p in written] == ["a.png", "c.png"]
+    printed = capsys.readouterr().out
+    listed = [line for line in printed.splitlines() if "b.png" in line]
+    assert len(listed) == 1 and "RuntimeError: CUDA out of memory (a stand-in)" in listed[0]
+    assert "with more lines" not in printed
+
+
+def test_r2_9_whole_photo_name_collisions_lose_no_face(tmp_path, capsys):
+    from whole_image.cli import run_whole_image
+
+    names = ["x.png", "x.PNG", "y.jpg", "y_jpg.png", "y.png"]
+    lq = photos(tmp_path / "lq", dict.fromkeys(names, (200, 160)))
+    out = tmp_path / "out"
+    written = run_whole_image(whole_photo_options(lq, out, "-s", "1"), invert_faces, detector=OneFaceInTheMiddle())
+    assert len(written) == 5 and len({p.name.casefold() for p in written}) == 5
+    for folder in ("restored_imgs", "restored_faces", "cropped_faces"):
+        assert len({name.casefold() for name in outputs(out / folder)}) == 5, outputs(out / folder)
+    assert len(outputs(out / "cmp")) == 10
+    printed = capsys.readouterr().out
+    assert "5 photo(s), 5 face(s)" in printed
+    assert len([line for line in printed.splitlines() if "->" in line]) == 4  # y_jpg.png keeps its name
+    assert "y_jpg.png" in outputs(out / "restored_imgs")
+
+
+def test_r2_7_the_output_size_is_capped_by_one_rule_with_one_line():
+    from whole_image.upsample import MAX_OUTPUT_SIDE, OutputTooLarge, output_scale
+
+    scale, note = output_scale(750, 1000, 16.0, free=None)  # the issue's -s 16 on a 1000×750 photo
+    assert scale == pytest.approx(MAX_OUTPUT_SIDE / 1000) and "16000×12000" in note and "4096" in note
+    assert "\n" not in note
+    assert output_scale(750, 1000, 2.0, free=None) == (2.0, None)
+    assert output_scale(3000, 6000, 2.0, free=None)[0] == 1.0  # a big photo keeps its size, never shrinks
+    assert output_scale(3000, 6000, 0.5, free=None) == (0.5, None)
+    with pytest.raises(OutputTooLarge, match="GB of memory"):
+        output_scale(750, 1000, 4.0, free=100 * 2**20)
+
+
+def test_r2_7_whole_photo_mode_caps_the_scale_and_skips_what_does_not_fit(tmp_path, capsys, monkeypatch):
+    import whole_image.upsample
+    from whole_image.cli import run_whole_image
+
+    lq = photos(tmp_path / "lq", {"small.png": (30, 40), "wide.png": (75, 100)})
+    out = tmp_path / "out"
+    written = run_whole_image(whole_photo_options(lq, out, "-s", "16", "--max_output_side", "400"), invert_faces,
+                              detector=OneFaceInTheMiddle())
+    assert [p.name for p in written] == ["small.png", "wide.png"]
+    assert Image.open(out / "restored_imgs" / "wide.png").size == (400, 300)  # capped: 1600×1200 asked
+    assert Image.open(out / "restored_imgs" / "small.png").size == (400, 300)  # 640×480 asked
+    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note: wide.png")]
+    assert len(notes) == 1 and "1600×1200" in notes[0] and "--max_output_side" in notes[0]
+    # too little free memory for one photo: it is listed, the other is restored
+    monkeypatch.setattr(whole_image.upsample, "available_memory", lambda: 60 * 200 * 200)
+    written = run_whole_image(whole_photo_options(lq, tmp_path / "out2", "-s", "4"), invert_faces,
+                              detector=OneFaceInTheMiddle())
+    assert [p.name for p in written] == ["small.png"]
+    listed = [line for line in capsys.readouterr().out.splitlines() if "wide.png" in line]
+    assert len(listed) == 1 and "GB of memory" in listed[0]
+
+
+def test_r2_16_whole_photo_ctrl_c_and_skip_existing(tmp_path, capsys):
+    from utils.images import RunInterrupted
+    from whole_image.cli import run_whole_image
+
+    lq = photos(tmp_path / "lq", {f"{i}.png": (200, 160) for i in range(4)})
+    out = tmp_path / "out"
+    calls = []
+
+    def interrupted_on_the_third(faces):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return 1.0 - faces
+
+    with pytest.raises(RunInterrupted, match="2 photo"):
+        run_whole_image(whole_photo_options(lq, out), interrupted_on_the_third, detector=OneFaceInTheMiddle())
+    assert outputs(out / "restored_imgs") == ["0.png", "1.png"]
+    calls.clear()
+    written = run_whole_image(whole_photo_options(lq, out, "--skip_existing"), invert_faces,
+                              detector=OneFaceInTheMiddle())
+    assert [p.name for p in written] == ["2.png", "3.png"]
+    assert outputs(out / "restored_imgs") == [f"{i}.png" for i in range(4)]
+    assert "left 2 photo(s)" in capsys.readouterr().out

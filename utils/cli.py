@@ -69,6 +69,17 @@ probability = float_range(0.0, 1.0)
 seed_int = int_range(0, 2**63 - 1)
 
 
+def name_part(value: str) -> str:
+    """An argparse type: text that becomes part of output file names (--suffix); path separators and
+    '..' are refused, so that no output lands outside its folder."""
+    from utils.images import check_name_part
+
+    try:
+        return check_name_part(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def arch_argument(value: str) -> str:
     """A named architecture or a path to a JSON config (checked at parse time)."""
     from arch import NAMED_CONFIGS
@@ -145,7 +156,9 @@ def add_runtime_arguments(parser: argparse.ArgumentParser, compile_help: str | N
 
 def add_output_arguments(parser: argparse.ArgumentParser) -> None:
     """--suffix, --ext and --jpeg_quality: how restored images are named and encoded (GFPGAN's habits)."""
-    parser.add_argument("--suffix", default=None, help="add _SUFFIX to the restored images' names (default: none)")
+    parser.add_argument(
+        "--suffix", type=name_part, default=None, help="add _SUFFIX to the restored images' names (default: none)"
+    )
     parser.add_argument(
         "--ext", choices=("auto", "png", "jpg"), default="auto", help="format of the outputs (auto: the input's)"
     )

@@ -12,15 +12,20 @@ matters) and lists folders through `list_images`, so that these behave the same 
   to change it, 0 for none), raises `ImageReadError` naming it, which programs turn into a listed skip;
 * outputs are written atomically (`write_atomic`) with the permissions the user's umask gives, and
   rounded as torchvision's ``save_image`` rounds: ``floor(255·v + 0.5)``, JPEG at quality 75 unless
-  asked otherwise.
+  asked otherwise;
+* outputs are named by one rule in every mode (`output_stems`): inputs whose outputs would share a file
+  name get distinct stems, and nothing that becomes part of a name may hold a path (`check_name_part`).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import struct
 import tempfile
 import warnings
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -39,6 +44,14 @@ _BIT_DEPTH_OF_MODE = {"I;16": 16, "I;16B": 16, "I;16L": 16, "I;16N": 16, "I;16S"
 
 class ImageReadError(ValueError):
     """An image file exists but cannot be decoded; the message names the file."""
+
+
+class ImageTooLargeError(ImageReadError):
+    """An image file declares more pixels than the decompression-bomb limit (`pixels`, when known)."""
+
+    def __init__(self, message: str, pixels: int | None = None, limit: int | None = None):
+        super().__init__(message)
+        self.pixels, self.limit = pixels, limit
 
 
 def is_image_file(path: str | os.PathLike) -> bool:
@@ -83,9 +96,12 @@ def _reading(path: Path):
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             yield
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ImageReadError(
+        found = re.search(r"\((\d+) pixels\)", str(error))
+        raise ImageTooLargeError(
             f"{path}: skipped: {error} (the limit guards against decompression bombs; set "
-            "PMRF_MAX_IMAGE_PIXELS to a larger number of pixels for a trusted file)"
+            "PMRF_MAX_IMAGE_PIXELS to a larger number of pixels for a trusted file)",
+            pixels=int(found.group(1)) if found else None,
+            limit=Image.MAX_IMAGE_PIXELS,
         ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, MemoryError) as error:
         raise ImageReadError(f"{path}: cannot read image ({error.__class__.__name__}: {error})") from None
@@ -217,6 +233,50 @@ def output_name(name: str, suffix: str | None = None, ext: str = "auto") -> str:
     return stem + extension
 
 
+def check_name_part(text: str) -> str:
+    """`text` if it can become part of a file name (a --suffix): no path separator, no '..', no control
+    character, so that no output can land outside its folder; ValueError otherwise."""
+    separators = {"/", "\\", os.sep, os.altsep or "/"}
+    if not text or any(sep in text for sep in separators) or ".." in text or any(ord(c) < 32 for c in text):
+        raise ValueError(f"{text!r} cannot be part of a file name (no '/', '\\', '..' or control characters)")
+    return text
+
+
+def output_stems(names: Sequence[str], ext: str = "auto") -> dict[str, str]:
+    """The stem that names each input's outputs: its own, unless two inputs would give the same output
+    file. Then each of them gets ``<stem>_<its extension>`` (anim.gif, anim.png -> anim_gif, anim_png),
+    with ``_2``, ``_3``... added, in sorted order, while that is taken too (x.PNG, x.png -> x_png,
+    x_png_2). Inputs whose name is unique keep it.
+
+    Names that differ only in case clash (macOS and Windows file systems ignore case). `ext` is the
+    outputs' extension as `output_name` takes it: 'png' or 'jpg' for all outputs (pass 'png' when a mode
+    writes PNG files per input whatever --ext says), or 'auto' for each input's own (GIF gives PNG). The
+    same names always give the same stems, so a rerun finds its outputs (--skip_existing). Every mode
+    (aligned faces, whole photos, ...) names its outputs through this function.
+    """
+
+    def key(stem: str, name: str) -> tuple[str, str]:
+        return stem.casefold(), Path(output_name(name, None, ext)).suffix.casefold()
+
+    counts = Counter(key(Path(name).stem, name) for name in names)
+    stems = {name: Path(name).stem for name in names if counts[key(Path(name).stem, name)] == 1}
+    taken = {key(stem, name) for name, stem in stems.items()}
+    for name in sorted(set(names) - set(stems)):
+        base = f"{Path(name).stem}_{Path(name).suffix.lstrip('.').lower()}"
+        stem, number = base, 1
+        while key(stem, name) in taken:
+            number += 1
+            stem = f"{base}_{number}"
+        taken.add(key(stem, name))
+        stems[name] = stem
+    return stems
+
+
+def renamed_outputs(stems: Mapping[str, str]) -> dict[str, str]:
+    """The inputs of `output_stems` whose outputs do not carry their own stem: name -> stem."""
+    return {name: stem for name, stem in sorted(stems.items()) if stem != Path(name).stem}
+
+
 def save_rgb(array: np.ndarray, path: str | os.PathLike, jpeg_quality: int = JPEG_QUALITY) -> Path:
     """Write an (H, W, 3) RGB or (H, W, 4) RGBA uint8 array atomically; the format follows the extension."""
     if array.dtype != np.uint8:
@@ -243,6 +303,11 @@ def tensor_to_uint8(tensor) -> np.ndarray:
 
 class WriteError(OSError):
     """Writing an output failed (full disk, permissions...); the message says how many were written."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) stopped a run after its finished outputs were written whole; the message is
+    the one line to print (how many were written, how to finish)."""
 
 
 class ImageWriter:
@@ -279,15 +344,18 @@ class ImageWriter:
             try:
                 future.result()
             except WriteError as error:
-                self._abort()
+                self.abort()
                 raise WriteError(f"{error}; {self.written} image(s) were written before this") from None
             self.written += 1
 
-    def _abort(self) -> None:
+    def abort(self) -> None:
+        """Drop the writes not started; wait for those under way (each ends as a whole file or none) and
+        count the ones that succeeded."""
         for future in self._pending:
             future.cancel()
-        self._pending.clear()
         self._pool.shutdown(wait=True)
+        self.written += sum(1 for f in self._pending if not f.cancelled() and f.exception() is None)
+        self._pending.clear()
 
     def submit(self, image, path: str | os.PathLike) -> None:
         self._collect(self.max_pending - 1)
@@ -308,4 +376,4 @@ class ImageWriter:
         if exc_type is None:
             self.close()
         else:
-            self._abort()
+            self.abort()

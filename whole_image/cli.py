@@ -17,7 +17,13 @@ Outputs, for a photo `<stem>.<ext>` with faces k = 00, 01, ... (largest first):
     restored_imgs_posterior_mean/...              and the photo with those faces pasted instead
 
 <ext> is the input's unless --ext says png or jpg; .jpg outputs use --jpeg_quality. Two inputs with the
-same stem (x.png, x.jpg) get the stems x_png and x_jpg.
+same stem, ignoring case (x.png, x.jpg), get the stems x_png and x_jpg, and a number when that is taken
+too (utils.images.output_stems, the naming rule of every mode); the renames are printed. The restored
+photo is written last: with --skip_existing, a photo whose restored_imgs/ file exists is done.
+
+The output's longer side stays within --max_output_side (4096 px) unless the photo is larger already;
+a photo whose output would not fit in the free memory, or that cannot be read or restored, is skipped
+and listed: one bad photo never stops a folder. Ctrl-C stops after whole files (RunInterrupted).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -43,11 +50,15 @@ from utils.cli import (
 )
 from utils.images import (
     ImageReadError,
+    RunInterrupted,
     WriteError,
+    check_name_part,
     is_image_file,
     list_images,
     output_name,
+    output_stems,
     read_image,
+    renamed_outputs,
     save_rgb,
 )
 from utils.weights import MissingWeightsError, WeightsReadError
@@ -61,7 +72,13 @@ from whole_image.pipeline import (
     restore_photo,
     side_by_side,
 )
-from whole_image.upsample import BackgroundUpsampler, load_realesrgan
+from whole_image.upsample import (
+    MAX_OUTPUT_SIDE,
+    BackgroundUpsampler,
+    OutputTooLarge,
+    load_realesrgan,
+    output_scale,
+)
 
 OUTPUT_FOLDERS = (
     "cropped_faces",
@@ -75,8 +92,8 @@ MAX_UPSCALE = 16.0
 
 
 def add_photo_model_arguments(group: argparse._ArgumentGroup) -> None:
-    """The models around PMRF in whole-photo mode (detector, paste mask, background) and their weights
-    folders; shared by inference.py and app.py."""
+    """The models around PMRF in whole-photo mode (detector, paste mask, background), their weights
+    folders, and the output size limit; shared by inference.py and app.py."""
     group.add_argument(
         "--detector",
         choices=DETECTORS,
@@ -108,6 +125,13 @@ def add_photo_model_arguments(group: argparse._ArgumentGroup) -> None:
         "--realesrgan_weights_dir",
         default=None,
         help="folder of RealESRGAN_x2plus.pth (default checkpoints/realesrgan/)",
+    )
+    group.add_argument(
+        "--max_output_side",
+        type=int_range(64, 65536),
+        default=MAX_OUTPUT_SIDE,
+        help=f"enlarge photos only until their longer side reaches this many pixels (default {MAX_OUTPUT_SIDE}; "
+        "a larger photo keeps its size); the scale is lowered, with a note",
     )
 
 
@@ -181,6 +205,8 @@ class WholeImageOptions:
     ext: str = "auto"
     jpeg_quality: int = 75
     batch_size: int | None = None  # faces per model call; None: all faces of a photo at once
+    max_output_side: int = MAX_OUTPUT_SIDE
+    skip_existing: bool = False  # photos whose restored_imgs/ file exists are not restored again
 
     def __post_init__(self):
         for name in ("lq_data_path", "output_dir", "face_weights_dir", "realesrgan_weights_dir"):
@@ -195,6 +221,8 @@ class WholeImageOptions:
             raise ValueError(f"unknown face_mask {self.face_mask!r} or bg_upsampler {self.bg_upsampler!r}")
         if self.ext not in ("auto", "png", "jpg"):
             raise ValueError(f"ext must be auto, png or jpg, got {self.ext!r}")
+        if self.suffix:
+            check_name_part(self.suffix)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> WholeImageOptions:
@@ -254,13 +282,11 @@ def collect_inputs(lq_data_path: str | os.PathLike) -> list[Path]:
     return images
 
 
-def face_stems(inputs: list[Path]) -> dict[Path, str]:
-    """Base name of each photo's outputs: its stem, or stem_ext when two photos share a stem."""
-    stems = [path.stem for path in inputs]
-    return {
-        path: path.stem if stems.count(path.stem) == 1 else f"{path.stem}_{path.suffix.lstrip('.').lower()}"
-        for path in inputs
-    }
+def photo_stems(inputs: list[Path]) -> dict[Path, str]:
+    """Base name of each photo's outputs (utils.images.output_stems; faces are always PNG files, so
+    photos whose stems match clash whatever --ext says)."""
+    stems = output_stems([path.name for path in inputs], "png")
+    return {path: stems[path.name] for path in inputs}
 
 
 @dataclass
@@ -316,11 +342,11 @@ def save_restoration(
         save_rgb(restored, face_path)
         save_rgb(np.concatenate([cropped, restored], axis=1), cmp_path)
     save_rgb(side_by_side(image, result.restored_image), paths.photo_comparison, jpeg_quality=quality)
-    save_rgb(result.restored_image, paths.restored_image, jpeg_quality=quality)
     if options.save_mmse and result.posterior_mean_image is not None:
         for face, path in zip(result.posterior_mean_faces or [], paths.posterior_mean_faces, strict=True):
             save_rgb(face, path)
         save_rgb(result.posterior_mean_image, paths.posterior_mean_image, jpeg_quality=quality)
+    save_rgb(result.restored_image, paths.restored_image, jpeg_quality=quality)  # last: the photo is done
 
 
 def gives_posterior_mean(restore_faces: RestoreFaces) -> bool:
@@ -340,6 +366,9 @@ def run_whole_image(
     `options.output_dir` (see the module's docstring for the files). `restore_faces` gets the faces of
     one photo in batches of `options.batch_size` (default: all at once); `device` runs the detector,
     parser and background upsampler. Returns the restored photos' paths.
+
+    A photo that cannot be read, would not fit in memory or fails in the pipeline is skipped and listed;
+    Ctrl-C raises RunInterrupted (whole files only; the message says how many photos were written).
     """
     inputs = collect_inputs(options.lq_data_path)
     refuse_overwriting_inputs(inputs, options.output_dir)
@@ -348,61 +377,90 @@ def run_whole_image(
     save_mmse = options.save_mmse and gives_posterior_mean(restore_faces)
     if options.save_mmse and not save_mmse:
         print("warning: --save_mmse: this model has no posterior-mean network; only PMRF's results are written")
-    stems = face_stems(inputs)
-    written, unreadable, faceless, num_faces, not_finite = [], [], [], 0, []
-    for photo in tqdm(inputs, desc="whole photos", unit="photo"):
-        try:
-            image = read_image(photo)  # upright (EXIF), alpha kept
-        except ImageReadError as error:
-            unreadable.append(str(error))
-            continue
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", NoFaceWarning)  # reported below, one line per photo
-                result = restore_photo(
-                    image,
-                    restore_faces,
-                    tools.detector,
-                    upscale=options.upscale,
-                    only_center_face=options.only_center_face,
-                    max_faces=options.max_faces,
-                    parser=tools.parser,
-                    bg_upsampler=tools.bg_upsampler,
-                    name=photo.name,
-                    posterior_mean=save_mmse,
-                    batch_size=options.batch_size,
-                )
-        except NonFiniteFacesError as error:  # listed below
-            not_finite.append(f"{photo}: {error}")
-            continue
-        if not result.faces:
-            faceless.append(photo.name)
-            tqdm.write(f"warning: {photo.name}: no face detected; copied through, resized x{options.upscale:g}")
-            if save_mmse:
-                result.posterior_mean_image, result.posterior_mean_faces = result.restored_image, []
-        num_faces += len(result.faces)
-        paths = output_paths(options, photo, stems[photo], len(result.faces))
-        try:
-            save_restoration(result, image, paths, options)
-        except OSError as error:
-            raise WriteError(
-                f"cannot write the results of {photo.name} in {options.output_dir}: {error.strerror or error} "
-                f"(check the disk space and permissions); {len(written)} photo(s) were written before it"
-            ) from None
-        written.append(paths.restored_image)
+    stems = photo_stems(inputs)
+    renamed = renamed_outputs({path.name: stem for path, stem in stems.items()})
+    if renamed:
+        print(f"note: {len(renamed)} photo(s) share a name with another; their outputs are named:")
+        for name, stem in renamed.items():
+            print(f"  {name} -> {stem}")
+    done = set()
+    if options.skip_existing:
+        done = {photo for photo in inputs if output_paths(options, photo, stems[photo], 0).restored_image.is_file()}
+        if done:
+            print(f"left {len(done)} photo(s) whose restored_imgs/ file exists already (--skip_existing)")
+        inputs = [photo for photo in inputs if photo not in done]
+    written, skipped, faceless, num_faces, not_finite = [], [], [], 0, []
+    try:
+        for photo in tqdm(inputs, desc="whole photos", unit="photo"):
+            try:
+                image = read_image(photo)  # upright (EXIF), alpha kept
+                scale, note = output_scale(image.shape[0], image.shape[1], options.upscale, options.max_output_side)
+            except (ImageReadError, OutputTooLarge) as error:
+                skipped.append(str(error) if isinstance(error, ImageReadError) else f"{photo}: {error}")
+                continue
+            if note:
+                tqdm.write(f"note: {photo.name}: {note} (--max_output_side)")
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", NoFaceWarning)  # reported below, one line per photo
+                    result = restore_photo(
+                        image,
+                        restore_faces,
+                        tools.detector,
+                        upscale=scale,
+                        only_center_face=options.only_center_face,
+                        max_faces=options.max_faces,
+                        parser=tools.parser,
+                        bg_upsampler=tools.bg_upsampler,
+                        name=photo.name,
+                        posterior_mean=save_mmse,
+                        batch_size=options.batch_size,
+                    )
+            except NonFiniteFacesError as error:  # listed below
+                not_finite.append(f"{photo}: {error}")
+                continue
+            except (ValueError, RuntimeError, MemoryError, cv2.error) as error:  # one photo, never the folder
+                skipped.append(f"{photo}: cannot restore it ({error.__class__.__name__}: {first_line(error)})")
+                continue
+            if not result.faces:
+                faceless.append(photo.name)
+                tqdm.write(f"warning: {photo.name}: no face detected; copied through, resized x{scale:g}")
+                if save_mmse:
+                    result.posterior_mean_image, result.posterior_mean_faces = result.restored_image, []
+            paths = output_paths(options, photo, stems[photo], len(result.faces))
+            try:
+                save_restoration(result, image, paths, options)
+            except OSError as error:
+                raise WriteError(
+                    f"cannot write the results of {photo.name} in {options.output_dir}: {error.strerror or error} "
+                    f"(check the disk space and permissions); {len(written)} photo(s) were written before it"
+                ) from None
+            num_faces += len(result.faces)
+            written.append(paths.restored_image)
+    except KeyboardInterrupt:
+        raise RunInterrupted(
+            f"interrupted: {len(written)} photo(s) were written into {options.output_dir}/restored_imgs; run "
+            "again with --skip_existing to restore the rest"
+        ) from None
     print(
         f"{len(written)} photo(s), {num_faces} face(s) written to {options.output_dir}/restored_imgs "
         f"({len(faceless)} photo(s) without a face)"
     )
-    if unreadable:
-        print(f"skipped {len(unreadable)} unreadable file(s):")
-        for message in unreadable:
+    if skipped:
+        print(f"skipped {len(skipped)} photo(s) (unreadable, too large for the free memory, or failed):")
+        for message in skipped:
             print(f"  {message}")
     if not_finite:
         print(f"skipped {len(not_finite)} photo(s) whose restored faces were not finite:")
         for message in not_finite:
             print(f"  {message}")
+    if (skipped or not_finite) and not written and not done:
+        fail("no photo was restored (see the skipped photos above)")
     return written
+
+
+def first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [""])[0]
 
 
 __all__ = [

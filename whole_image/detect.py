@@ -26,6 +26,9 @@ MIN_DETECTION_SIDE = 512
 # Longer sides above this are reduced for detection (the short side is kept at MIN_DETECTION_SIDE or
 # more); enlargement stops at it.
 MAX_DETECTION_SIDE = 2048
+# A detection frame thinner than this holds no face a detector can find (MTCNN's smallest face is 20 px,
+# and it fails outright on thinner images): such a photo has no face.
+MIN_FRAME_SIDE = 20
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,8 @@ class MTCNNDetector:
     def detect(self, image: np.ndarray) -> list[DetectedFace]:
         from facenet_pytorch.models.utils.detect_face import detect_face
 
+        if min(image.shape[:2]) < self.min_face_size:  # no image pyramid level: detect_face would fail
+            return []
         batch_boxes, batch_points = detect_face(
             np.ascontiguousarray(image),
             self.min_face_size,
@@ -249,6 +254,8 @@ def find_faces(
         interpolation = cv2.INTER_AREA if factor < 1 else cv2.INTER_CUBIC
         frame = cv2.resize(image, size, interpolation=interpolation)
         scale = np.array([size[0] / width, size[1] / height])  # x and y, exact after rounding
+    if min(frame.shape[:2]) < MIN_FRAME_SIDE:
+        return []
     faces = []
     for face in detector.detect(frame):
         if face.eye_distance() < min_eye_distance:

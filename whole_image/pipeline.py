@@ -39,6 +39,7 @@ class PhotoRestoration:
     posterior_mean_faces: list[np.ndarray] | None = None  # the posterior-mean network's faces, if kept
     posterior_mean_image: np.ndarray | None = None  # the photo with those faces pasted instead
     gray: bool = False  # the input was gray, and so is every output
+    detected: int = 0  # faces the detector found; more than len(faces) when max_faces left some out
 
 
 def as_rgb(image: np.ndarray) -> np.ndarray:
@@ -209,7 +210,7 @@ def restore_photo(
     background = upscaled_background(rgb, upscale, bg_upsampler, gray)
     if not faces:
         warnings.warn(f"{name}: no face detected; copied through, resized x{upscale:g}", NoFaceWarning, stacklevel=2)
-        return PhotoRestoration(restored_image=with_alpha(background, alpha), gray=gray)
+        return PhotoRestoration(restored_image=with_alpha(background, alpha), gray=gray, detected=len(detections))
     fill = GRAY_BORDER_FILL if gray else BORDER_FILL
     cropped = [warp_to_template(rgb, matrix, FACE_SIZE, fill) for matrix in matrices]
     restored, means = run_restorer(cropped, restore_faces, posterior_mean, batch_size)
@@ -223,6 +224,7 @@ def restore_photo(
         cropped_faces=cropped,
         restored_faces=list(restored),
         gray=gray,
+        detected=len(detections),
     )
     if means is not None:
         result.posterior_mean_faces = list(means)

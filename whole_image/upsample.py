@@ -1,4 +1,5 @@
-"""Background upsampling: plain resizing, or Real-ESRGAN x2 (BasicSR's RRDBNet) run tile by tile."""
+"""Background upsampling: plain resizing, or Real-ESRGAN x2 (BasicSR's RRDBNet) run tile by tile; and the
+one rule on how large a restored photo may be (inference.py --whole_image and app.py share it)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,58 @@ from whole_image.weights import load_weights_into, realesrgan_path
 def output_size(height: int, width: int, scale: float) -> tuple[int, int]:
     """(height, width) of a photo resized by `scale`, at least one pixel each."""
     return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+# Enlargement stops when the output's longer side reaches this (a photo already larger keeps its size).
+MAX_OUTPUT_SIDE = 4096
+# Peak working memory of one photo per output pixel: restore_photo's float paste buffers and the side-by-side
+# comparison (measured: 56-58 bytes with one face, at 12, 13 and 48 megapixels out).
+BYTES_PER_OUTPUT_PIXEL = 60
+
+
+class OutputTooLarge(ValueError):
+    """Restoring a photo at the scale asked would need more memory than the machine has free."""
+
+
+def available_memory() -> int | None:
+    """Bytes of memory free for new allocations (Linux's MemAvailable), or None where it is unknown."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def output_scale(
+    height: int, width: int, upscale: float, max_side: int = MAX_OUTPUT_SIDE, free: int | None = -1
+) -> tuple[float, str | None]:
+    """(scale, note): `upscale` lowered, where needed, so that the output's longer side stays within
+    `max_side` pixels (or the photo's own, when that is larger: a big photo is never shrunk for this);
+    the note says so, with the size and memory asked for. OutputTooLarge (one line) when even that scale
+    needs more than the `free` memory (default: what the machine has free now; None: no check)."""
+    longest = max(height, width)
+    scale = min(upscale, max(max_side / longest, 1.0))
+    note = None
+    if scale < upscale:
+        asked_h, asked_w = output_size(height, width, upscale)
+        got_h, got_w = output_size(height, width, scale)
+        note = (
+            f"scale {upscale:g} would give {asked_w}×{asked_h} pixels (about "
+            f"{asked_h * asked_w * BYTES_PER_OUTPUT_PIXEL / 1e9:.1f} GB to build); restored at {scale:.2f} "
+            f"({got_w}×{got_h}) to stay within {max_side} px"
+        )
+    free = available_memory() if free == -1 else free
+    out_h, out_w = output_size(height, width, scale)
+    needed = out_h * out_w * BYTES_PER_OUTPUT_PIXEL
+    if free is not None and needed > free:
+        raise OutputTooLarge(
+            f"{out_w}×{out_h} pixels out needs about {needed / 1e9:.1f} GB of memory, {free / 1e9:.1f} GB is "
+            "free; use a smaller scale"
+        )
+    return scale, note
 
 
 def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
