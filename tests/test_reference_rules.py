@@ -30,6 +30,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from lightning_models.mmse_rectified_flow import MMSERectifiedFlow
+from lightning_models.restoration import AlignedReport
 from utils.images import ImageWriter, save_rgb, tensor_to_uint8
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -457,7 +458,7 @@ def test_testing_and_validation_run_the_raw_weights_and_inference_the_ema(ema_ch
     def inference_model(*flags):
         captured = []
         monkeypatch.setattr(inference, "restore_aligned", lambda model, *a: captured.append(model) or
-                            SimpleNamespace(resized=0, written=1, skipped=[]))
+                            AlignedReport(written=1))
         monkeypatch.setattr("whole_image.cli.run_whole_image", lambda options, restorer, device: captured.append(restorer.model))
         inference.main(["--ckpt_path", str(checkpoint.path), "--lq_data_path", str(checkpoint.images),
                         "--output_dir", str(tmp_path / "out"), "--device", "cpu", *flags])
