@@ -21,9 +21,11 @@ from lightning_models.restoration import (
     AlignedOptions,
     FaceRestorer,
     load_model,
+    native_size,
     prepare_for_inference,
     restore_aligned,
 )
+from utils.auto_compile import describe, image_steps, should_compile
 from utils.cli import (
     add_checkpoint_arguments,
     add_output_arguments,
@@ -89,6 +91,19 @@ def report_skipped(skipped: list[tuple[str, str]]) -> None:
             print(f"  {name}: {reason}", file=sys.stderr)
 
 
+def compile_decision(args, model, device, inputs: list[Path], lq_path: Path) -> bool:
+    """--compile resolved for this job (auto: on CUDA for a job of enough image-steps; a whole photo
+    counts as one face)."""
+    images = len(inputs) if inputs else (1 if lq_path.is_file() else len(list_images(lq_path)))
+    size = args.input_size or native_size(model) or 512
+    job = image_steps(images, args.num_flow_steps, size, size)
+    compiled = should_compile(args.compile, device, job)
+    note = describe(args.compile, compiled, job)
+    if note:
+        print(note, flush=True)
+    return compiled
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     lq_path, output_dir = Path(args.lq_data_path), Path(args.output_dir)
@@ -105,7 +120,8 @@ def main(argv: list[str] | None = None) -> None:
         model = load_model(args.ckpt_path, args.ckpt_path_is_huggingface, device, use_ema=not args.use_raw_weights)
     except (FileNotFoundError, ValueError, RuntimeError) as error:
         fail(str(error))
-    prepare_for_inference(model, args.attention_backend, args.compile, args.compile_mmse)
+    compiled = compile_decision(args, model, device, inputs, lq_path)
+    prepare_for_inference(model, args.attention_backend, compiled, args.compile_mmse)
     if args.whole_image:
         from whole_image.cli import WholeImageOptions, run_whole_image
 
@@ -118,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     options = AlignedOptions(
         num_flow_steps=args.num_flow_steps, batch_size=args.batch_size, seed=args.seed, bf16=args.bf16,
         num_workers=args.num_workers, input_size=args.input_size, suffix=args.suffix, ext=args.ext,
-        jpeg_quality=args.jpeg_quality, pad_batches=args.compile,
+        jpeg_quality=args.jpeg_quality, pad_batches=compiled,
     )
     try:
         report = restore_aligned(model, inputs, output_dir, options)

@@ -12,11 +12,13 @@ import argparse
 from pathlib import Path
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader
 
 from data import ImageFolderDataset, make_transform
 from degradations import DEGRADATION_NAMES, create_degradation
 from lightning_models.restoration import load_model
+from utils.auto_compile import add_compile_argument, describe, image_steps, should_compile
 from utils.cli import (
     add_checkpoint_arguments,
     arch_argument,
@@ -52,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="K, the Euler steps; several values test several K")
     p.add_argument("--seed", type=seed_int, default=None, help="makes degradations and source noise reproducible")
     p.add_argument("--jpeg_quality", type=int_range(1, 100), default=75, help="for .jpg outputs (default 75)")
+    add_compile_argument(p)
     return p
 
 
@@ -102,6 +105,12 @@ def main(argv: list[str] | None = None) -> None:
         fail(str(error))
     accelerator, devices = resolve_devices(args.accelerator, None, args.num_gpus)
     processes = devices * args.num_nodes
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    evaluations = 1 if model.stage == "mmse" else sum(args.num_flow_steps)
+    job = image_steps(len(dataset) // processes, evaluations, args.img_size, args.img_size)
+    if should_compile(args.compile, "cuda" if on_gpu else "cpu", job):
+        print(describe(args.compile, True, job) or "compiling the network", flush=True)
+        model.model.compile()  # in place: the first batch compiles
     loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False,
                         num_workers=args.num_workers // devices, pin_memory=accelerator != "cpu")
     writer = TestImageWriter(results, args.jpeg_quality)
