@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", "--output_dir", dest="output_dir", required=True, help="where results go")
     p.add_argument("--num_flow_steps", type=int_range(1, 10_000), default=25, help="K, the number of Euler steps")
     p.add_argument("--batch_size", type=positive_int, default=64)
-    p.add_argument("--seed", type=seed_int, default=0, help="seed of the source noise (default 0, as the reference)")
+    p.add_argument("--seed", type=seed_int, default=0,
+                   help="seed of the source noise (default 0, this project's; the reference draws fresh noise every run)")
     p.add_argument("--num_workers", type=non_negative_int, default=min(4, os.cpu_count() or 1),
                    help="image-decoding processes")
     p.add_argument("--input_size", type=non_negative_int, default=None,

@@ -3,6 +3,8 @@
 Writes <results_path>/<degradation>/<method>/: y/, and for flows num_flow_steps=<K>/xhat/ for every K,
 source_distribution_samples/ (drawn for the first K) and mmse_samples/ (when the model has a
 posterior-mean network); for the mmse stage, xhat/. File names are the inputs'.
+The model writes them itself (MMSERectifiedFlow.test_step, as in the reference); this program
+says where, with which K and which weights (raw by default, as the reference's; --use_ema for the EMA).
 Example: scripts/test/test.sh (all five methods of one controlled experiment).
 """
 
@@ -15,7 +17,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from data import ImageFolderDataset, make_transform
+from data import ImageFolderDataset, make_transform, scan_images
 from degradations import DEGRADATION_NAMES, create_degradation
 from lightning_models.restoration import load_model
 from utils.auto_compile import add_compile_argument, describe, image_steps, should_compile
@@ -32,7 +34,7 @@ from utils.cli import (
     resolve_devices,
     seed_int,
 )
-from utils.images import ImageWriter, WriteError
+from utils.images import WriteError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--accelerator", default="auto")
     p.add_argument("--batch_size", type=positive_int, default=32, help="per device, as in the reference")
     p.add_argument("--num_workers", type=non_negative_int, default=10, help="data-loading workers of all a node's devices")
-    add_checkpoint_arguments(p, required=True)
+    add_checkpoint_arguments(p, required=True, raw_by_default=True)
     p.add_argument("--mmse_model_arch", type=arch_argument, default=None,
                    help="only needed when the checkpoint does not record it")
     p.add_argument("--results_path", required=True)
@@ -54,35 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="K, the Euler steps; several values test several K")
     p.add_argument("--seed", type=seed_int, default=None, help="makes degradations and source noise reproducible")
     p.add_argument("--jpeg_quality", type=int_range(1, 100), default=75, help="for .jpg outputs (default 75)")
+    p.add_argument("--skip_bad_images", action="store_true",
+                   help="test without the unreadable or non-square images that the start-up scan lists")
     add_compile_argument(p)
     return p
-
-
-class TestImageWriter(L.Callback):
-    """Writes what `MMSERectifiedFlow.test_step` returns into the reference's results layout."""
-
-    def __init__(self, root: Path, jpeg_quality: int):
-        self.root = root
-        self.writer = ImageWriter(jpeg_quality)
-
-    def _write(self, folder: Path, images, names) -> None:
-        for name, image in zip(names, images.detach().float().cpu()):
-            self.writer.submit(image, folder / name)
-
-    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        names = batch["img_file_name"]
-        self._write(self.root / "y", outputs["y"], names)
-        if pl_module.stage == "mmse":
-            self._write(self.root / "xhat", outputs["xhat"], names)
-            return
-        for steps, images in outputs["xhat"].items():
-            self._write(self.root / f"num_flow_steps={steps}" / "xhat", images, names)
-        self._write(self.root / "source_distribution_samples", outputs["source"].clamp(0, 1), names)
-        if outputs["posterior_mean"] is not None:
-            self._write(self.root / "mmse_samples", outputs["posterior_mean"], names)
-
-    def on_test_end(self, trainer, pl_module) -> None:
-        self.writer.close()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -96,14 +73,22 @@ def main(argv: list[str] | None = None) -> None:
         model = load_model(args.ckpt_path, args.ckpt_path_is_huggingface, "cpu", use_ema=False, **overrides)
     except (FileNotFoundError, ValueError, RuntimeError) as error:
         fail(str(error))
-    model.use_ema = not args.use_raw_weights
-    model.test_num_flow_steps = list(args.num_flow_steps)
+    # What the reference's test.py sets: test_step writes the outputs itself.
+    model.use_ema = args.use_ema
+    model.num_test_flow_steps = list(args.num_flow_steps)
     results = Path(args.results_path) / args.degradation / model.method_name
+    model.test_results_path = results
+    model.test_jpeg_quality = args.jpeg_quality
+    accelerator, devices = resolve_devices(args.accelerator, None, args.num_gpus)
+    try:
+        model.check_input_size(args.img_size, args.img_size)
+    except ValueError as error:
+        fail(f"--img_size {args.img_size}: {error}")
     try:
         dataset = ImageFolderDataset(args.test_data_root, create_degradation(args.degradation), make_transform(args.img_size))
+        scan_images(dataset, args.img_size, args.skip_bad_images, "--test_data_root", args.num_workers // devices, "test")
     except (ValueError, FileNotFoundError) as error:
         fail(str(error))
-    accelerator, devices = resolve_devices(args.accelerator, None, args.num_gpus)
     processes = devices * args.num_nodes
     on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
     evaluations = 1 if model.stage == "mmse" else sum(args.num_flow_steps)
@@ -113,10 +98,8 @@ def main(argv: list[str] | None = None) -> None:
         model.model.compile()  # in place: the first batch compiles
     loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False,
                         num_workers=args.num_workers // devices, pin_memory=accelerator != "cpu")
-    writer = TestImageWriter(results, args.jpeg_quality)
     trainer = L.Trainer(accelerator=accelerator, devices=devices, num_nodes=args.num_nodes,
-                        strategy="ddp" if processes > 1 else "auto", precision=args.precision,
-                        logger=False, callbacks=[writer])
+                        strategy="ddp" if processes > 1 else "auto", precision=args.precision, logger=False)
     try:
         trainer.test(model, loader, verbose=False)
     except WriteError as error:

@@ -17,13 +17,15 @@ import lightning as L
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from arch.attention import BACKENDS
-from data import ImageFolderDataset, make_transform
+from data import ImageFolderDataset, make_transform, scan_images
 from degradations import DEGRADATION_NAMES, create_degradation, degradation_channels
+from lightning_models.checkpoints import NonFiniteWeightsError, check_finite, ema_shadows, network_state
+from lightning_models.finite_guard import NAN_POLICIES, FiniteGuard, NonFiniteTrainingError
 from lightning_models.flow import T_SCHEDULES
-from lightning_models.mmse_rectified_flow import STAGES, MMSERectifiedFlow
+from lightning_models.mmse_rectified_flow import STAGES, MMSERectifiedFlow, self_contained
 from utils.cli import (
     arch_argument,
     check_writable_folder,
@@ -42,12 +44,17 @@ from utils.cli import (
     wandb_configured,
 )
 from utils.images import WriteError, write_atomic
-from utils.weights import MissingWeightsError, WeightsReadError, read_checkpoint
+from utils.weights import MissingWeightsError, WeightsReadError, read_checkpoint, state_dict_mismatch
+
+# Hyper-parameters a resumed run may change: they apply from the resumed step on (and train.py says so).
+RESUMABLE_CHANGES = ("lr", "weight_decay", "betas", "ema_decay", "num_flow_steps", "eps", "t_schedule",
+                     "mmse_noise_std")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--precision", choices=["bf16-mixed", "32", "16-mixed"], default="bf16-mixed")
+    p.add_argument("--precision", choices=["bf16-mixed", "32", "16-mixed"], default=None,
+                   help="default: Lightning's own (32-true), as in the reference; the scripts pass bf16-mixed")
     p.add_argument("--stage", choices=STAGES, required=True)
     p.add_argument("--conditional", action="store_true", help="condition the flow on y or on the MMSE estimate")
     p.add_argument("--degradation", choices=DEGRADATION_NAMES, required=True)
@@ -94,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="neighbourhood-attention kernel (default auto: natten with fused kernels or flex on CUDA, torch elsewhere)")
     p.add_argument("--skip_bad_images", action="store_true",
                    help="train without the unreadable or odd-sized images that the start-up scan lists")
+    p.add_argument("--use_ema", action="store_true",
+                   help="validate with the EMA weights (default: the raw weights, as the reference's validation)")
+    p.add_argument("--nan_policy", choices=NAN_POLICIES, default="stop",
+                   help="at a NaN or infinite loss or gradient: stop (default) or skip that step")
     return p
 
 
@@ -153,23 +164,6 @@ def make_logger(args, output_dir: Path, kind: str | None = None):
 # --------------------------------------------------------------------------------------------- data
 
 
-def scan_images(dataset: ImageFolderDataset, img_size: int, skip: bool, what: str, workers: int) -> None:
-    """Decode every image once before the first step; list unreadable and odd-sized ones.
-
-    Without --skip_bad_images the program stops with that list; with it, training goes on without them.
-    """
-    problems = dataset.scan(img_size, workers)
-    if not problems:
-        return
-    listing = "\n".join(f"  {path.name}: {reason}" for path, reason in problems[:20])
-    more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-    if not skip:
-        fail(f"{what}: {len(problems)} image(s) cannot be used:\n{listing}{more}\n"
-             "fix or remove them, or pass --skip_bad_images to train without them")
-    print(f"warning: {what}: training without {len(problems)} image(s):\n{listing}{more}")
-    dataset.drop([path for path, _ in problems])
-
-
 def make_loaders(args, processes: int):
     if args.train_batch_size % processes:
         fail(f"--train_batch_size {args.train_batch_size} is not divisible by the {processes} processes (nodes × devices)")
@@ -179,17 +173,24 @@ def make_loaders(args, processes: int):
     try:
         train_set = ImageFolderDataset(args.train_data_root, degradation, transform, args.source_samples_train_data_root)
         val_set = ImageFolderDataset(args.val_data_root, degradation, transform) if args.val_data_root else None
+        scan_images(train_set, args.img_size, args.skip_bad_images, "--train_data_root", workers)
+        if val_set is not None:
+            scan_images(val_set, args.img_size, args.skip_bad_images, "--val_data_root", workers)
     except (ValueError, FileNotFoundError) as error:
         fail(str(error))
-    scan_images(train_set, args.img_size, args.skip_bad_images, "--train_data_root", workers)
-    if val_set is not None:
-        scan_images(val_set, args.img_size, args.skip_bad_images, "--val_data_root", workers)
     common = dict(num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
     per_process = args.train_batch_size // processes
     if len(train_set) < per_process:
         fail(f"--train_data_root has {len(train_set)} image(s), fewer than one batch of {per_process} per process; "
              "lower --train_batch_size")
-    train = DataLoader(train_set, batch_size=per_process, shuffle=True, drop_last=True, **common)
+    if processes == 1:
+        # The reference always runs DDP, so even on one GPU Lightning shuffles with a DistributedSampler
+        # (seed 0, or --seed, reshuffled each epoch by set_epoch). One process here gets the same order.
+        sampler = DistributedSampler(train_set, num_replicas=1, rank=0, shuffle=True,
+                                     seed=int(os.environ.get("PL_GLOBAL_SEED", 0)))
+        train = DataLoader(train_set, batch_size=per_process, sampler=sampler, drop_last=True, **common)
+    else:  # Lightning puts in the DistributedSampler itself
+        train = DataLoader(train_set, batch_size=per_process, shuffle=True, drop_last=True, **common)
     val = DataLoader(val_set, batch_size=args.val_batch_size, shuffle=False, **common) if val_set else None
     return train, val
 
@@ -213,10 +214,27 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             ) from None
 
 
-def resume_path(args, checkpoint_dir: Path) -> str | None:
-    """The checkpoint to resume from, checked: readable, and of the same stage and networks."""
+PARTIAL_CHECKPOINTS = ".*.ckpt.part"  # what a write killed half-way leaves (utils.images.write_atomic)
+
+
+def prepare_checkpoint_folder(checkpoint_dir: Path, resuming: bool) -> None:
+    """Never overwrite another run's checkpoints; remove what a killed checkpoint write left behind."""
+    existing = sorted(p.name for p in checkpoint_dir.glob("*.ckpt")) if checkpoint_dir.is_dir() else []
+    if existing and not resuming:
+        shown = ", ".join(existing[:3]) + (", …" if len(existing) > 3 else "")
+        fail(f"--output_dir {checkpoint_dir.parent} already holds checkpoints ({shown}); pass "
+             "--resume_from_ckpt last to continue that run, or choose a fresh --output_dir")
+    partial = sorted(checkpoint_dir.glob(PARTIAL_CHECKPOINTS)) if checkpoint_dir.is_dir() else []
+    for path in partial:
+        path.unlink(missing_ok=True)
+    if partial:
+        print(f"note: removed {len(partial)} unfinished checkpoint file(s) left by an interrupted run in {checkpoint_dir}")
+
+
+def resume_checkpoint(args, checkpoint_dir: Path) -> tuple[str | None, dict | None]:
+    """The checkpoint to resume from and its contents, checked: readable, and of the same stage."""
     if args.resume_from_ckpt is None:
-        return None
+        return None, None
     path = checkpoint_dir / "last.ckpt" if args.resume_from_ckpt == "last" else Path(args.resume_from_ckpt)
     if not path.is_file():
         fail(f"--resume_from_ckpt: {path} does not exist")
@@ -227,12 +245,51 @@ def resume_path(args, checkpoint_dir: Path) -> str | None:
     saved = checkpoint.get("hyper_parameters") or {}
     if "state_dict" not in checkpoint or not saved:
         fail(f"--resume_from_ckpt {path}: not a training checkpoint of train.py (no state_dict / hyper_parameters)")
+    try:
+        check_finite(checkpoint["state_dict"], str(path), ema_shadows(checkpoint))
+    except NonFiniteWeightsError as error:
+        fail(f"--resume_from_ckpt: {error}")
     here = {"stage": args.stage, "conditional": args.conditional}
     for key, value in here.items():
         if key in saved and saved[key] != value:
             fail(f"--resume_from_ckpt {path}: trained with {key}={saved[key]!r}, this run has {key}={value!r}; "
                  "a run resumes only from a checkpoint of the same stage")
-    return str(path)
+    return str(path), checkpoint
+
+
+def describe_arch(arch) -> str:
+    return repr(arch) if isinstance(arch, str) else f"a JSON {arch.get('type', 'architecture')} config"
+
+
+def check_resume(model: MMSERectifiedFlow, checkpoint: dict, path: str) -> None:
+    """What a resumed run cannot change is refused with one line (the networks' architectures, the EMA
+    switched on or off); the hyper-parameters it may change are listed, and applied from now on."""
+    saved = checkpoint.get("hyper_parameters") or {}
+    state = network_state(checkpoint.get("state_dict") or {})
+    for prefix, option in (("model.", "arch"), ("mmse_model.", "mmse_model_arch")):
+        networks = {k: v for k, v in model.state_dict().items() if k.startswith(prefix)}
+        problem = state_dict_mismatch(networks, {k: v for k, v in state.items() if k.startswith(prefix)})
+        if not problem:
+            continue
+        ours, theirs = model.hparams.get(option), saved.get(option)
+        if theirs is not None and self_contained(theirs) != ours:
+            fail(f"--resume_from_ckpt {path}: trained with --{option} {describe_arch(theirs)}, this run has "
+                 f"{describe_arch(ours)}; a run resumes only with the same networks")
+        fail(f"--resume_from_ckpt {path}: its networks do not fit this run's --{option} ({problem.split(';')[0]}); "
+             "a run resumes only with the same networks")
+    if (checkpoint.get("ema") is not None) != (model.ema is not None):
+        wanted = "an --ema_decay >= 0" if checkpoint.get("ema") is not None else "--ema_decay -1"
+        fail(f"--resume_from_ckpt {path}: the EMA cannot be switched on or off when resuming; resume with {wanted}")
+    changes = []
+    for key in RESUMABLE_CHANGES:
+        old, new = saved.get(key), model.hparams.get(key)
+        if key == "betas" and old is not None:
+            old, new = tuple(float(b) for b in old), tuple(float(b) for b in new)
+        if key in saved and old != new:
+            changes.append(f"{key} {old} -> {new}")
+    if changes:
+        print(f"note: resuming with changed hyper-parameters, applied from step {checkpoint.get('global_step', 0)} "
+              f"on: {', '.join(changes)}")
 
 
 # --------------------------------------------------------------------------------------------- main
@@ -250,7 +307,8 @@ def main(argv: list[str] | None = None) -> None:
     checkpoint_dir = output_dir / "checkpoints"
     accelerator, devices = resolve_devices(args.accelerator, args.devices, args.num_gpus)
     processes = devices * args.num_nodes
-    ckpt_path = resume_path(args, checkpoint_dir)
+    prepare_checkpoint_folder(checkpoint_dir, resuming=args.resume_from_ckpt is not None)
+    ckpt_path, resumed = resume_checkpoint(args, checkpoint_dir)
     try:
         model = MMSERectifiedFlow(
             stage=args.stage, arch=args.arch, conditional=args.conditional,
@@ -262,11 +320,17 @@ def main(argv: list[str] | None = None) -> None:
         )
     except (ValueError, FileNotFoundError) as error:
         fail(str(error))
+    if resumed is not None:
+        check_resume(model, resumed, ckpt_path)
+        del resumed  # Lightning reads the file again
+    model.use_ema = args.use_ema
     if args.attention_backend is not None and hasattr(model.model, "set_neighborhood_backend"):
         model.model.set_neighborhood_backend(args.attention_backend)
     if compiles(args.compile, accelerator, args.stage):
         model.model.compile()  # in place: state-dict keys, EMA order and checkpoints are unchanged
     train_loader, val_loader = make_loaders(args, processes)
+    if val_loader is not None:
+        model.attach_validation_metrics()  # the reference's fid / inception_score, in every checkpoint
     logger = make_logger(args, output_dir, logger_kind)
     trainer = L.Trainer(
         accelerator=accelerator,
@@ -284,11 +348,12 @@ def main(argv: list[str] | None = None) -> None:
         callbacks=[
             ModelCheckpoint(dirpath=str(checkpoint_dir), save_last=True, enable_version_counter=False),
             LearningRateMonitor(logging_interval="step"),
+            FiniteGuard(args.nan_policy),
         ],
     )
     try:
         trainer.fit(model, train_loader, val_loader, ckpt_path=ckpt_path, weights_only=True)
-    except WriteError as error:
+    except (WriteError, NonFiniteTrainingError) as error:
         fail(str(error))
     print(f"checkpoints: {checkpoint_dir}")
 

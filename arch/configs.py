@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
-import inspect
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -13,6 +11,7 @@ from typing import Any
 from torch import nn
 
 from .hdit import HDiTConfig, hdit_from_config
+from .validate import ArchConfigError, check_hdit_fields, check_size, check_swinir_fields
 
 NEIGHBORHOOD_7 = {"type": "neighborhood", "d_head": 64, "kernel_size": 7}
 GLOBAL = {"type": "global", "d_head": 64}
@@ -59,6 +58,7 @@ NAMED_CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 ARCH_TYPES = ("hdit", "swinir")
+FIELD_CHECKS = {"hdit": check_hdit_fields, "swinir": check_swinir_fields}
 
 
 def load_arch_config(name_or_config: str | Mapping | Path) -> dict[str, Any]:
@@ -74,8 +74,8 @@ def load_arch_config(name_or_config: str | Mapping | Path) -> dict[str, Any]:
             raise ValueError(f"architecture config file {path} does not exist")
         try:
             config = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: not valid JSON ({error})") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ValueError(f"{path}: not a readable JSON file ({error})") from None
         if not isinstance(config, dict):
             raise ValueError(f"{path}: an architecture config must be a JSON object")
         return config
@@ -85,15 +85,7 @@ def load_arch_config(name_or_config: str | Mapping | Path) -> dict[str, Any]:
     )
 
 
-def _check_fields(kind: str, config: dict, allowed: set[str]) -> None:
-    unknown = set(config) - allowed
-    if unknown:
-        raise ValueError(f"{kind} config: unknown field(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
-
-
 def _build_hdit(config: dict, condition_channels: int) -> nn.Module:
-    allowed = {f.name for f in dataclasses.fields(HDiTConfig)}
-    _check_fields("hdit", config, allowed)
     try:
         hdit_config = HDiTConfig(**config)
     except TypeError as error:
@@ -105,8 +97,6 @@ def _build_hdit(config: dict, condition_channels: int) -> nn.Module:
 def _build_swinir(config: dict, condition_channels: int) -> nn.Module:
     from .swinir import SwinIR
 
-    allowed = set(inspect.signature(SwinIR.__init__).parameters) - {"self"}
-    _check_fields("swinir", config, allowed)
     config = dict(config)
     config["in_channels"] = config.get("in_channels", 3) + condition_channels
     return SwinIR(**config)
@@ -116,14 +106,20 @@ def create_arch(name_or_config: str | Mapping | Path, condition_channels: int = 
     """Build a network from a named config (see NAMED_CONFIGS), a JSON file path or a config mapping.
 
     `condition_channels` extra channels are added to the network's input channels (conditional flows
-    concatenate their condition to x_t).
+    concatenate their condition to x_t). Every field's type and the network's size are checked first
+    (arch.validate): a bad or oversized config is an `ArchConfigError` (a ValueError) naming the field.
     """
     config = load_arch_config(name_or_config)
-    if condition_channels < 0:
-        raise ValueError(f"condition_channels must be >= 0, got {condition_channels}")
+    if not isinstance(condition_channels, int) or isinstance(condition_channels, bool) or condition_channels < 0:
+        raise ValueError(f"condition_channels must be a whole number >= 0, got {condition_channels!r}")
     kind = config.pop("type", None)
-    if kind == "hdit":
-        return _build_hdit(config, condition_channels)
-    if kind == "swinir":
-        return _build_swinir(config, condition_channels)
-    raise ValueError(f"architecture config needs 'type' set to one of {ARCH_TYPES}, got {kind!r}")
+    is_file = isinstance(name_or_config, (str, Path)) and str(name_or_config) not in NAMED_CONFIGS
+    try:
+        if kind not in ARCH_TYPES:
+            raise ArchConfigError(f"architecture config needs 'type' set to one of {ARCH_TYPES}, got {kind!r}")
+        FIELD_CHECKS[kind](config)
+        check_size(kind, config, condition_channels)  # before a byte of the network is allocated
+    except ArchConfigError as error:
+        raise ArchConfigError(f"{name_or_config}: {error}" if is_file else str(error)) from None
+    build = _build_hdit if kind == "hdit" else _build_swinir
+    return build(config, condition_channels)

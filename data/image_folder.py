@@ -21,6 +21,7 @@ from .transforms import Transform
 
 DegradationFn = Callable[[Tensor], "tuple[Tensor, Tensor | None]"]
 MAX_LISTED_DIFFERENCES = 5
+MAX_LISTED_BAD_IMAGES = 20
 
 
 class ImageFolderDataset(Dataset):
@@ -135,6 +136,33 @@ class ImageFolderDataset(Dataset):
             self.source_paths = [source_path for _, source_path in kept]
 
 
+class BadImagesError(ValueError):
+    """Images of a folder cannot be used; the message lists them, one a line."""
+
+
+def scan_images(
+    dataset: ImageFolderDataset, img_size: int | None, skip: bool, what: str, num_workers: int = 0,
+    task: str = "train",
+) -> None:
+    """Decode every image of `dataset` once before the first batch; list the unreadable and odd-sized ones.
+
+    Without `skip` this raises BadImagesError with that list (`what` names the folder's option); with it,
+    the images are left out of `dataset` and a warning lists them. `task` ('train', 'test') words the
+    messages. train.py and test.py both call this, with their --skip_bad_images.
+    """
+    problems = dataset.scan(img_size, num_workers)
+    if not problems:
+        return
+    listing = "\n".join(f"  {path.name}: {reason}" for path, reason in problems[:MAX_LISTED_BAD_IMAGES])
+    if len(problems) > MAX_LISTED_BAD_IMAGES:
+        listing += f"\n  ... and {len(problems) - MAX_LISTED_BAD_IMAGES} more"
+    if not skip:
+        raise BadImagesError(f"{what}: {len(problems)} image(s) cannot be used:\n{listing}\n"
+                             f"fix or remove them, or pass --skip_bad_images to {task} without them")
+    print(f"warning: {what}: {task}ing without {len(problems)} image(s):\n{listing}")
+    dataset.drop([path for path, _ in problems])
+
+
 class _ImageChecker(Dataset):
     """(index, None or the reason image `index` cannot be used), computed in DataLoader workers."""
 
@@ -153,7 +181,7 @@ class _ImageChecker(Dataset):
                 return index, str(error)
             height, width = image.shape[:2]
             if height != width:
-                return index, f"{path}: {width}×{height} is not square; training batches need square images"
+                return index, f"{path}: {width}×{height} is not square; batches need square images"
         return index, None
 
 

@@ -14,19 +14,17 @@ from __future__ import annotations
 import functools
 import os
 import sys
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm import tqdm
 
 from evaluation.weights import MetricUnavailable
-from utils.images import ImageReadError, list_images, read_rgb
+from utils.images import ImageReadError, displayed_size, list_images, read_rgb
 
 MAX_LISTED_DIFFERENCES = 5
 
@@ -103,7 +101,8 @@ def match_by_name(reference: Sequence[Path], other_folder: str | os.PathLike, fl
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
-    """(width, height) from the file header, without decoding the pixels.
+    """(width, height) as the pixels are read (EXIF orientation applied), from the file header
+    (`utils.images.displayed_size`), remembered per file version.
 
     ImageReadError when the header cannot be read or claims more pixels than the decompression-bomb
     limit that `utils.images.read_rgb` applies.
@@ -111,19 +110,12 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     path = Path(path)
     try:
         status = path.stat()
-        key = (str(path), status.st_mtime_ns, status.st_size)
-        if key in _SIZES:
-            return _SIZES[key]
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                size = image.size
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ImageReadError(f"{path}: skipped: {error}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as error:
+    except OSError as error:
         raise ImageReadError(f"{path}: cannot read image ({error.__class__.__name__}: {error})") from None
-    _SIZES[key] = size
-    return size
+    key = (str(path), status.st_mtime_ns, status.st_size)
+    if key not in _SIZES:
+        _SIZES[key] = displayed_size(path)
+    return _SIZES[key]
 
 
 def readable_sizes(files: Sequence[Path]) -> list[tuple[int, int] | None]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from arch import NAMED_CONFIGS, create_arch
+from arch.validate import ArchConfigError
 from utils.weights import (
     WeightsReadError,
     clean_state_dict,
@@ -35,6 +36,40 @@ from utils.weights import (
 HF_CONFIG_NAME = "config.json"
 HF_WEIGHTS_NAME = "model.safetensors"
 NETWORK_PREFIXES = ("model.", "mmse_model.")
+METRIC_PREFIXES = ("fid.", "inception_score.")  # the reference's FID / IS Inception networks
+
+
+# ------------------------------------------------------------------------------- finite weights
+
+
+class NonFiniteWeightsError(ValueError):
+    """A checkpoint holds NaN or infinite weights (its training run diverged); the message names it."""
+
+
+def non_finite_tensors(named: Iterable[tuple[str, torch.Tensor]]) -> list[str]:
+    """Names of the floating-point tensors holding a NaN or an infinity. A sum per tensor (a NaN or an
+    infinity makes it non-finite; one pass, nothing allocated) and one host sync per device; the names
+    are looked for only when something is wrong."""
+    floats = [(name, t.detach()) for name, t in named if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    sums: dict[torch.device, list[torch.Tensor]] = {}
+    for _, tensor in floats:
+        wide = torch.float64 if tensor.dtype == torch.float64 else torch.float32  # no float16 overflow
+        sums.setdefault(tensor.device, []).append(tensor.sum(dtype=wide).reshape(1))
+    if all(bool(torch.isfinite(torch.cat(device_sums)).all()) for device_sums in sums.values()):
+        return []
+    return [name for name, t in floats if not bool(torch.isfinite(t).all())]
+
+
+def check_finite(state: Mapping[str, torch.Tensor], source: str, shadows: Sequence[torch.Tensor] | None = None) -> None:
+    """Refuse weights (and EMA shadows) with a NaN or an infinity: NonFiniteWeightsError, one line."""
+    named = list(state.items()) + [(f"ema.shadow_params[{i}]", t) for i, t in enumerate(shadows or [])]
+    bad = non_finite_tensors(named)
+    if bad:
+        values = sum(int((~torch.isfinite(t)).sum()) for name, t in named if name in set(bad))
+        raise NonFiniteWeightsError(
+            f"{source}: {values:,} weight value(s) in {len(bad)} tensor(s) are NaN or infinite (first: {bad[0]}); "
+            "the training run that wrote it diverged: use an earlier checkpoint"
+        )
 
 
 # ------------------------------------------------------------------------- posterior-mean networks
@@ -97,6 +132,7 @@ def load_mmse_network(ckpt_path: str | os.PathLike | None, arch: str | dict | No
     if ckpt_path is not None:
         checkpoint = read_checkpoint(ckpt_path)
         state, shadows = mmse_network_state(checkpoint)
+        check_finite(state, str(ckpt_path), shadows)
         if arch is None:
             arch = (checkpoint.get("hyper_parameters") or {}).get("arch") or infer_arch_name(state)
         if arch is None:
@@ -120,6 +156,11 @@ def network_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if k.startswith(NETWORK_PREFIXES)}
 
 
+def metric_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The metric networks' entries of a module state dict (`fid.*`, `inception_score.*`)."""
+    return {k: v for k, v in state.items() if k.startswith(METRIC_PREFIXES)}
+
+
 def rebuild(
     cls,
     hparams: Mapping[str, Any],
@@ -134,6 +175,7 @@ def rebuild(
     The posterior-mean network is rebuilt from `state` (its original checkpoint path is dropped unless
     overridden), its architecture read from the hyper-parameters or recognised from the weights.
     """
+    check_finite(network_state(state), source, (ema_state or {}).get("shadow_params"))
     hparams = {**dict(hparams), **overrides}
     if "mmse_model_ckpt_path" not in overrides:
         hparams["mmse_model_ckpt_path"] = None
@@ -151,18 +193,45 @@ def rebuild(
     if model.ema is not None and ema_state is not None:
         try:
             model.ema.load_state_dict(ema_state)
-        except (ValueError, KeyError, RuntimeError) as error:
+        except (ValueError, KeyError, RuntimeError, AssertionError) as error:
             raise ValueError(f"{source}: its EMA state does not fit the model ({error})") from None
+        model.ema.collected_params = None  # older checkpoints of this project kept a copy of the weights
     return model
 
 
-def load_lightning_checkpoint(cls, path: str | os.PathLike, map_location="cpu", strict: bool = True, **overrides):
-    checkpoint = read_checkpoint(path, map_location or "cpu")
+def read_hparams_file(path: str | os.PathLike) -> dict:
+    """Hyper-parameters from a .yaml/.yml or .csv file, read as Lightning's load_from_checkpoint reads them."""
+    from lightning.pytorch.core.saving import load_hparams_from_tags_csv, load_hparams_from_yaml
+
+    extension = Path(path).suffix.lower()
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"hparams_file {path}: no such file")
+    if extension == ".csv":
+        return dict(load_hparams_from_tags_csv(str(path)))
+    if extension in (".yml", ".yaml"):
+        return dict(load_hparams_from_yaml(str(path), use_omegaconf=False))
+    raise ValueError(f"hparams_file {path}: a .csv, .yml or .yaml file is required")
+
+
+def load_lightning_checkpoint(cls, path: str | os.PathLike, map_location=None, strict: bool = True,
+                              hparams_file: str | os.PathLike | None = None, **overrides):
+    """A model from a Lightning checkpoint. `map_location` None is Lightning's default: tensors stay on
+    the device they were saved from when that device exists here, else the CPU, and the model follows them."""
+    from lightning.pytorch.core.saving import _default_map_location
+
+    checkpoint = read_checkpoint(path, _default_map_location if map_location is None else map_location)
     if "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
         raise WeightsReadError(f"{path}: not a Lightning checkpoint (needs 'state_dict' and 'hyper_parameters')")
-    model = rebuild(cls, checkpoint["hyper_parameters"], checkpoint["state_dict"], str(path),
-                    checkpoint.get("ema"), strict, **overrides)
-    return model.to(map_location) if map_location is not None else model
+    hparams = read_hparams_file(hparams_file) if hparams_file is not None else checkpoint["hyper_parameters"]
+    state = checkpoint["state_dict"]
+    try:
+        model = rebuild(cls, hparams, state, str(path), checkpoint.get("ema"), strict, **overrides)
+    except ArchConfigError as error:
+        raise ArchConfigError(f"{path}: {error}") from None
+    if map_location is None:
+        device = next((v.device for v in network_state(state).values() if isinstance(v, torch.Tensor)), None)
+        return model.to(device) if device is not None else model
+    return model.to(map_location) if isinstance(map_location, (str, torch.device)) else model
 
 
 def resolve_pretrained_files(repo_or_dir: str | os.PathLike, **hub_kwargs) -> tuple[Path, Path]:
@@ -197,13 +266,17 @@ def read_config(path: Path) -> dict:
     return config
 
 
-def load_pretrained(cls, repo_or_dir: str | os.PathLike, map_location="cpu", hub_kwargs=None, **overrides):
+def load_pretrained(cls, repo_or_dir: str | os.PathLike, map_location="cpu", hub_kwargs=None, strict: bool = True,
+                    **overrides):
     """A model from the Hugging Face layout; its weights already are the EMA weights, so no EMA is kept."""
     config_path, weights_path = resolve_pretrained_files(repo_or_dir, **(hub_kwargs or {}))
     config = read_config(config_path)
     config["ema_decay"] = -1
     state = read_checkpoint(weights_path, map_location or "cpu")
-    model = rebuild(cls, config, state, str(weights_path), **overrides)
+    try:
+        model = rebuild(cls, config, state, str(weights_path), strict=strict, **overrides)
+    except ArchConfigError as error:
+        raise ArchConfigError(f"{config_path}: {error}") from None
     return model.to(map_location) if map_location is not None else model
 
 

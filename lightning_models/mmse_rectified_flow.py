@@ -18,6 +18,7 @@ from typing import Any
 import lightning as L
 import torch
 from huggingface_hub import PyTorchModelHubMixin
+from torch import nn
 from torch.nn import functional as F
 
 from arch import create_arch
@@ -30,6 +31,9 @@ from .validation import ValidationImages, ValidationMetrics
 
 log = logging.getLogger(__name__)
 __all__ = ["MMSERectifiedFlow", "METHODS", "STAGES"]
+
+# Hyper-parameters a checkpoint may carry besides the constructor's arguments (see on_save_checkpoint).
+INCEPTION_FLAG = "inception_weights_saved"
 
 
 def self_contained(arch: str | dict) -> str | dict:
@@ -67,6 +71,7 @@ class MMSERectifiedFlow(L.LightningModule, PyTorchModelHubMixin, pipeline_tag="i
         super().__init__()
         if "source_noise_std" in kwargs:
             mmse_noise_std = kwargs.pop("source_noise_std")
+        kwargs.pop(INCEPTION_FLAG, None)  # describes a file, not this model (on_save_checkpoint)
         if t_schedule not in T_SCHEDULES:
             raise ValueError(f"t_schedule must be one of {T_SCHEDULES}, got {t_schedule!r}")
         has_posterior_mean = stage == "flow" and (mmse_model_ckpt_path is not None or mmse_model_arch is not None)
@@ -82,7 +87,8 @@ class MMSERectifiedFlow(L.LightningModule, PyTorchModelHubMixin, pipeline_tag="i
         self.mmse_noise_std = float(mmse_noise_std or 0.0)
         self.num_flow_steps = int(num_flow_steps)
         self.lr, self.weight_decay, self.betas = lr, weight_decay, tuple(float(b) for b in betas)
-        self.use_ema = True  # switch off to validate / test / infer with the raw weights
+        # Validation and testing run the raw weights, as the reference's do (see maybe_ema); True: the EMA.
+        self.use_ema = False
 
         self.model = create_arch(arch, self._condition_channels())
         self.hparams["arch"] = self_contained(arch)
@@ -91,8 +97,15 @@ class MMSERectifiedFlow(L.LightningModule, PyTorchModelHubMixin, pipeline_tag="i
             self.mmse_model, mmse_arch = checkpoints.load_mmse_network(mmse_model_ckpt_path, mmse_model_arch)
             self.hparams["mmse_model_arch"] = self_contained(mmse_arch)  # checkpoints rebuild f without its file
         self.ema = self._build_ema(ema_decay)
-        self.test_num_flow_steps: list[int] = [self.num_flow_steps]
-        self._validation_metrics: ValidationMetrics | None = None
+        # The reference's test attributes: where test_step writes, and the K values it restores with.
+        self.test_results_path: str | os.PathLike | None = None
+        self.num_test_flow_steps: list[int] | None = None
+        self.test_jpeg_quality = 75  # for .jpg test outputs (torchvision's save_image quality)
+        self._test_writer = None
+        # FID and IS of validation (flow stages), the reference's submodules; see attach_validation_metrics.
+        self.fid: nn.Module | None = None
+        self.inception_score: nn.Module | None = None
+        self._metrics_tried = False
         self._validation_images = ValidationImages()
         self._ema_stack = ExitStack()
 
@@ -137,27 +150,57 @@ class MMSERectifiedFlow(L.LightningModule, PyTorchModelHubMixin, pipeline_tag="i
                 net.check_input_size(h, w)
 
     # ------------------------------------------------------------------------------------------ EMA
+    # Everything about the EMA of the trained network's weights (torch-ema) is in this section.
+
+    @property
+    def ema_wanted(self) -> bool:
+        """The reference's name: an EMA is kept (ema_decay is not -1)."""
+        return self.ema is not None
 
     def _ema_on_device(self):
         if self.ema is not None and self.ema.shadow_params and self.ema.shadow_params[0].device != self.device:
             self.ema.to(self.device)
         return self.ema
 
+    def on_before_zero_grad(self, optimizer) -> None:
+        """The EMA update, where the reference makes it: Lightning runs this hook before the step's
+        backward and optimizer step, so after N steps the EMA has averaged θ0 … θ_{N−1}."""
+        if self._ema_on_device() is not None:
+            self.ema.update(self.model.parameters())
+
     @contextmanager
     def ema_scope(self, enabled: bool | None = None):
-        """Temporarily swap in the EMA weights (no-op without EMA or with `use_ema` off)."""
+        """Temporarily swap in the EMA weights (no-op without an EMA, or with `use_ema` off).
+
+        The raw weights are kept aside here rather than in torch-ema's `collected_params`, so scopes nest
+        and a checkpoint written meanwhile holds no second copy of the weights.
+        """
         enabled = self.use_ema if enabled is None else enabled
         ema = self._ema_on_device()
         if not enabled or ema is None:
             yield
             return
         params = list(self.model.parameters())
-        ema.store(params)
+        raw = [p.detach().clone() for p in params]
         ema.copy_to(params)
         try:
             yield
         finally:
-            ema.restore(params)
+            with torch.no_grad():
+                for param, value in zip(params, raw):
+                    param.copy_(value)
+
+    @contextmanager
+    def maybe_ema(self):
+        """The reference's context manager; validation and testing run inside it, here as there.
+
+        The reference yields torch-ema's `average_parameters` without entering it, so its
+        `with self.maybe_ema():` runs the raw weights, and its validation and test numbers are the raw
+        weights'. Here the body runs the raw weights too unless `use_ema` is set, and what is yielded is a
+        context manager that swaps the EMA weights in when entered (what the reference meant).
+        """
+        with self.ema_scope():
+            yield self.ema_scope(enabled=True)
 
     def copy_ema_to_model(self) -> None:
         """Make the EMA weights the model's weights for good (inference)."""
@@ -165,10 +208,18 @@ class MMSERectifiedFlow(L.LightningModule, PyTorchModelHubMixin, pipeline_tag="i
         if ema is not None:
             ema.copy_to(self.model.parameters())
 
-    def optimizer_step(self, *args, **kwargs):
-        super().optimizer_step(*args, **kwargs)
-        if self._ema_on_device() is not None:
-            self.ema.update(self.model.parameters())
+    def ema_state(self) -> dict | None:
+        """torch-ema's state as the reference saves it: `collected_params` empty (None)."""
+        return None if self.ema is None else {**self.ema.state_dict(), "collected_params": None}
+
+    def on_train_start(self) -> None:
+        """The hyper-parameters this module was built with apply from here on, also when a resumed
+        checkpoint restored others into the optimizer and the EMA (train.py lists such changes)."""
+        for optimizer in self.trainer.optimizers:
+            for group in optimizer.param_groups:
+                group.update(lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)
+        if self.ema is not None:
+            self.ema.decay = float(self.hparams["ema_decay"])
 
     def configure_optimizers(self):
         return torch.optim.AdamW(
@@ -246,6 +297,12 @@ class MMSERectifiedFlow(L.LightningModule, PyTorchModelHubMixin, pipeline_tag="i
     def create_source_distribution_samples(self, x, y: torch.Tensor, non_noisy_z0=None) -> torch.Tensor:
         return self.pmrf.source(y, non_noisy_z0=non_noisy_z0).z0
 
+    @staticmethod
+    def stratified_uniform(bs: int, group: int = 0, groups: int = 1, dtype=None, device=None) -> torch.Tensor:
+        """The reference's sampler, shape (bs, 1, 1, 1): sample j of group g is (g + j·groups + u_j)/(bs·groups)."""
+        t = sample_times(bs, "stratified_uniform", 0.0, group, groups, device=device or "cpu")
+        return t.to(dtype or t.dtype).view(bs, 1, 1, 1)
+
     def generate_random_t(self, bs: int, dtype=None) -> torch.Tensor:
         world_size = self.trainer.world_size if self._trainer is not None else 1
         t = sample_times(bs, self.t_schedule, self.eps, self.global_rank, world_size, device=self.device)
@@ -255,31 +312,53 @@ class MMSERectifiedFlow(L.LightningModule, PyTorchModelHubMixin, pipeline_tag="i
 
     def _enter_ema_for_epoch(self) -> None:
         self._ema_stack.close()
-        self._ema_stack.enter_context(self.ema_scope())
+        self._ema_stack.enter_context(self.maybe_ema())
+
+    def attach_validation_metrics(self) -> bool:
+        """Create FID and Inception Score as the submodules `fid` and `inception_score` (flow stages), as
+        the reference does, so that checkpoints hold `fid.inception.*` and `inception_score.inception.*`.
+
+        Tried once; False (after one warning) when the Inception weights are not available. train.py
+        calls it before training; otherwise the first validation does.
+        """
+        if self.stage != "mmse" and self.fid is None and not self._metrics_tried:
+            self._metrics_tried = True
+            metrics = ValidationMetrics.create()
+            if metrics is not None:
+                self.fid, self.inception_score = metrics.fid.to(self.device), metrics.inception_score.to(self.device)
+        return self.fid is not None
+
+    def _validation_metrics(self) -> ValidationMetrics | None:
+        return ValidationMetrics(self.fid, self.inception_score) if self.fid is not None else None
 
     def on_validation_epoch_start(self) -> None:
         self._enter_ema_for_epoch()
-        if self.stage != "mmse" and self._validation_metrics is None:
-            self._validation_metrics = ValidationMetrics.create()
-        if self._validation_metrics is not None:
-            self._validation_metrics.to(self.device).reset()
+        if self.attach_validation_metrics():
+            self._validation_metrics().reset()
         self._validation_images.reset()
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         x, y = batch["x"], batch["y"]
-        xhat, trajectory, z0 = self.generate_reconstructions(
-            x, y, batch.get("non_noisy_z0"), self.num_flow_steps, self.device
-        )
+        states: list[torch.Tensor] = []
+        first_image_states = (lambda s: states.append(s["x"][:1])) if batch_idx == 0 else None
+        sample = self.pmrf.sample(y, self.num_flow_steps, callback=first_image_states,
+                                  non_noisy_z0=batch.get("non_noisy_z0"))
+        xhat = sample.xhat.float()
         self.log("val_metrics/mse", F.mse_loss(xhat, x.float()), sync_dist=True, batch_size=x.shape[0])
-        if self._validation_metrics is not None:
-            self._validation_metrics.update(xhat, x)
+        metrics = self._validation_metrics()
+        if metrics is not None:
+            metrics.update(xhat, x)
         if batch_idx == 0:
-            mmse = self.pmrf.posterior_mean(y) if self.mmse_model is not None else None
-            self._validation_images.keep(x=x, y=y, xhat=xhat, trajectory=trajectory, z0=z0, mmse=mmse)
+            trajectory = [sample.source[:1], *states] if sample.source is not None else None
+            mmse = sample.posterior_mean
+            if mmse is None and self.mmse_model is not None:  # reflow: the source did not need f(y)
+                mmse = self.pmrf.posterior_mean(y)
+            self._validation_images.keep(x=x, y=y, xhat=xhat, trajectory=trajectory, z0=sample.source, mmse=mmse)
 
     def on_validation_epoch_end(self) -> None:
-        if self._validation_metrics is not None:
-            for name, value in self._validation_metrics.compute().items():
+        metrics = self._validation_metrics()
+        if metrics is not None:
+            for name, value in metrics.compute().items():
                 self.log(f"val_metrics/{name}", value, sync_dist=True)
         log_dir = self.trainer.log_dir if self._trainer is not None else None  # a collective: every rank asks
         if self.global_rank == 0 and log_dir:
@@ -289,35 +368,77 @@ class MMSERectifiedFlow(L.LightningModule, PyTorchModelHubMixin, pipeline_tag="i
     # ------------------------------------------------------------------------------------------ test
 
     def on_test_epoch_start(self) -> None:
+        from utils.images import ImageWriter
+
+        if self.test_results_path is None:
+            raise ValueError("set model.test_results_path (the folder test outputs go to) before testing")
         self._enter_ema_for_epoch()
+        self._test_writer = ImageWriter(self.test_jpeg_quality)
 
     def on_test_epoch_end(self) -> None:
-        self._ema_stack.close()
+        try:
+            if self._test_writer is not None:
+                self._test_writer.close()  # waits for the last writes; raises WriteError if one failed
+        finally:
+            self._test_writer = None
+            self._ema_stack.close()
 
     @torch.no_grad()
     def test_step(self, batch: dict, batch_idx: int) -> dict:
-        """Restorations of one test batch for every K of `test_num_flow_steps` (test.py writes them).
+        """Restore one test batch for every K of `num_test_flow_steps` and write the results under
+        `test_results_path`, in the reference's layout (file names are the inputs'):
 
-        Returns {'y', 'xhat': {K: images}, 'source': z0 of the first K, 'posterior_mean'} for flows and
-        {'y', 'xhat'} for the mmse stage; every K draws its own source noise, as in the reference.
+        `y/`; for flows `num_flow_steps=<K>/xhat/` for every K, `source_distribution_samples/` (the source
+        of the first K) and `mmse_samples/` (clip(f(y)), when the model has f); for mmse, `xhat/`.
+        Every K draws its own source noise, as in the reference. Returns what was written, as tensors.
         """
         y, non_noisy_z0 = batch["y"], batch.get("non_noisy_z0")
         if self.stage == "mmse":
-            return {"y": y, "xhat": self.pmrf.sample(y, 1).xhat}
-        posterior_mean = self.pmrf.posterior_mean(y) if self.mmse_model is not None else None
-        out: dict[str, Any] = {"y": y, "xhat": {}, "source": None, "posterior_mean": posterior_mean}
-        for steps in self.test_num_flow_steps:
-            sample = self.pmrf.sample(y, steps, non_noisy_z0=non_noisy_z0, posterior_mean=posterior_mean)
-            out["xhat"][steps] = sample.xhat
-            if out["source"] is None:
-                out["source"] = sample.source
+            out = {"y": y, "xhat": self.pmrf.sample(y, 1).xhat}
+        else:
+            posterior_mean = self.pmrf.posterior_mean(y) if self.mmse_model is not None else None
+            out = {"y": y, "xhat": {}, "source": None, "posterior_mean": posterior_mean}
+            for steps in self.num_test_flow_steps or [self.num_flow_steps]:
+                sample = self.pmrf.sample(y, steps, non_noisy_z0=non_noisy_z0, posterior_mean=posterior_mean)
+                out["xhat"][steps] = sample.xhat
+                if out["source"] is None:
+                    out["source"] = sample.source
+        self._write_test_outputs(out, batch["img_file_name"])
         return out
+
+    def _write_test_outputs(self, out: dict, names: list[str]) -> None:
+        from utils.images import ImageWriter
+
+        if self.test_results_path is None:
+            raise ValueError("set model.test_results_path (the folder test outputs go to) before testing")
+        writer = self._test_writer or ImageWriter(self.test_jpeg_quality)  # test_step called on its own
+        root = Path(self.test_results_path)
+        folders = {root / "y": out["y"]}
+        if self.stage == "mmse":
+            folders[root / "xhat"] = out["xhat"]
+        else:
+            for steps, images in out["xhat"].items():
+                folders[root / f"num_flow_steps={steps}" / "xhat"] = images
+            folders[root / "source_distribution_samples"] = out["source"].clamp(0, 1)
+            if out["posterior_mean"] is not None:
+                folders[root / "mmse_samples"] = out["posterior_mean"]
+        for folder, images in folders.items():
+            for name, image in zip(names, images.detach().float().cpu()):
+                writer.submit(image, folder / name)
+        if writer is not self._test_writer:
+            writer.close()
 
     # ------------------------------------------------------------------------------ checkpoint I/O
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.ema is not None:
-            checkpoint["ema"] = self.ema.state_dict()
+            checkpoint["ema"] = self.ema_state()
+        hparams = checkpoint.get("hyper_parameters")
+        if self.stage != "mmse" and isinstance(hparams, dict):
+            if self.fid is None:  # no Inception weights here: the reference loads this with strict=False
+                hparams[INCEPTION_FLAG] = False
+            else:
+                hparams.pop(INCEPTION_FLAG, None)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         saved = checkpoint.get("hyper_parameters") or {}
@@ -329,23 +450,33 @@ class MMSERectifiedFlow(L.LightningModule, PyTorchModelHubMixin, pipeline_tag="i
                 )
         if self.ema is not None and checkpoint.get("ema") is not None:
             self.ema.load_state_dict(checkpoint["ema"])
-        checkpoint["state_dict"] = checkpoints.network_state(checkpoint["state_dict"])
+            self.ema.collected_params = None
+        # The networks come from the checkpoint; the metric networks (if this module has them) stay the
+        # ones read from the Inception weights file, whatever the checkpoint holds or lacks.
+        state = checkpoints.network_state(checkpoint["state_dict"])
+        state.update(checkpoints.metric_state(self.state_dict()))
+        checkpoint["state_dict"] = state
 
     @classmethod
     def load_from_checkpoint(
         cls,
         checkpoint_path: str | os.PathLike,
-        map_location: str | torch.device | None = None,
-        hparams_file: str | None = None,
+        map_location: Any = None,
+        hparams_file: str | os.PathLike | None = None,
         strict: bool | None = True,
         **overrides: Any,
     ) -> MMSERectifiedFlow:
         """Rebuild a model from a Lightning checkpoint (ours or the official one), safely.
 
-        The MMSE network is rebuilt from the checkpoint itself (`mmse_model_ckpt_path` is ignored unless
-        overridden); metric modules stored in old checkpoints (`fid.*`, `inception_score.*`) are ignored.
+        As Lightning's: `map_location` None keeps the tensors on the device they were saved from when it
+        exists here (else the CPU) and puts the model there; `hparams_file` (.yaml or .csv) replaces the
+        checkpoint's hyper-parameters; keyword arguments override them. The MMSE network is rebuilt from
+        the checkpoint itself (`mmse_model_ckpt_path` is ignored unless overridden); the metric networks
+        (`fid.*`, `inception_score.*`) are not loaded.
         """
-        return checkpoints.load_lightning_checkpoint(cls, checkpoint_path, map_location or "cpu", strict is not False, **overrides)
+        return checkpoints.load_lightning_checkpoint(
+            cls, checkpoint_path, map_location, strict is not False, hparams_file=hparams_file, **overrides
+        )
 
     @classmethod
     def from_pretrained(
@@ -358,16 +489,30 @@ class MMSERectifiedFlow(L.LightningModule, PyTorchModelHubMixin, pipeline_tag="i
         local_files_only: bool = False,
         token: str | bool | None = None,
         force_download: bool = False,
+        strict: bool = True,
         **overrides: Any,
     ) -> MMSERectifiedFlow:
         """Load the Hugging Face layout (config.json + model.safetensors) from the Hub or a local folder.
 
-        `overrides` replace constructor arguments of the saved config (e.g. `num_flow_steps=25`). The
-        weights there already are the EMA weights, so the loaded model keeps no separate EMA.
+        `overrides` replace constructor arguments of the saved config (e.g. `num_flow_steps=25`); any
+        other keyword is a TypeError. `strict=False` lets weights be missing from (or extra in) the file.
+        The weights there already are the EMA weights, so the loaded model keeps no separate EMA.
         """
+        unknown = sorted(set(overrides) - cls.constructor_arguments())
+        if unknown:
+            raise TypeError(f"from_pretrained() got an unexpected keyword argument {unknown[0]!r}; it takes the "
+                            "Hugging Face Hub arguments, map_location, strict and constructor arguments")
         hub = dict(revision=revision, cache_dir=cache_dir, local_files_only=local_files_only or None,
                    token=token, force_download=force_download or None)
-        return checkpoints.load_pretrained(cls, pretrained_model_name_or_path, map_location, hub, **overrides)
+        return checkpoints.load_pretrained(cls, pretrained_model_name_or_path, map_location, hub, strict, **overrides)
+
+    @classmethod
+    def constructor_arguments(cls) -> set[str]:
+        """The keywords the constructor takes (its own, `colorization` and the alias `source_noise_std`)."""
+        import inspect
+
+        names = set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"}
+        return names | {"colorization", "source_noise_std"}
 
     def save_pretrained(
         self,

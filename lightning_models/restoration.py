@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from utils.cli import HF_REPO
-from utils.images import ImageReadError, ImageWriter, output_name, read_rgb
+from utils.images import ImageReadError, ImageWriter, displayed_size, output_name, read_rgb
 
 # Image size each named architecture was trained at: aligned inputs are resized to it.
 NATIVE_SIZES = {"hdit_ImageNet256Sp4": 512, "swinir_L": 512, "hdit_XL2": 256, "swinir_M": 256}
@@ -53,7 +53,7 @@ def load_model(
                 f"checkpoint {ckpt_path} not found. Put the official checkpoint there, or use "
                 f"--ckpt_path {HF_REPO} --ckpt_path_is_huggingface"
             )
-        model = MMSERectifiedFlow.load_from_checkpoint(path, **overrides)
+        model = MMSERectifiedFlow.load_from_checkpoint(path, map_location="cpu", **overrides)
         if use_ema:
             model.copy_ema_to_model()
     return model.eval().requires_grad_(False).to(device)
@@ -96,6 +96,17 @@ def seeded_generator(seed: int | None, device: torch.device) -> torch.Generator 
     if seed is None:
         return None
     return torch.Generator(device=device).manual_seed(seed)
+
+
+NON_FINITE_OUTPUT = ("the model's output holds NaN or infinite values (its weights or the precision cannot "
+                     "handle this input): not written")
+
+
+def finite_images(*batches: torch.Tensor) -> list[bool]:
+    """Per image (dim 0), whether every value in all `batches` is finite: one reduction per batch, on
+    the host copies the outputs are written from (no extra device sync)."""
+    flags = torch.stack([torch.isfinite(batch).flatten(1).all(1) for batch in batches]).all(0)
+    return flags.tolist()
 
 
 @dataclass
@@ -166,14 +177,6 @@ class AlignedReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
-def _displayed_size(path: Path) -> tuple[int, int]:
-    """(width, height) as displayed (EXIF orientation applied), from the header alone."""
-    with Image.open(path) as image:
-        width, height = image.size
-        orientation = image.getexif().get(0x0112, 1)
-    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
-
-
 class AlignedFaces(Dataset):
     """Aligned faces read upright as float tensors, resized to `size` (bicubic) when it is set.
 
@@ -214,9 +217,9 @@ def plan_batches(paths: list[Path], size: int | None, check_size, batch_size: in
     skipped, resized = [], 0
     for index, path in enumerate(paths):
         try:
-            width, height = _displayed_size(path)
-        except Exception as error:  # unreadable header: listed, never fatal
-            skipped.append((path.name, f"cannot read image ({error.__class__.__name__}: {error})"))
+            width, height = displayed_size(path)
+        except ImageReadError as error:  # unreadable header: listed, never fatal
+            skipped.append((path.name, str(error)))
             continue
         limit = MAX_ALIGNED_SCALE * (size or 512)
         if max(width, height) > limit:
@@ -267,10 +270,14 @@ def restore_aligned(model, paths: list[Path], output_dir: Path, options: Aligned
                 y = torch.cat([y, y[-1:].expand(options.batch_size - count, -1, -1, -1)])
             with precision_context(device, options.bf16):
                 sample = model.pmrf.sample(y, options.num_flow_steps, generator)
-            for key, images in (("xhat", sample.xhat), ("posterior_mean", sample.posterior_mean)):
-                if images is None:
+            outputs = {key: images[:count].float().cpu() for key, images in
+                       (("xhat", sample.xhat), ("posterior_mean", sample.posterior_mean)) if images is not None}
+            finite = finite_images(*outputs.values())
+            for index, name in enumerate(batch["names"]):
+                if not finite[index]:
+                    report.skipped.append((name, NON_FINITE_OUTPUT))
                     continue
-                for name, image in zip(batch["names"], images[:count].float().cpu()):
-                    writer.submit(image, folders[key] / output_name(name, options.suffix, options.ext))
-            report.written += count
+                for key, images in outputs.items():
+                    writer.submit(images[index], folders[key] / output_name(name, options.suffix, options.ext))
+                report.written += 1
     return report

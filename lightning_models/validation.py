@@ -41,11 +41,15 @@ def _warn_once(message: str) -> None:
         warnings.warn(message, stacklevel=3)
 
 
-class ValidationMetrics(nn.Module):
-    """FID and Inception Score of restored images (torchmetrics, inputs in [0, 1])."""
+class ValidationMetrics:
+    """FID and Inception Score of restored images (torchmetrics, inputs in [0, 1]).
+
+    The two torchmetrics modules are the reference's `self.fid` and `self.inception_score`: the
+    LightningModule registers them under those names, so its checkpoints hold `fid.inception.*` and
+    `inception_score.inception.*` as the reference's do. This class only groups what is done with them.
+    """
 
     def __init__(self, fid: nn.Module, inception_score: nn.Module):
-        super().__init__()
         self.fid, self.inception_score = fid, inception_score
 
     @classmethod
@@ -98,12 +102,13 @@ class ValidationMetrics(nn.Module):
 class ValidationImages:
     """Keeps the first validation batch and writes it as one grid image per epoch.
 
-    Panels carry the reference's names (logged as ``val_images/<name>``): x, y, xhat, x_t_seq (the
-    trajectory of the first image), source_distribution_samples and xhat_mmse.
+    Panels carry the reference's names (logged as ``val_images/<name>``) and its layout: the first
+    `NUM_IMAGES` images of x, y, xhat, source_distribution_samples and xhat_mmse in one row, and x_t_seq,
+    every one of the K+1 states of the first image's trajectory (the source first) in one row, all
+    without padding.
     """
 
-    MAX_IMAGES = 8
-    MAX_TRAJECTORY = 10
+    NUM_IMAGES = 5
 
     def __init__(self) -> None:
         self.rows: dict[str, torch.Tensor] = {}
@@ -112,11 +117,11 @@ class ValidationImages:
         self.rows = {}
 
     def keep(self, x, y, xhat, trajectory, z0, mmse) -> None:
-        n = self.MAX_IMAGES
+        """`trajectory`: the first image's states, z0 first (K+1 tensors of (C, H, W) or (1, C, H, W))."""
+        n = self.NUM_IMAGES
         rows = {"x": x[:n], "y": y[:n], "xhat": xhat[:n]}
-        if trajectory and len(trajectory) > 1:
-            step = max(1, len(trajectory) // self.MAX_TRAJECTORY)
-            rows["x_t_seq"] = torch.stack([state[0] for state in trajectory[::step]])
+        if trajectory:
+            rows["x_t_seq"] = torch.stack([state.reshape(state.shape[-3:]) for state in trajectory])
         if z0 is not None:
             rows["source_distribution_samples"] = z0[:n]
         if mmse is not None:
@@ -132,7 +137,7 @@ class ValidationImages:
 
         for name, images in self.rows.items():
             images = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
-            grid = make_grid(images, nrow=images.shape[0], padding=2)
+            grid = make_grid(images, nrow=images.shape[0], padding=0)
             save_rgb(tensor_to_uint8(grid), folder / f"epoch={epoch:04d}" / f"{name}.png")
             if logger is not None and hasattr(logger, "log_image"):
                 try:

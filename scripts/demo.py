@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -108,6 +109,8 @@ def main() -> None:
     make_face_folder(out / "data" / "train", args.num_train, args.img_size, seed=0)
     make_face_folder(out / "data" / "test", args.num_test, args.img_size, seed=1)
 
+    for run_folder in (out / "mmse", out / "pmrf"):  # a new demo trains afresh (train.py keeps old runs)
+        shutil.rmtree(run_folder, ignore_errors=True)
     run("training the posterior-mean (MMSE) model",
         train_command(args, "mmse", "configs/demo_swinir.json", out / "mmse", args.mmse_steps, []))
     mmse_ckpt = out / "mmse" / "checkpoints" / "last.ckpt"

@@ -167,3 +167,14 @@ def test_a_compiled_bf16_training_step_runs_with_the_automatic_token_order():
     loss.backward()
     assert expected_tiled == attention.SMALL_BLOCK_BACKWARD
     assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
+
+
+def test_load_from_checkpoint_keeps_a_cuda_checkpoint_on_cuda_as_lightning_does(tmp_path):
+    """map_location=None is Lightning's default: the tensors stay on the device they were saved from."""
+    from lightning_models.mmse_rectified_flow import MMSERectifiedFlow
+
+    model = MMSERectifiedFlow(stage="naive_flow", arch=TINY_HDIT, ema_decay=0.9).cuda()
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
+                "ema": model.ema.state_dict()}, tmp_path / "cuda.ckpt")
+    assert MMSERectifiedFlow.load_from_checkpoint(tmp_path / "cuda.ckpt").device.type == "cuda"
+    assert MMSERectifiedFlow.load_from_checkpoint(tmp_path / "cuda.ckpt", map_location="cpu").device.type == "cpu"

@@ -117,20 +117,23 @@ def test_pmrf_without_mmse_model_is_a_clear_error():
         build_method("pmrf", None)
 
 
-def test_validation_and_test_use_ema_weights_and_restore_raw(mmse_ckpt):
+def test_testing_runs_the_raw_weights_unless_use_ema_and_restores_them(mmse_ckpt, tmp_path):
     model = build_method("pmrf", mmse_ckpt, ema_decay=0.5)
+    model.test_results_path = tmp_path
     raw = [p.detach().clone() for p in model.model.parameters()]
     with torch.no_grad():
         for shadow in model.ema.shadow_params:
             shadow.add_(1.0)
+    assert model.use_ema is False  # the reference's numbers: raw weights
+    model.on_test_epoch_start()
+    assert all(torch.equal(p, r) for p, r in zip(model.model.parameters(), raw))
+    model.on_test_epoch_end()
+    model.use_ema = True  # test.py --use_ema, train.py --use_ema
     model.on_test_epoch_start()
     assert all(torch.equal(p, s) for p, s in zip(model.model.parameters(), model.ema.shadow_params))
     model.on_test_epoch_end()
     assert all(torch.equal(p, r) for p, r in zip(model.model.parameters(), raw))
-    model.use_ema = False  # the switch for raw weights
-    model.on_test_epoch_start()
-    assert all(torch.equal(p, r) for p, r in zip(model.model.parameters(), raw))
-    model.on_test_epoch_end()
+    assert model.ema.collected_params is None  # the raw weights were kept aside, not in torch-ema
 
 
 def test_restore_runs_the_mmse_network_once(mmse_ckpt):

@@ -1,10 +1,16 @@
 """Rules of the reference implementation that this project keeps, each pinned by a test.
 
-The MMSE loss is taken on the clipped output; the training loader drops the last incomplete batch;
-the Euler update is float32 under bf16 autocast; outputs are rounded as torchvision's save_image and
-JPEGs written at quality 75; the reference's method names (`forward`, `forward_flow`, ...) exist and
-behave; `--conditional` is for the flow stage only; the Hugging Face entry points take the usual
-arguments and work offline; `source_noise_std` is an alias of `mmse_noise_std`.
+The MMSE loss is taken on the clipped output; the training loader drops the last incomplete batch and,
+on one device, visits the images in the order of the reference's DistributedSampler; the EMA is updated
+before the optimizer step; validation and testing run the raw weights and inference the EMA weights;
+train.py's checkpoints hold the reference's keys (FID / IS Inception networks included) and its
+`--precision` default is Lightning's; the training scripts carry the reference's arguments; the Euler
+update is float32 under bf16 autocast; outputs are rounded as torchvision's save_image and JPEGs written
+at quality 75; the reference's module API (`forward`, `forward_flow`, `maybe_ema`, `ema_wanted`,
+`stratified_uniform`, `test_step` writing to `test_results_path`, ...) exists and behaves; validation
+panels have the reference's layout; inpainting drops int(0.9·H·W) pixels; `--conditional` is for the
+flow stage only; the Hugging Face entry points take the usual arguments and work offline;
+`source_noise_std` is an alias of `mmse_noise_std`.
 """
 
 import json
@@ -369,3 +375,499 @@ def test_proof_fixture_mmse_loss_rounding_and_metric_layout(proof):
     # half the restored images lie on the FFHQ manifold: that is precision (restored) = recall (reference key)
     assert results["precision_restored"] == results["recall"] == 0.5
     assert results["recall_restored"] == results["precision"]
+
+
+# ---------------------------------------------------------------- which weights: raw or EMA
+
+
+@pytest.fixture(scope="module")
+def ema_checkpoint(tmp_path_factory):
+    """A tiny PMRF checkpoint whose EMA weights differ from its raw weights, and two images."""
+    from helpers import build_method, save_lightning_mmse_checkpoint
+
+    root = tmp_path_factory.mktemp("ema_checkpoint")
+    model = build_method("pmrf", save_lightning_mmse_checkpoint(root / "mmse.ckpt"), ema_decay=0.9,
+                         mmse_noise_std=0.1)
+    with torch.no_grad():
+        for shadow in model.ema.shadow_params:
+            shadow.add_(0.25)
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
+                "ema": model.ema.state_dict(), "global_step": 0}, root / "pmrf.ckpt")
+    return SimpleNamespace(path=root / "pmrf.ckpt", images=write_images(root / "images", 2, (16, 16)),
+                           raw=[p.detach().clone() for p in model.model.parameters()],
+                           ema=[s.clone() for s in model.ema.shadow_params])
+
+
+def weights_in(model, checkpoint) -> str:
+    params = [p.detach().cpu() for p in model.model.parameters()]
+    for name, values in (("raw", checkpoint.raw), ("ema", checkpoint.ema)):
+        if all(torch.equal(p, v) for p, v in zip(params, values, strict=True)):
+            return name
+    return "neither"
+
+
+def test_testing_and_validation_run_the_raw_weights_and_inference_the_ema(ema_checkpoint, tmp_path, monkeypatch):
+    """The reference's maybe_ema never enters the EMA context, so its validation and test.py (the paper's
+    published numbers) run the raw weights; its inference.py copies the EMA in. --use_ema opts in."""
+    import lightning as L
+    from helpers import load_test_program
+    from torch.utils.data import DataLoader
+
+    import inference
+    import train
+    from data import ImageFolderDataset, make_transform
+    from degradations import create_degradation
+
+    checkpoint, seen = ema_checkpoint, {}
+    monkeypatch.setenv("PMRF_INCEPTION_WEIGHTS", str(tmp_path / "absent.pth"))  # no FID here, no download
+    for hook in ("test_step", "validation_step"):
+        real = getattr(MMSERectifiedFlow, hook)
+
+        def recording(self, batch, batch_idx, _real=real):
+            seen[seen["now"]] = weights_in(self, checkpoint)
+            return _real(self, batch, batch_idx)
+
+        monkeypatch.setattr(MMSERectifiedFlow, hook, recording)
+
+    test_program = load_test_program()
+    for flags in ([], ["--use_ema"], ["--use_raw_weights"]):
+        seen["now"] = " ".join(["test.py", *flags])
+        test_program.main(["--degradation", "gaussian_noise_035", "--test_data_root", str(checkpoint.images),
+                           "--ckpt_path", str(checkpoint.path), "--results_path", str(tmp_path / "results"),
+                           "--img_size", "16", "--batch_size", "2", "--num_workers", "0", "--num_flow_steps", "1",
+                           "--accelerator", "cpu", *flags])
+
+    loader = DataLoader(ImageFolderDataset(checkpoint.images, create_degradation("gaussian_noise_035"), make_transform(16)),
+                        batch_size=2)
+    for use_ema in (False, True):
+        seen["now"] = "validation" + (" (use_ema)" if use_ema else "")
+        model = MMSERectifiedFlow.load_from_checkpoint(checkpoint.path)
+        model.use_ema = use_ema
+        L.Trainer(accelerator="cpu", devices=1, default_root_dir=tmp_path, logger=False, enable_progress_bar=False,
+                  enable_model_summary=False, enable_checkpointing=False).validate(model, loader, verbose=False)
+    # train.py hands its --use_ema to the module it validates
+    fitted = []
+    monkeypatch.setattr(train.L.Trainer, "fit", lambda self, model, *args, **kwargs: fitted.append(model.use_ema))
+    for flags in ([], ["--use_ema"]):
+        train.main(["--stage", "mmse", "--arch", "swinir_M", "--degradation", "gaussian_noise_035",
+                    "--train_data_root", str(checkpoint.images), "--img_size", "16", "--train_batch_size", "2",
+                    "--num_workers", "0", "--accelerator", "cpu", "--logger", "csv",
+                    "--output_dir", str(tmp_path / f"train{len(fitted)}"), *flags])
+
+    def inference_model(*flags):
+        captured = []
+        monkeypatch.setattr(inference, "restore_aligned", lambda model, *a: captured.append(model) or
+                            SimpleNamespace(resized=0, written=1, skipped=[]))
+        monkeypatch.setattr("whole_image.cli.run_whole_image", lambda options, restorer, device: captured.append(restorer.model))
+        inference.main(["--ckpt_path", str(checkpoint.path), "--lq_data_path", str(checkpoint.images),
+                        "--output_dir", str(tmp_path / "out"), "--device", "cpu", *flags])
+        return captured[0]
+
+    for flags in ([], ["--whole_image"], ["--use_raw_weights"], ["--whole_image", "--use_raw_weights"]):
+        seen[" ".join(["inference.py", *flags])] = weights_in(inference_model(*flags), checkpoint)
+
+    import app
+
+    for flags in ([], ["--use_raw_weights"]):
+        _, model = app.ModelStore(app.parse_args(["--ckpt_path", str(checkpoint.path), *flags]))._load_model()
+        seen[" ".join(["app.py", *flags])] = weights_in(model, checkpoint)
+
+    del seen["now"]
+    assert seen == {
+        "test.py": "raw", "test.py --use_ema": "ema", "test.py --use_raw_weights": "raw",
+        "validation": "raw", "validation (use_ema)": "ema",
+        "inference.py": "ema", "inference.py --whole_image": "ema",
+        "inference.py --use_raw_weights": "raw", "inference.py --whole_image --use_raw_weights": "raw",
+        "app.py": "ema", "app.py --use_raw_weights": "raw",
+    }
+    assert fitted == [False, True]
+
+
+# ------------------------------------------------------------------------------------------ EMA
+
+
+def test_the_ema_after_n_steps_averages_theta_0_to_theta_n_minus_1_as_the_reference(tmp_path):
+    """The reference updates the EMA in on_before_zero_grad, before the step's optimizer step: after N
+    steps it has averaged θ0 … θ_{N−1}. Pinned bit for bit against torch-ema fed those states."""
+    import lightning as L
+    from torch.utils.data import DataLoader
+    from torch_ema import ExponentialMovingAverage
+
+    from data import ImageFolderDataset, make_transform
+    from degradations import create_degradation
+
+    class RecordStates(L.Callback):
+        states: list = []
+
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            self.states.append([p.detach().clone() for p in module.model.parameters()])
+
+    steps, record = 3, RecordStates()
+    model = MMSERectifiedFlow(stage="naive_flow", arch=TINY_HDIT, ema_decay=0.9, lr=1e-2)
+    dataset = ImageFolderDataset(write_images(tmp_path / "train", 6, (16, 16)), create_degradation("gaussian_noise_035"),
+                                 make_transform(16))
+    L.Trainer(accelerator="cpu", devices=1, default_root_dir=tmp_path, max_steps=steps, logger=False,
+              enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False, callbacks=[record]).fit(
+        model, DataLoader(dataset, batch_size=2))
+    assert len(record.states) == steps
+    reference = ExponentialMovingAverage([nn.Parameter(p.clone()) for p in record.states[0]], decay=0.9)
+    for theta in record.states:  # θ0 … θ_{N−1}
+        reference.update(theta)
+    assert model.ema.num_updates == reference.num_updates == steps
+    for ours, want in zip(model.ema.shadow_params, reference.shadow_params, strict=True):
+        assert torch.equal(ours, want)
+    final = list(model.model.parameters())  # θ_N is not in the average yet
+    assert not all(torch.equal(a, b) for a, b in zip(final, record.states[-1]))
+
+
+# ------------------------------------------------------------------------------- train.py rules
+
+
+def test_train_py_precision_defaults_to_lightnings_own(tmp_path, monkeypatch):
+    import train
+
+    precisions = []
+    monkeypatch.setattr(train.L.Trainer, "fit", lambda self, *args, **kwargs: precisions.append(self.precision))
+    assert train.build_parser().get_default("precision") is None  # the reference's argument has no default
+    train.main(["--stage", "mmse", "--arch", "swinir_M", "--degradation", "gaussian_noise_035",
+                "--train_data_root", str(write_images(tmp_path / "train", 2, (16, 16))), "--img_size", "16",
+                "--train_batch_size", "2", "--num_workers", "0", "--accelerator", "cpu", "--logger", "csv",
+                "--output_dir", str(tmp_path / "out")])
+    assert precisions == ["32-true"]
+
+
+def test_on_one_device_the_training_order_is_the_reference_distributed_samplers(tmp_path, monkeypatch):
+    """The reference always runs DDP: Lightning shuffles with DistributedSampler(shuffle, seed 0) and
+    set_epoch each epoch. One process here visits the images in that order too."""
+    import lightning as L
+    from torch.utils.data import DistributedSampler
+
+    import train
+
+    class Names(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(1))
+            self.seen = []
+
+        def training_step(self, batch, batch_idx):
+            self.seen.append(list(batch["img_file_name"]))
+            return (self.w - 1).square().sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
+    args = Namespace(train_batch_size=2, num_workers=0, degradation="gaussian_noise_035", img_size=16,
+                     train_data_root=str(write_images(tmp_path / "train", 7, (16, 16))),
+                     source_samples_train_data_root=None, val_data_root=None, val_batch_size=2, skip_bad_images=False)
+    loader, _ = train.make_loaders(args, processes=1)
+    module = Names()
+    L.Trainer(accelerator="cpu", devices=1, default_root_dir=tmp_path, max_epochs=3, logger=False,
+              enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False).fit(module, loader)
+
+    names = sorted(p.name for p in (tmp_path / "train").iterdir())
+    reference = DistributedSampler(loader.dataset, num_replicas=1, rank=0, shuffle=True, seed=0)
+    expected = []
+    for epoch in range(3):
+        reference.set_epoch(epoch)
+        order = [names[i] for i in reference]
+        expected += [order[i:i + 2] for i in range(0, 6, 2)]  # 7 images, batches of 2: the last is dropped
+    assert module.seen == expected
+    assert module.seen[:3] != module.seen[3:6]  # reshuffled every epoch
+
+
+# ----------------------------------------------------------------------------- training scripts
+
+
+def script_arguments(path: Path) -> dict[str, str]:
+    """{option: value} of the `python train.py ...` command of a training script ('' for a flag)."""
+    import shlex
+
+    tokens = shlex.split(path.read_text().split("python train.py", 1)[1].replace("\\\n", " "), comments=True)
+    arguments, option = {}, None
+    for token in tokens:
+        if token.startswith("--"):
+            option = token[2:]
+            arguments[option] = ""
+        else:
+            arguments[option] = (arguments[option] + " " + token).strip()
+    return arguments
+
+
+def test_every_training_script_carries_the_references_arguments():
+    """tests/data/reference_train_scripts.json: every argument of the reference's 21 scripts. The output
+    folder and the W&B names are this project's own."""
+    reference = json.loads((Path(__file__).parent / "data" / "reference_train_scripts.json").read_text())
+    scripts = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "scripts" / "train").rglob("*.sh"))
+    assert scripts == sorted(reference)
+    own = {"output_dir", "wandb_group", "wandb_project_name", "wandb_id"}
+    for script, arguments in reference.items():
+        ours = script_arguments(ROOT / script)
+        mine = {k: v for k, v in ours.items() if k not in own}
+        assert mine == {k: v for k, v in arguments.items() if k not in own}, script
+    import train
+
+    options = {a.dest for a in train.build_parser()._actions}
+    assert {k for arguments in reference.values() for k in arguments} <= options
+
+
+# ------------------------------------------------------------------------- the module's API
+
+
+def test_test_step_writes_the_results_of_every_k_itself(ema_checkpoint, tmp_path):
+    """A script written against the reference: load, set test_results_path and num_test_flow_steps,
+    trainer.test. The model writes the reference's layout with those K."""
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    from data import ImageFolderDataset, make_transform
+    from degradations import create_degradation
+
+    model = MMSERectifiedFlow.load_from_checkpoint(ema_checkpoint.path)
+    assert model.test_results_path is None  # the reference's attribute, set by its test.py
+    model.test_results_path = tmp_path / "results"
+    model.num_test_flow_steps = [1, 3]
+    steps_run = []
+    real_sample = model.pmrf.sample
+    model.pmrf.sample = lambda y, steps, *a, **k: steps_run.append(steps) or real_sample(y, steps, *a, **k)
+    loader = DataLoader(ImageFolderDataset(ema_checkpoint.images, create_degradation("gaussian_noise_035"),
+                                           make_transform(16)), batch_size=2)
+    L.Trainer(accelerator="cpu", devices=1, default_root_dir=tmp_path, logger=False, enable_progress_bar=False,
+              enable_model_summary=False).test(model, loader, verbose=False)
+    assert steps_run == [1, 3]
+    written = sorted(str(p.relative_to(tmp_path / "results")) for p in (tmp_path / "results").rglob("*.png"))
+    assert written == sorted(f"{folder}/{name}" for name in ("000.png", "001.png") for folder in (
+        "y", "num_flow_steps=1/xhat", "num_flow_steps=3/xhat", "source_distribution_samples", "mmse_samples"))
+
+
+def test_ema_wanted_and_maybe_ema_keep_the_references_meaning(ema_checkpoint):
+    model = MMSERectifiedFlow.load_from_checkpoint(ema_checkpoint.path)
+    assert model.ema_wanted and not MMSERectifiedFlow(stage="mmse", arch=TINY_SWINIR, ema_decay=-1).ema_wanted
+    with model.maybe_ema() as apply_ema:  # what the reference's `with self.maybe_ema():` runs: raw weights
+        assert weights_in(model, ema_checkpoint) == "raw"
+        with apply_ema:  # the yielded context manager swaps the EMA weights in
+            assert weights_in(model, ema_checkpoint) == "ema"
+        assert weights_in(model, ema_checkpoint) == "raw"
+    model.use_ema = True
+    with model.maybe_ema() as apply_ema:
+        assert weights_in(model, ema_checkpoint) == "ema"
+        with apply_ema:
+            assert weights_in(model, ema_checkpoint) == "ema"
+    assert weights_in(model, ema_checkpoint) == "raw" and model.ema.collected_params is None
+
+
+def test_stratified_uniform_is_the_references_static_method():
+    torch.manual_seed(11)
+    t = MMSERectifiedFlow.stratified_uniform(6, group=1, groups=3, dtype=torch.float64)
+    torch.manual_seed(11)
+    u = torch.rand(6)
+    want = (1 + torch.arange(6) * 3 + u) / (6 * 3)
+    assert t.shape == (6, 1, 1, 1) and t.dtype == torch.float64
+    torch.testing.assert_close(t.view(-1), want.double(), rtol=0, atol=0)
+
+
+def test_from_pretrained_refuses_unknown_keywords_and_honours_strict(saved, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    _, folder = saved
+    with pytest.raises(TypeError, match="num_flow_stepz"):
+        MMSERectifiedFlow.from_pretrained(folder, num_flow_stepz=7)
+    partial = tmp_path / "partial"
+    shutil.copytree(folder, partial)
+    state = load_file(partial / "model.safetensors")
+    del state["model.patch_in.proj.weight"]
+    save_file(state, partial / "model.safetensors")
+    with pytest.raises(ValueError, match="patch_in.proj.weight"):
+        MMSERectifiedFlow.from_pretrained(partial)
+    loaded = MMSERectifiedFlow.from_pretrained(partial, strict=False)
+    assert torch.equal(loaded.model.state_dict()["patch_out.proj.weight"], state["model.patch_out.proj.weight"])
+
+
+def test_load_from_checkpoint_honours_hparams_file_and_lightnings_map_location(ema_checkpoint, tmp_path, monkeypatch):
+    from lightning.pytorch.core import saving
+
+    hparams = dict(torch.load(ema_checkpoint.path, weights_only=True)["hyper_parameters"], num_flow_steps=7)
+    saving.save_hparams_to_yaml(tmp_path / "hparams.yaml", hparams)
+    assert MMSERectifiedFlow.load_from_checkpoint(ema_checkpoint.path).num_flow_steps == 50
+    assert MMSERectifiedFlow.load_from_checkpoint(ema_checkpoint.path, hparams_file=tmp_path / "hparams.yaml").num_flow_steps == 7
+
+    asked = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: asked.append(k.get("map_location")) or real_load(*a, **k))
+    MMSERectifiedFlow.load_from_checkpoint(ema_checkpoint.path)
+    MMSERectifiedFlow.load_from_checkpoint(ema_checkpoint.path, map_location="cpu")
+    # None: Lightning's default (tensors stay on the device they were saved from when it exists here)
+    assert asked == [saving._default_map_location, "cpu"]
+
+
+# ---------------------------------------------------------------------------- validation panels
+
+
+def test_validation_panels_are_five_images_unpadded_and_every_trajectory_state(tmp_path, monkeypatch):
+    from utils.images import read_rgb
+
+    monkeypatch.setenv("PMRF_INCEPTION_WEIGHTS", str(tmp_path / "absent.pth"))
+
+    model = MMSERectifiedFlow(stage="naive_flow", arch=TINY_HDIT, ema_decay=-1, mmse_noise_std=0.1, num_flow_steps=4)
+    with torch.no_grad():
+        for p in model.model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.rand(8, 3, 16, 16, generator=gen), torch.rand(8, 3, 16, 16, generator=gen)
+    states = []
+    real_sample = model.pmrf.sample
+
+    def sample(*args, callback=None, **kwargs):
+        def record(state):
+            states.append(state["x"][0].clone())
+            if callback is not None:
+                callback(state)
+        out = real_sample(*args, callback=record, **kwargs)
+        states.insert(0, out.source[0].clone())
+        return out
+
+    model.pmrf.sample = sample
+    model.on_validation_epoch_start()
+    model.validation_step({"x": x, "y": y}, 0)
+    model._validation_images.save(tmp_path, epoch=0)
+    model._ema_stack.close()
+    folder = tmp_path / "epoch=0000"
+    panel = {name: read_rgb(folder / f"{name}.png") for name in ("x", "y", "xhat", "x_t_seq", "source_distribution_samples")}
+    assert panel["x"].shape == panel["y"].shape == panel["xhat"].shape == (16, 5 * 16, 3)  # no padding
+    assert panel["x_t_seq"].shape == (16, 5 * 16, 3)  # z0 and the K = 4 Euler states, all of them
+    assert np.array_equal(panel["x"], tensor_to_uint8(torch.cat(list(x[:5]), dim=2)))
+    assert np.array_equal(panel["x_t_seq"], tensor_to_uint8(torch.cat([s.clamp(0, 1) for s in states], dim=2)))
+
+
+# ----------------------------------------------------------------------------------- degradations
+
+
+def test_inpainting_drops_int_of_ninety_percent_of_the_pixels():
+    """8×8: 0.9·64 = 57.6 pixels; the reference drops int(57.6) = 57, not round(57.6) = 58."""
+    from degradations.noise import RandomInpaintingNoise
+
+    degradation = RandomInpaintingNoise(0.9, 0.0, torch.Generator().manual_seed(0))
+    degradation(torch.ones(3, 8, 8))
+    assert int((degradation.last_mask == 0).sum()) == 57
+
+
+# ----------------------------------------------------------------------- checkpoints both ways
+
+
+@pytest.fixture(scope="module")
+def inception_weights(tmp_path_factory):
+    """Synthetic Inception weights in the layout of torch-fidelity's file (random; nothing downloaded)."""
+    from test_inception import random_inception
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("inception") / "weights-inception-2015-12-05-6726825d.pth"
+    torch.save(random_inception(["2048"]).state_dict(), path)
+    return path
+
+
+def reference_keyed_module() -> nn.Module:
+    """A module with the reference's state-dict keys for a tiny PMRF: `model`, `mmse_model`, and, as its
+    __init__ creates them for flow stages, torchmetrics' FrechetInceptionDistance(reset_real_features=True,
+    normalize=True) and InceptionScore(normalize=True) with their own default Inception networks (built on
+    the meta device with nothing loaded: keys and shapes only)."""
+    from unittest import mock
+
+    import torch_fidelity.feature_extractor_inceptionv3 as fidelity_inception
+    from torchmetrics.image.fid import FrechetInceptionDistance
+    from torchmetrics.image.inception import InceptionScore
+
+    from arch import create_arch
+
+    module = nn.Module()
+    no_download = mock.patch.object(fidelity_inception, "load_state_dict_from_url", lambda *a, **k: {})
+    no_load = mock.patch.object(nn.Module, "load_state_dict", lambda self, *a, **k: None)
+    with torch.device("meta"):
+        module.model, module.mmse_model = create_arch(TINY_HDIT), create_arch(TINY_SWINIR)
+        with no_download, no_load:
+            module.fid = FrechetInceptionDistance(reset_real_features=True, normalize=True)
+            module.inception_score = InceptionScore(normalize=True)
+    return module
+
+
+def tensors_in(obj) -> list[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    values = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple)) else []
+    return [t for value in values for t in tensors_in(value)]
+
+
+@pytest.mark.slow
+def test_train_py_checkpoints_hold_the_reference_keys_and_load_both_ways(inception_weights, tmp_path, monkeypatch):
+    from helpers import save_lightning_mmse_checkpoint, write_arch_json
+
+    import train
+
+    mmse = save_lightning_mmse_checkpoint(tmp_path / "mmse.ckpt")
+    write_images(tmp_path / "train", 4, (16, 16))
+    write_images(tmp_path / "val", 2, (16, 16), seed=1)
+    hdit = write_arch_json(tmp_path / "hdit.json", TINY_HDIT)
+
+    def train_flow(out, *extra):
+        train.main([str(a) for a in (
+            "--stage", "flow", "--arch", hdit, "--mmse_model_ckpt_path", mmse, "--source_noise_std", 0.1,
+            "--degradation", "gaussian_noise_035", "--train_data_root", tmp_path / "train", "--val_data_root",
+            tmp_path / "val", "--img_size", 16, "--train_batch_size", 2, "--val_batch_size", 2, "--num_workers", 0,
+            "--num_flow_steps", 1, "--accelerator", "cpu", "--logger", "csv", "--max_steps", 2, "--output_dir", out,
+            *extra)])
+        path = out / "checkpoints" / "last.ckpt"
+        return path, torch.load(path, weights_only=True)
+
+    # With the Inception weights: the reference's key set, the same Inception weights, no second copy
+    monkeypatch.setenv("PMRF_INCEPTION_WEIGHTS", str(inception_weights))
+    path, checkpoint = train_flow(tmp_path / "online")
+    state = checkpoint["state_dict"]
+    assert {key.split(".")[0] for key in state} == {"model", "mmse_model", "fid", "inception_score"}
+    inception = torch.load(inception_weights, weights_only=True)
+    for metric in ("fid", "inception_score"):
+        prefix = f"{metric}.inception."
+        held = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        assert held.keys() == inception.keys() and all(torch.equal(held[k], inception[k]) for k in inception)
+    assert checkpoint["ema"]["collected_params"] is None
+    assert "inception_weights_saved" not in checkpoint["hyper_parameters"]
+    reference = reference_keyed_module()
+    reference.load_state_dict(state, strict=True, assign=True)  # the reference's strict load_from_checkpoint
+
+    parts = (state, checkpoint["ema"]["shadow_params"], checkpoint["optimizer_states"])
+    payload = sum(t.numel() * t.element_size() for part in parts for t in tensors_in(part))
+    count = sum(len(tensors_in(part)) for part in parts)
+    assert path.stat().st_size <= payload + 512 * count + (64 << 10)
+
+    # It loads here, for inference (without the metric networks) and to resume training
+    loaded = MMSERectifiedFlow.load_from_checkpoint(path)
+    assert loaded.fid is None and {k.split(".")[0] for k in loaded.state_dict()} == {"model", "mmse_model"}
+    _, resumed = train_flow(tmp_path / "online", "--resume_from_ckpt", "last", "--max_steps", 3,
+                            "--check_val_every_n_epoch", 9)
+    assert resumed["global_step"] == 3 and resumed["state_dict"].keys() == state.keys()
+    assert resumed["ema"]["collected_params"] is None
+
+    # Without them (offline): the checkpoint says so, and the reference loads it with strict=False
+    monkeypatch.setenv("PMRF_INCEPTION_WEIGHTS", str(tmp_path / "absent.pth"))
+    path, offline = train_flow(tmp_path / "offline")
+    assert offline["hyper_parameters"]["inception_weights_saved"] is False
+    missing, unexpected = reference_keyed_module().load_state_dict(offline["state_dict"], strict=False, assign=True)
+    assert not unexpected and {key.split(".")[0] for key in missing} == {"fid", "inception_score"}
+    assert "inception_weights_saved" not in MMSERectifiedFlow.load_from_checkpoint(path).hparams
+
+
+# ------------------------------------------------------------------------------------- the README
+
+
+def test_the_readme_lists_every_difference_and_claims_no_reference_seed_default():
+    import inference
+
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("## Differences from the reference code", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| difference")]
+    for needle in ("`--use_ema`", "raw weights", "`strict=False`", "EXIF", "resized", "sorted order", "float64",
+                   "chunked", "test.sh", "`--output_dir`", "--seed", "`--lr`"):
+        assert any(needle in row for row in rows), needle
+    seed_rows = [line for line in readme.splitlines() if "`--seed` (0)" in line]
+    assert seed_rows and not any("reference's default" in line for line in seed_rows)
+    seed = next(a for a in inference.build_parser()._actions if a.dest == "seed")
+    assert seed.default == 0 and "as the reference" not in seed.help

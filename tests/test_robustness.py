@@ -709,3 +709,416 @@ def test_pad_batches_gives_the_model_full_batches_and_one_output_per_input(pmrf_
     assert report.written == 3 and not report.skipped
     assert outputs(tmp_path / "out" / "restored_images") == ["000.png", "001.png", "002.png"]
     assert outputs(tmp_path / "out" / "restored_images_posterior_mean") == ["000.png", "001.png", "002.png"]
+
+
+# ------------------------------------------------- issue 21, 11. test.py scans its folder first
+
+
+def test_21_11_test_py_lists_bad_images_before_the_first_batch(work, tmp_path, capsys):
+    results = tmp_path / "results"
+    code, _, err = call(test_program.main, argv_for_test_py(work, work / "train_bad", results), capsys)
+    assert code == 2 and "Traceback" not in err
+    for name in ("broken.png", "bomb.png", "wide.png"):
+        lines = [line for line in err.splitlines() if name in line]
+        assert len(lines) == 1, f"{name} should be listed on one line:\n{err}"
+    assert "--skip_bad_images" in err and "--test_data_root" in err
+    assert not [p for p in results.rglob("*") if p.is_file()], "results were written before the scan"
+
+
+def test_21_11_test_py_with_skip_bad_images_tests_the_rest(work, tmp_path, capsys):
+    results = tmp_path / "results"
+    code, out, err = call(test_program.main,
+                          argv_for_test_py(work, work / "train_bad", results, "--skip_bad_images"), capsys)
+    assert code == 0, err[-3000:]
+    assert "testing without 3 image(s)" in out + err
+    method = results / DEGRADATION / "pmrf"
+    good = ["000.png", "001.png", "002.png", "003.png"]
+    assert outputs(method / "y") == good and outputs(method / "num_flow_steps=1" / "xhat") == good
+
+
+def test_21_11_an_img_size_the_model_cannot_take_is_refused_before_the_first_batch(work, tmp_path, capsys):
+    results = tmp_path / "results"
+    code, _, err = call(test_program.main, argv_for_test_py(work, work / "val", results, "--img_size", 18), capsys)
+    assert code == 2
+    assert_one_line_error(err, "--img_size 18")
+    assert not [p for p in results.rglob("*") if p.is_file()]
+
+
+# ------------------------------------------- issue 21, 14. sizes are read the way pixels are read
+
+
+def save_with_orientation(path: Path, array: np.ndarray, orientation: int) -> Path:
+    """`array` stored as it is, with an EXIF orientation tag that tells viewers how to turn it."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(array).save(path, exif=exif.tobytes())
+    return path
+
+
+def png_with_exif_after_the_pixels(path: Path, array: np.ndarray, orientation: int) -> Path:
+    """A PNG whose eXIf chunk comes after IDAT (legal; Pillow sees it only once it decodes the pixels)."""
+    save_with_orientation(path, array, orientation)
+    data = path.read_bytes()
+    chunks, offset = [], 8
+    while offset < len(data):
+        (length,) = struct.unpack(">I", data[offset:offset + 4])
+        chunks.append(data[offset:offset + 12 + length])
+        offset += 12 + length
+    exif = [c for c in chunks if c[4:8] == b"eXIf"]
+    assert len(exif) == 1
+    rest = [c for c in chunks if c[4:8] != b"eXIf"]
+    path.write_bytes(data[:8] + b"".join(rest[:-1] + exif + rest[-1:]))  # just before IEND
+    return path
+
+
+def test_21_14_displayed_size_is_the_size_read_rgb_returns(tmp_path):
+    from utils.images import displayed_size, read_rgb
+
+    array = np.random.default_rng(0).integers(0, 256, (16, 24, 3), dtype=np.uint8)  # 24 wide, 16 tall
+    files = {
+        "plain.png": Image.fromarray(array).save(tmp_path / "plain.png") or tmp_path / "plain.png",
+        **{f"jpeg_{o}.jpg": save_with_orientation(tmp_path / f"jpeg_{o}.jpg", array, o) for o in (1, 3, 6, 8)},
+        "png_6.png": save_with_orientation(tmp_path / "png_6.png", array, 6),
+        "png_tail_6.png": png_with_exif_after_the_pixels(tmp_path / "png_tail_6.png", array, 6),
+        "webp_5.webp": save_with_orientation(tmp_path / "webp_5.webp", array, 5),
+    }
+    for name, path in files.items():
+        height, width = read_rgb(path).shape[:2]
+        assert displayed_size(path) == (width, height), name
+    assert displayed_size(files["jpeg_6.jpg"]) == (16, 24) and displayed_size(files["png_tail_6.png"]) == (16, 24)
+
+
+def test_21_14_evaluation_of_exif_rotated_images(tmp_path):
+    """A phone photo (stored 24×16, EXIF 'turn 90°') is 16×24 upright: its restoration, written upright
+    without a tag, pairs with it; and a folder mixing it with unrotated 24×16 images is not one size."""
+    from evaluation.distortion import calculate_psnr_ssim_mse
+    from evaluation.inputs import forget_unreadable
+
+    rng = np.random.default_rng(1)
+    stored = rng.integers(0, 256, (16, 24, 3), dtype=np.uint8)
+    flat = rng.integers(0, 256, (16, 24, 3), dtype=np.uint8)
+    gt, rec, gt_copy = tmp_path / "gt", tmp_path / "rec", tmp_path / "gt_copy"
+    for folder in (gt, rec, gt_copy):
+        folder.mkdir()
+    save_with_orientation(gt / "phone.png", stored, 6)
+    Image.fromarray(flat).save(gt / "scan.png")
+    upright = np.rot90(stored, -1)  # what read_rgb gives for orientation 6
+    Image.fromarray(np.ascontiguousarray(np.clip(upright.astype(int) + 3, 0, 255).astype(np.uint8))).save(rec / "phone.png")
+    Image.fromarray(np.clip(flat.astype(int) + 3, 0, 255).astype(np.uint8)).save(rec / "scan.png")
+    shutil.copy(gt / "phone.png", gt_copy / "phone.png")
+    shutil.copy(gt / "scan.png", gt_copy / "scan.png")
+    forget_unreadable()
+    result = calculate_psnr_ssim_mse(rec, gt, batch_size=4)  # upright restoration vs rotated original
+    assert result["mse"] == pytest.approx(9.0, abs=0.5)
+    result = calculate_psnr_ssim_mse(gt_copy, gt, batch_size=4)  # same headers, pixels of two shapes
+    assert result["mse"] == 0.0
+
+
+# ------------------------------------------------------- issue 21, 2. no silent NaNs in training
+
+
+def all_checkpoints_finite(folder: Path) -> dict[str, int]:
+    """{checkpoint name: global_step} of every checkpoint in `folder`, each checked to hold only finite
+    weights and EMA weights."""
+    steps = {}
+    for path in sorted(folder.glob("*.ckpt")):
+        checkpoint = torch.load(path, weights_only=True)
+        tensors = list(checkpoint["state_dict"].values()) + list((checkpoint.get("ema") or {}).get("shadow_params", []))
+        assert all(torch.isfinite(t).all() for t in tensors if t.is_floating_point()), f"{path.name} is not finite"
+        steps[path.name] = checkpoint["global_step"]
+    return steps
+
+
+def nan_loss_at(monkeypatch, steps: set[int]):
+    """MMSERectifiedFlow's loss becomes NaN at these (1-based) training steps."""
+    from lightning_models.mmse_rectified_flow import MMSERectifiedFlow
+
+    real = MMSERectifiedFlow.training_loss
+
+    def training_loss(self, batch):
+        loss = real(self, batch)
+        return loss * float("nan") if self.global_step + 1 in steps else loss
+
+    monkeypatch.setattr(MMSERectifiedFlow, "training_loss", training_loss)
+
+
+def test_21_2_diverging_training_stops_with_one_line_and_keeps_the_finite_checkpoints(work, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, _, err = call(train.main, train_argv(work, out, "--max_steps", 12, "--lr", "1e6", "--seed", 0), capsys)
+    assert code == 2, err[-2000:]
+    line = assert_one_line_error(err, "training stopped at step", "not finite" if "gradients" in err else "loss is nan")
+    steps = all_checkpoints_finite(out / "checkpoints")
+    assert steps and f"kept: {out / 'checkpoints' / 'last.ckpt'}" in line
+    stopped_at = int(line.split("training stopped at step ")[1].split()[0])
+    assert max(steps.values()) < stopped_at
+
+
+def test_21_2_the_step_with_a_nan_loss_is_named_and_nothing_after_it_is_saved(work, tmp_path, capsys, monkeypatch):
+    nan_loss_at(monkeypatch, {3})  # 2 steps an epoch: the epoch-0 checkpoint (step 2) is written before it
+    out = tmp_path / "out"
+    code, _, err = call(train.main, train_argv(work, out, "--max_steps", 6), capsys)
+    assert code == 2
+    assert_one_line_error(err, "training stopped at step 3 ", "the loss is nan", "--nan_policy skip")
+    assert all_checkpoints_finite(out / "checkpoints") == {"epoch=0-step=2.ckpt": 2, "last.ckpt": 2}
+
+
+def test_21_2_nan_policy_skip_leaves_the_weights_optimizer_and_ema_alone(work, tmp_path, capsys, monkeypatch):
+    nan_loss_at(monkeypatch, {2})
+    out = tmp_path / "out"
+    code, _, err = call(train.main, train_argv(work, out, "--max_steps", 4, "--nan_policy", "skip"), capsys)
+    assert code == 0, err[-2000:]
+    assert [line for line in err.splitlines() if "skipped" in line] == [
+        "warning: step 2 skipped: the loss is nan"]
+    checkpoint = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == 4
+    adam = checkpoint["optimizer_states"][0]["state"]
+    assert {float(state["step"]) for state in adam.values()} == {3.0}  # 3 real steps, not 4
+    assert checkpoint["ema"]["num_updates"] == 3
+    all_checkpoints_finite(out / "checkpoints")
+
+
+def test_21_2_skipping_stops_when_every_step_is_bad(work, tmp_path, capsys, monkeypatch):
+    from lightning_models.finite_guard import MAX_SKIPS_IN_A_ROW
+
+    nan_loss_at(monkeypatch, set(range(1, 100)))
+    out = tmp_path / "out"
+    code, _, err = call(train.main, train_argv(work, out, "--max_steps", 50, "--nan_policy", "skip"), capsys)
+    assert code == 2
+    assert_one_line_error(err, f"step {MAX_SKIPS_IN_A_ROW + 1} ", f"after {MAX_SKIPS_IN_A_ROW} skipped steps in a row",
+                          "the last checkpoint written before it is kept")
+    all_checkpoints_finite(out / "checkpoints")  # the unchanged first weights, saved at each epoch's end
+
+
+def test_21_2_a_checkpoint_with_non_finite_weights_is_never_written(work, tmp_path, capsys, monkeypatch):
+    from lightning_models.mmse_rectified_flow import MMSERectifiedFlow
+
+    def poison_after_step_4(self, outputs, batch, batch_idx):  # weights break, the loss had been finite
+        if self.global_step == 4:
+            with torch.no_grad():
+                next(self.model.parameters()).fill_(float("inf"))
+
+    monkeypatch.setattr(MMSERectifiedFlow, "on_train_batch_end", poison_after_step_4, raising=False)
+    out = tmp_path / "out"
+    code, _, err = call(train.main, train_argv(work, out, "--max_steps", 6), capsys)
+    assert code == 2
+    assert_one_line_error(err, "step 4", "NaN or infinite", "no checkpoint was written")
+    assert all_checkpoints_finite(out / "checkpoints") == {"epoch=0-step=2.ckpt": 2, "last.ckpt": 2}
+
+
+def poison(state: dict, key_start: str = "model.") -> dict:
+    state = dict(state)
+    key = next(k for k, v in state.items() if k.startswith(key_start) and v.is_floating_point())
+    state[key] = state[key].clone()
+    state[key].view(-1)[0] = float("nan")
+    return state
+
+
+@pytest.fixture(scope="module")
+def nan_checkpoints(work, tmp_path_factory):
+    """The module's checkpoints, each with one NaN: PMRF (.ckpt; weights, EMA, posterior-mean net),
+    a saved folder, and the MMSE training checkpoint."""
+    folder = tmp_path_factory.mktemp("nan")
+    good = torch.load(work / "pmrf.ckpt", weights_only=True)
+    cases = {}
+    cases["weights"] = folder / "weights.ckpt"
+    torch.save({**good, "state_dict": poison(good["state_dict"])}, cases["weights"])
+    cases["mmse_model"] = folder / "mmse_model.ckpt"
+    torch.save({**good, "state_dict": poison(good["state_dict"], "mmse_model.")}, cases["mmse_model"])
+    shadows = [t.clone() for t in good["ema"]["shadow_params"]]
+    shadows[0].view(-1)[0] = float("inf")
+    cases["ema"] = folder / "ema.ckpt"
+    torch.save({**good, "ema": {**good["ema"], "shadow_params": shadows}}, cases["ema"])
+    model = inference.load_model(str(work / "pmrf.ckpt"), device="cpu")
+    cases["saved folder"] = model.save_pretrained(folder / "saved")
+    from safetensors.torch import load_file
+
+    weights = cases["saved folder"] / "model.safetensors"
+    save_file(poison(load_file(str(weights))), str(weights))
+    mmse = torch.load(work / "mmse" / "checkpoints" / "last.ckpt", weights_only=True)
+    cases["mmse checkpoint"] = folder / "mmse.ckpt"
+    torch.save({**mmse, "state_dict": poison(mmse["state_dict"])}, cases["mmse checkpoint"])
+    return cases
+
+
+def test_21_2_loading_a_checkpoint_with_non_finite_weights_is_refused_with_one_line(work, nan_checkpoints,
+                                                                                   tmp_path, capsys):
+    runs = {name: (inference.main, inference_argv(work, work / "val", tmp_path / name.replace(" ", "_"))[2:]
+                   + ["--ckpt_path", path], path if name != "saved folder" else path / "model.safetensors")
+            for name, path in nan_checkpoints.items() if name != "mmse checkpoint"}
+    mmse = nan_checkpoints["mmse checkpoint"]
+    runs["test.py"] = (test_program.main, argv_for_test_py(work, work / "val", tmp_path / "r")
+                       + ["--ckpt_path", nan_checkpoints["weights"]], nan_checkpoints["weights"])
+    runs["train --mmse_model_ckpt_path"] = (train.main, train_argv(
+        work, tmp_path / "t1", "--mmse_model_ckpt_path", mmse, stage="flow", arch=work / "hdit.json"), mmse)
+    runs["train --resume_from_ckpt"] = (train.main, train_argv(work, tmp_path / "t2", "--resume_from_ckpt", mmse), mmse)
+    problems = []
+    for name, (main, argv, named) in runs.items():
+        code, _, err = call(main, argv, capsys)
+        try:
+            assert code == 2, f"exit {code}: {err[-500:]}"
+            assert_one_line_error(err, str(named), "NaN or infinite", "use an earlier checkpoint")
+        except AssertionError as error:
+            problems.append(f"{name}: {error}")
+    assert not problems, "\n".join(problems)
+    assert not (tmp_path / "weights" / "restored_images").exists()
+
+
+def test_21_2_aligned_inference_never_writes_a_non_finite_restoration(pmrf_model, tmp_path):
+    from lightning_models.restoration import AlignedOptions, restore_aligned
+
+    lq = write_images(tmp_path / "lq", 3, (16, 16))
+    core = pmrf_model.pmrf
+    real_sample = core.sample
+
+    def nan_for_the_second_image(y, *args, **kwargs):
+        sample = real_sample(y, *args, **kwargs)
+        sample.xhat[1:2] = float("nan")
+        return sample
+
+    core.sample = nan_for_the_second_image
+    try:
+        report = restore_aligned(pmrf_model, sorted(lq.iterdir()), tmp_path / "out",
+                                 AlignedOptions(num_flow_steps=1, batch_size=3))
+    finally:
+        del core.sample
+    assert report.written == 2
+    assert [name for name, _ in report.skipped] == ["001.png"] and "NaN" in report.skipped[0][1]
+    assert outputs(tmp_path / "out" / "restored_images") == ["000.png", "002.png"]
+    assert outputs(tmp_path / "out" / "restored_images_posterior_mean") == ["000.png", "002.png"]
+
+
+def test_21_2_whole_photo_mode_never_writes_a_photo_made_from_non_finite_faces(tmp_path, capsys):
+    from test_whole_image import StubDetector, face_at, parse_cli, textured_photo
+
+    from whole_image.cli import run_whole_image
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in ("a.png", "b.png"):
+        Image.fromarray(textured_photo(96, 128)).save(inputs / name)
+    calls = []
+
+    def nan_for_the_first_photo(faces):
+        calls.append(len(faces))
+        return faces * (float("nan") if len(calls) == 1 else 1.0)
+
+    argv = ["--lq_data_path", str(inputs), "--output_dir", str(tmp_path / "out"), "--face_mask", "ellipse", "-s", "1"]
+    written = run_whole_image(parse_cli(argv), nan_for_the_first_photo, "cpu",
+                              detector=StubDetector({(96, 128): [face_at((60, 40), 20)]}))
+    out = capsys.readouterr().out
+    assert [p.name for p in written] == ["b.png"]
+    assert outputs(tmp_path / "out" / "restored_imgs") == ["b.png"]
+    listed = [line for line in out.splitlines() if "a.png" in line]
+    assert len(listed) == 1 and "NaN" in listed[0] and "not written" in listed[0]
+
+
+# ---------------------------------------------- issue 21, 6. architecture configs checked first
+
+
+def test_21_6_two_million_blocks_are_refused_before_anything_is_built(monkeypatch):
+    from arch import create_arch
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("the network was built")
+
+    monkeypatch.setattr("arch.configs.hdit_from_config", no_build)
+    with pytest.raises(ValueError, match=r"'depths' make 2,000,003 blocks, more than the 1000 allowed") as error:
+        create_arch({**TINY_HDIT, "depths": [1, 2_000_000]})
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("kind,field,value", [
+    ("hdit", "widths", [16.5, 32]), ("hdit", "widths", "16"), ("hdit", "depths", [1, True]),
+    ("hdit", "patch_size", [2]), ("hdit", "mapping_width", 15), ("hdit", "d_ffs", [48, -1]),
+    ("hdit", "dropout_rate", [0.0, 1.5]), ("hdit", "self_attns", [{"type": "global"}, "global"]),
+    ("hdit", "in_channels", None),
+    ("swinir", "embed_dim", 12.0), ("swinir", "depths", [2.5]), ("swinir", "num_heads", 2),
+    ("swinir", "qkv_bias", "yes"), ("swinir", "window_size", 1), ("swinir", "mlp_ratio", float("nan")),
+    ("swinir", "resi_connection", 1), ("swinir", "img_size", [8]),
+])
+def test_21_6_every_field_is_type_checked_with_one_line_naming_it(kind, field, value):
+    from arch import create_arch
+
+    with pytest.raises(ValueError) as error:
+        create_arch({**(TINY_HDIT if kind == "hdit" else TINY_SWINIR), field: value})
+    message = str(error.value)
+    assert f"field '{field}'" in message and "\n" not in message and len(message) < 300
+
+
+def test_21_6_attention_entries_are_type_checked():
+    from arch import create_arch
+
+    config = {**TINY_HDIT, "self_attns": [{"type": "neighborhood", "d_head": "8", "kernel_size": 3},
+                                          {"type": "global", "d_head": 8}]}
+    with pytest.raises(ValueError, match=r"self_attns\[0\].*field 'd_head' must be a whole multiple of 8, got '8'"):
+        create_arch(config)
+
+
+def test_21_6_the_checked_fields_are_the_networks_arguments():
+    import dataclasses
+    import inspect
+
+    from arch.hdit import HDiTConfig
+    from arch.swinir import SwinIR
+    from arch.validate import HDIT_FIELDS, SWINIR_FIELDS
+
+    assert set(HDIT_FIELDS) == {f.name for f in dataclasses.fields(HDiTConfig)}
+    assert set(SWINIR_FIELDS) == set(inspect.signature(SwinIR.__init__).parameters) - {"self"}
+
+
+SIZE_CASES = {
+    "tiny_hdit+cond1": (TINY_HDIT, 1),
+    "tiny_swinir": (TINY_SWINIR, 0),
+    "swinir_3conv_gray": ({**TINY_SWINIR, "resi_connection": "3conv", "depths": [3, 2], "num_heads": [2, 3],
+                           "qkv_bias": False, "patch_norm": False, "mlp_ratio": 1.5, "sf": 4, "in_channels": 1}, 2),
+    "hdit_windows_and_no_attention": ({**TINY_HDIT, "depths": [2, 0], "d_ffs": [40, 24], "mapping_d_ff": 20,
+                                       "mapping_depth": 3, "patch_size": [1, 3], "out_channels": 2,
+                                       "self_attns": [{"type": "shifted-window", "d_head": 8, "window_size": 4},
+                                                      {"type": "none"}]}, 0),
+}
+
+
+@pytest.mark.parametrize("name", ["hdit_XL2", "hdit_ImageNet256Sp4", "swinir_M", "swinir_L", *SIZE_CASES])
+def test_21_6_the_size_counted_from_a_config_is_the_built_networks(name):
+    from arch import NAMED_CONFIGS, create_arch
+    from arch.validate import MAX_ELEMENTS, hdit_elements, swinir_elements
+
+    config, condition = SIZE_CASES.get(name, (NAMED_CONFIGS.get(name), 3))
+    with torch.device("meta"):
+        net = create_arch(config, condition)
+    built = sum(t.numel() for t in net.parameters()) + sum(t.numel() for t in net.buffers())
+    count = hdit_elements if config["type"] == "hdit" else swinir_elements
+    assert count({k: v for k, v in config.items() if k != "type"}, condition) == built
+    assert built < MAX_ELEMENTS / 5  # the limit is far above every named config
+
+
+@pytest.mark.parametrize("field,value", [("img_size", 100_000), ("window_size", 400), ("embed_dim", 60_000)])
+def test_21_6_oversized_swinir_configs_are_refused(field, value, monkeypatch):
+    from arch import create_arch
+
+    monkeypatch.setattr("arch.swinir.SwinIR.__init__", lambda *a, **k: pytest.fail("built"))
+    config = {**TINY_SWINIR, field: value}
+    if field == "window_size":
+        config["img_size"] = 800
+    with pytest.raises(ValueError, match="weights and buffers .* GiB in float32.* PMRF_MAX_ARCH_ELEMENTS"):
+        create_arch(config)
+
+
+def test_21_6_crafted_configs_end_programs_with_one_line_naming_the_file(work, pmrf_model, tmp_path, capsys,
+                                                                       monkeypatch):
+    def no_build(*args, **kwargs):  # (without the check, 2 million blocks would take all the memory)
+        raise AssertionError("the network was built")
+
+    monkeypatch.setattr("arch.configs.hdit_from_config", no_build)
+    crafted = write_arch_json(tmp_path / "crafted.json", {**TINY_HDIT, "depths": [1, 2_000_000]})
+    code, _, err = call(train.main, train_argv(work, tmp_path / "t", stage="naive_flow", arch=crafted), capsys)
+    assert code == 2
+    assert_one_line_error(err, str(crafted), "blocks")
+    folder = pmrf_model.save_pretrained(tmp_path / "saved")
+    config = json.loads((folder / "config.json").read_text())
+    for arch in ({**TINY_HDIT, "widths": [16.5, 32]}, {**TINY_HDIT, "depths": [1, 2_000_000]}):
+        (folder / "config.json").write_text(json.dumps({**config, "arch": arch}))
+        code, _, err = call(inference.main, inference_argv(work, work / "val", tmp_path / "o")[2:]
+                            + ["--ckpt_path", folder], capsys)
+        assert code == 2
+        assert_one_line_error(err, str(folder / "config.json"), "'widths'" if 16.5 in arch["widths"] else "'depths'")

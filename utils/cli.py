@@ -101,8 +101,13 @@ def existing_path(value: str) -> str:
 # -------------------------------------------------------------------------------- shared options
 
 
-def add_checkpoint_arguments(parser: argparse.ArgumentParser, required: bool = False) -> None:
-    """--ckpt_path, --ckpt_path_is_huggingface and --use_raw_weights (inference.py, test.py, app.py)."""
+def add_checkpoint_arguments(parser: argparse.ArgumentParser, required: bool = False, raw_by_default: bool = False) -> None:
+    """--ckpt_path, --ckpt_path_is_huggingface and the choice of weights (inference.py, test.py, app.py).
+
+    Inference uses the EMA weights of a .ckpt unless --use_raw_weights, as the reference's inference.py;
+    with `raw_by_default` (test.py, as the reference's testing) the raw ones unless --use_ema, and
+    --use_raw_weights is accepted and changes nothing.
+    """
     parser.add_argument(
         "--ckpt_path",
         required=required,
@@ -111,7 +116,12 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser, required: bool = F
         + ("" if required else f" (default {DEFAULT_CKPT}; the Hub id is {HF_REPO})"),
     )
     parser.add_argument("--ckpt_path_is_huggingface", action="store_true", help="--ckpt_path is a Hugging Face Hub id")
-    parser.add_argument("--use_raw_weights", action="store_true", help="ignore the EMA weights of a .ckpt")
+    if raw_by_default:
+        parser.add_argument("--use_ema", action="store_true",
+                            help="use the EMA weights of a .ckpt (default: the raw weights, as the reference's testing)")
+        parser.add_argument("--use_raw_weights", action="store_true", help="the default; kept for older command lines")
+    else:
+        parser.add_argument("--use_raw_weights", action="store_true", help="ignore the EMA weights of a .ckpt")
 
 
 def add_runtime_arguments(parser: argparse.ArgumentParser, compile_help: str | None = None) -> None:

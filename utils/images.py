@@ -4,7 +4,7 @@ Every program in this project reads images through `read_rgb` (or `read_image` w
 matters) and lists folders through `list_images`, so that these behave the same everywhere:
 
 * the EXIF orientation tag is applied (phone portraits come out upright), and outputs are written in
-  that displayed orientation;
+  that displayed orientation; `displayed_size` reads a file's size the same way, from its header;
 * gray, palette, RGBA, 16-bit and float files become 8-bit RGB, using the file's declared bit depth
   (a dark 16-bit image stays dark);
 * a file that cannot be decoded, or whose header claims more pixels than Pillow's decompression-bomb
@@ -18,8 +18,10 @@ matters) and lists folders through `list_images`, so that these behave the same 
 from __future__ import annotations
 
 import os
+import struct
 import tempfile
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +32,8 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", "
 JPEG_QUALITY = 75  # what torchvision's save_image (and so the reference) writes
 if os.environ.get("PMRF_MAX_IMAGE_PIXELS"):
     Image.MAX_IMAGE_PIXELS = int(os.environ["PMRF_MAX_IMAGE_PIXELS"]) or None
+EXIF_ORIENTATION = 0x0112
+TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # the EXIF orientations that swap width and height
 _BIT_DEPTH_OF_MODE = {"I;16": 16, "I;16B": 16, "I;16L": 16, "I;16N": 16, "I;16S": 16}
 
 
@@ -71,16 +75,13 @@ def _to_uint8(array: np.ndarray, bits: int = 8) -> np.ndarray:
     return np.clip(np.floor(array * 255.0 + 0.5), 0, 255).astype(np.uint8)  # float images are in [0, 1]
 
 
-def _open(path: Path) -> Image.Image:
-    """Decode the whole file (first frame), upright; ImageReadError for anything that goes wrong."""
+@contextmanager
+def _reading(path: Path):
+    """Turn whatever opening or decoding `path` raises into one ImageReadError naming it."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                image.load()
-                upright = ImageOps.exif_transpose(image)
-                upright.format = image.format
-                return upright
+            yield
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ImageReadError(
             f"{path}: skipped: {error} (the limit guards against decompression bombs; set "
@@ -88,6 +89,51 @@ def _open(path: Path) -> Image.Image:
         ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, MemoryError) as error:
         raise ImageReadError(f"{path}: cannot read image ({error.__class__.__name__}: {error})") from None
+
+
+def _open(path: Path) -> Image.Image:
+    """Decode the whole file (first frame), upright; ImageReadError for anything that goes wrong."""
+    with _reading(path), Image.open(path) as image:
+        image.load()
+        upright = ImageOps.exif_transpose(image)
+        upright.format = image.format
+        return upright
+
+
+def displayed_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(width, height) of the image as `read_image` returns it, upright (EXIF orientation applied), from
+    the header alone. ImageReadError as `read_image` raises it for an unreadable header or one claiming
+    more pixels than the decompression-bomb limit. Every size check goes through this, so sizes are
+    compared the way pixels are read."""
+    path = Path(path)
+    with _reading(path), Image.open(path) as image:
+        width, height = image.size
+        if image.format == "PNG" and not _png_metadata_after_pixels(path):
+            exif = Image.Image.getexif(image)  # all metadata is in the header: skip PNG's decode-to-the-end
+        else:
+            exif = image.getexif()
+        orientation = exif.get(EXIF_ORIENTATION, 1)
+    return (height, width) if orientation in TRANSPOSING_ORIENTATIONS else (width, height)
+
+
+def _png_metadata_after_pixels(path: Path) -> bool:
+    """Whether a PNG holds EXIF or text chunks after its pixel data, which Pillow finds only by decoding
+    the image (walks the chunk headers). A file cut short has none that matter: `read_rgb` refuses it."""
+    with open(path, "rb") as file:
+        file.seek(8)
+        pixels_seen = False
+        while True:
+            header = file.read(8)
+            if len(header) < 8:
+                return False
+            length, kind = struct.unpack(">I4s", header)
+            if kind == b"IEND":
+                return False
+            if kind == b"IDAT":
+                pixels_seen = True
+            elif pixels_seen and kind in (b"eXIf", b"tEXt", b"zTXt", b"iTXt"):
+                return True
+            file.seek(length + 4, os.SEEK_CUR)  # the data and its CRC
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:

@@ -86,7 +86,8 @@ def _read_safetensors(path: Path, map_location: str | torch.device) -> dict:
     from safetensors.torch import load_file
 
     try:
-        return load_file(str(path), device=str(map_location))
+        device = str(map_location) if isinstance(map_location, (str, torch.device)) else "cpu"
+        return load_file(str(path), device=device)
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         raise WeightsReadError(f"{path}: not a readable safetensors file ({error}); it may be truncated") from None
 
@@ -135,9 +136,11 @@ def select_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, t
     return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
-def state_dict_mismatch(network: nn.Module, state: Mapping[str, torch.Tensor], strict: bool = True) -> str:
-    """What keeps `state` from loading into `network` ('' when it loads)."""
-    own = network.state_dict()
+def state_dict_mismatch(
+    network: nn.Module | Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], strict: bool = True
+) -> str:
+    """What keeps `state` from loading into `network` (a module or its state dict; '' when it loads)."""
+    own = network if isinstance(network, Mapping) else network.state_dict()
     wrong_shape = [
         f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items() if k in own and own[k].shape != v.shape
     ]

@@ -53,7 +53,14 @@ from utils.images import (
 from utils.weights import MissingWeightsError, WeightsReadError
 from whole_image.detect import DETECTORS, FaceDetector, load_detector
 from whole_image.paste import FaceParser, load_face_parser
-from whole_image.pipeline import NoFaceWarning, PhotoRestoration, RestoreFaces, restore_photo, side_by_side
+from whole_image.pipeline import (
+    NoFaceWarning,
+    NonFiniteFacesError,
+    PhotoRestoration,
+    RestoreFaces,
+    restore_photo,
+    side_by_side,
+)
 from whole_image.upsample import BackgroundUpsampler, load_realesrgan
 
 OUTPUT_FOLDERS = (
@@ -342,28 +349,32 @@ def run_whole_image(
     if options.save_mmse and not save_mmse:
         print("warning: --save_mmse: this model has no posterior-mean network; only PMRF's results are written")
     stems = face_stems(inputs)
-    written, unreadable, faceless, num_faces = [], [], [], 0
+    written, unreadable, faceless, num_faces, not_finite = [], [], [], 0, []
     for photo in tqdm(inputs, desc="whole photos", unit="photo"):
         try:
             image = read_image(photo)  # upright (EXIF), alpha kept
         except ImageReadError as error:
             unreadable.append(str(error))
             continue
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NoFaceWarning)  # reported below, one line per photo
-            result = restore_photo(
-                image,
-                restore_faces,
-                tools.detector,
-                upscale=options.upscale,
-                only_center_face=options.only_center_face,
-                max_faces=options.max_faces,
-                parser=tools.parser,
-                bg_upsampler=tools.bg_upsampler,
-                name=photo.name,
-                posterior_mean=save_mmse,
-                batch_size=options.batch_size,
-            )
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NoFaceWarning)  # reported below, one line per photo
+                result = restore_photo(
+                    image,
+                    restore_faces,
+                    tools.detector,
+                    upscale=options.upscale,
+                    only_center_face=options.only_center_face,
+                    max_faces=options.max_faces,
+                    parser=tools.parser,
+                    bg_upsampler=tools.bg_upsampler,
+                    name=photo.name,
+                    posterior_mean=save_mmse,
+                    batch_size=options.batch_size,
+                )
+        except NonFiniteFacesError as error:  # listed below
+            not_finite.append(f"{photo}: {error}")
+            continue
         if not result.faces:
             faceless.append(photo.name)
             tqdm.write(f"warning: {photo.name}: no face detected; copied through, resized x{options.upscale:g}")
@@ -386,6 +397,10 @@ def run_whole_image(
     if unreadable:
         print(f"skipped {len(unreadable)} unreadable file(s):")
         for message in unreadable:
+            print(f"  {message}")
+    if not_finite:
+        print(f"skipped {len(not_finite)} photo(s) whose restored faces were not finite:")
+        for message in not_finite:
             print(f"  {message}")
     return written
 

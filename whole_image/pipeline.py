@@ -84,9 +84,19 @@ def faces_to_tensor(faces: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(np.stack(faces)).permute(0, 3, 1, 2).float().div(255.0)
 
 
+class NonFiniteFacesError(ValueError):
+    """The model's faces hold NaN or infinite values: nothing made from them is written."""
+
+
 def tensor_to_faces(batch: torch.Tensor) -> np.ndarray:
-    """float (N, 3, S, S) in [0, 1] -> uint8 (N, S, S, 3), rounded as torchvision's save_image does."""
-    batch = batch.detach().float().cpu().mul(255).add(0.5).clamp(0, 255).to(torch.uint8)
+    """float (N, 3, S, S) in [0, 1] -> uint8 (N, S, S, 3), rounded as torchvision's save_image does.
+
+    NonFiniteFacesError when a value is NaN or infinite (checked once per batch, on the host copy)."""
+    batch = batch.detach().float().cpu()
+    if not bool(torch.isfinite(batch).all()):
+        raise NonFiniteFacesError("the model's faces hold NaN or infinite values (its weights or the precision "
+                                  "cannot handle this photo): not written")
+    batch = batch.mul(255).add(0.5).clamp(0, 255).to(torch.uint8)
     return batch.permute(0, 2, 3, 1).numpy()
 
 

@@ -8,8 +8,8 @@ python train.py \
   --arch hdit_ImageNet256Sp4 \
   --mmse_model_arch swinir_L \
   --mmse_model_ckpt_path ./checkpoints/swinir_restoration512_L1.pth \
-  --train_data_root /path/to/ffhq512/train \
-  --val_data_root /path/to/ffhq512/val \
+  --train_data_root /path/to/data/ffhq512 \
+  --val_data_root /path/to/data/celebahq_test_512 \
   --img_size 512 \
   --num_gpus 16 \
   --train_batch_size 256 \
@@ -23,7 +23,6 @@ python train.py \
   --t_schedule stratified_uniform \
   --lr 5e-4 \
   --weight_decay 1e-2 \
-  --betas 0.9 0.95 \
   --precision bf16-mixed \
   --wandb_project_name PMRF \
   --wandb_group blind_face_restoration

@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Controlled experiment, colorization: PMRF: a flow from the noisy posterior mean (train_mmse.sh first).
 # Run from the repository root after setting the data (and MMSE checkpoint) paths.
+# The MMSE checkpoint: train_mmse.sh writes it to outputs/colorization/mmse/checkpoints/last.ckpt.
 python train.py \
   --stage flow \
   --source_noise_std 0.1 \
   --arch hdit_XL2 \
   --mmse_model_arch swinir_M \
-  --mmse_model_ckpt_path /path/to/colorization/mmse/checkpoints/last.ckpt \
+  --mmse_model_ckpt_path /path/to/checkpoint/last.ckpt \
   --degradation colorization_gaussian_noise_025 \
-  --train_data_root /path/to/ffhq256/train \
-  --val_data_root /path/to/ffhq256/val \
+  --train_data_root /path/to/data/ffhq256 \
+  --val_data_root /path/to/data/celebahq_test_256 \
   --img_size 256 \
   --num_gpus 4 \
   --train_batch_size 256 \
@@ -23,7 +24,6 @@ python train.py \
   --t_schedule stratified_uniform \
   --lr 5e-4 \
   --weight_decay 1e-2 \
-  --betas 0.9 0.95 \
   --precision bf16-mixed \
   --wandb_project_name PMRF \
   --wandb_group colorization_pmrf \

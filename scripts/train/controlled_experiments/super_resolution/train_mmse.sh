@@ -5,8 +5,8 @@ python train.py \
   --stage mmse \
   --arch swinir_M \
   --degradation sr_bicubic_x8_gaussian_noise_005 \
-  --train_data_root /path/to/ffhq256/train \
-  --val_data_root /path/to/ffhq256/val \
+  --train_data_root /path/to/data/ffhq256 \
+  --val_data_root /path/to/data/celebahq_test_256 \
   --img_size 256 \
   --num_gpus 4 \
   --train_batch_size 256 \
@@ -20,7 +20,6 @@ python train.py \
   --t_schedule stratified_uniform \
   --lr 5e-4 \
   --weight_decay 1e-2 \
-  --betas 0.9 0.95 \
   --precision bf16-mixed \
   --wandb_project_name PMRF \
   --wandb_group super_resolution_mmse \
