@@ -1,7 +1,7 @@
 """Local web demo of PMRF blind face restoration (Gradio).
 
     python app.py [--ckpt_path CKPT] [--ckpt_path_is_huggingface] [--device auto|cpu|cuda] [--bf16]
-                  [--compile] [--detector auto|retinaface|mtcnn] [--server_name 127.0.0.1] [--server_port 7860]
+                  [--compile [auto|on|off]] [--detector auto|retinaface|mtcnn] [--server_name 127.0.0.1] [--server_port 7860]
 
 Upload a photo (or pick the example), choose "Whole photo" (every face is detected, aligned, restored and
 pasted back) or "Aligned face" (a 512x512 FFHQ-aligned face; other sizes are centre-cropped to a square
@@ -10,7 +10,9 @@ shows a before/after slider, a gallery of the restored faces and the restored ph
 
 The page opens at once; the model and the face networks load on the first click, and a missing
 checkpoint is reported there. The model comes from `lightning_models.restoration` (the same loader and
-restorer as inference.py); --bf16 and --compile give the same fast path.
+restorer as inference.py); --bf16 and --compile give the same fast path. On CUDA, --compile auto (the
+default) compiles the flow network once per process: the model loads and compiles in the background at
+start-up, and a click made meanwhile waits for it.
 
 Memory stays bounded: one request runs at a time, at most --queue_size wait (their uploads are files on
 disk, not arrays), faces go through the model --batch_size at a time, at most --max_faces per photo, and
@@ -37,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from utils.auto_compile import should_compile
 from utils.cli import (
     add_checkpoint_arguments,
     add_runtime_arguments,
@@ -117,8 +120,27 @@ class ModelStore:
                 f"Cannot load the PMRF model from {where}: {error.__class__.__name__}: {error}. "
                 "Download the checkpoint (see README) and start the demo with --ckpt_path pointing at it."
             ) from None
-        restoration.prepare_for_inference(model, getattr(self.settings, "attention_backend", None), self.settings.compile)
+        restoration.prepare_for_inference(model, getattr(self.settings, "attention_backend", None), self.compiles)
         return restoration, model
+
+    @property
+    def compiles(self) -> bool:
+        """--compile for a server: auto compiles on CUDA (an open-ended job), never on CPU."""
+        return should_compile(getattr(self.settings, "compile", "off"), self.device)
+
+    def warm_up(self, size: int = 512) -> None:
+        """Load the model and compile it now, at start-up, with one restoration of a face and one of two
+        (the second compiles for any number of faces), so that no click waits on the compiler."""
+        try:
+            with self._lock:
+                if self._model is None:
+                    self._restoration, self._model = self._load_model()
+                restorer = self._restoration.FaceRestorer(self._model, num_flow_steps=1, seed=0, bf16=self.settings.bf16)
+                for faces in (1, 2):
+                    restorer(torch.rand(faces, 3, size, size))
+            print("model loaded and compiled; ready", flush=True)
+        except Exception as error:  # reported again, on the page, by the first Restore
+            print(f"warning: start-up warm-up failed ({error}); the model loads on the first Restore", flush=True)
 
     def detector(self) -> FaceDetector:
         with self._lock:
@@ -447,7 +469,9 @@ def build_demo():
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="PMRF web demo (Gradio), local by default.")
     add_checkpoint_arguments(parser)
-    add_runtime_arguments(parser)
+    add_runtime_arguments(parser, compile_help="torch.compile the flow network once per process (same precision as "
+                          "without). auto (default): on CUDA, at start-up; on: also elsewhere, at the first click; "
+                          "off: never. A bare --compile means on.")
     add_photo_model_arguments(parser.add_argument_group("whole photos"))
     demo_limits = parser.add_argument_group("memory (whole photos)")
     demo_limits.add_argument("--batch_size", type=positive_int, default=4,
@@ -473,6 +497,8 @@ def main(argv: list[str] | None = None) -> None:
     configure_torch()  # TF32 matmuls, as inference.py and the reference
     STORE = ModelStore(args, device)
     stop_on_sigterm()
+    if STORE.compiles and device.type == "cuda":  # compile once per process, before the first click
+        threading.Thread(target=STORE.warm_up, daemon=True, name="warm-up").start()
     demo = build_demo()
     demo.queue(default_concurrency_limit=1, max_size=args.queue_size)
     print(f"PMRF demo on {device}; model {args.ckpt_path} loads on the first Restore.", flush=True)

@@ -24,10 +24,12 @@ from lightning_models.restoration import (
     FaceRestorer,
     input_size_problem,
     load_model,
+    native_size,
     prepare_for_inference,
     read_model_config,
     restore_aligned,
 )
+from utils.auto_compile import describe, image_steps, should_compile
 from utils.cli import (
     add_checkpoint_arguments,
     add_fidelity_weight_argument,
@@ -122,6 +124,19 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt  # SIGTERM ends the run as Ctrl-C does: whole files, one line
 
 
+def compile_decision(args, model, device, inputs: list[Path], lq_path: Path) -> bool:
+    """--compile resolved for this job (auto: on CUDA for a job of enough image-steps; a whole photo
+    counts as one face)."""
+    images = len(inputs) if inputs else (1 if lq_path.is_file() else len(list_images(lq_path)))
+    size = args.input_size or native_size(model) or 512
+    job = image_steps(images, args.num_flow_steps, size, size)
+    compiled = should_compile(args.compile, device, job)
+    note = describe(args.compile, compiled, job)
+    if note:
+        print(note, flush=True)
+    return compiled
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     main_thread = threading.current_thread() is threading.main_thread()  # signal handlers live there only
@@ -157,7 +172,8 @@ def run(args: argparse.Namespace) -> None:
         model.pmrf.check_fidelity_weight(args.fidelity_weight)
     except ValueError as error:
         fail(f"--{error}")
-    prepare_for_inference(model, args.attention_backend, args.compile, args.compile_mmse)
+    compiled = compile_decision(args, model, device, inputs, lq_path)
+    prepare_for_inference(model, args.attention_backend, compiled, args.compile_mmse)
     if args.whole_image:
         from whole_image.cli import WholeImageOptions, run_whole_image
 
@@ -170,7 +186,7 @@ def run(args: argparse.Namespace) -> None:
     options = AlignedOptions(
         num_flow_steps=args.num_flow_steps, batch_size=args.batch_size, seed=args.seed, bf16=args.bf16,
         num_workers=args.num_workers, input_size=args.input_size, suffix=args.suffix, ext=args.ext,
-        jpeg_quality=args.jpeg_quality, pad_batches=args.compile, fidelity_weight=args.fidelity_weight,
+        jpeg_quality=args.jpeg_quality, pad_batches=compiled, fidelity_weight=args.fidelity_weight,
         skip_existing=args.skip_existing,
     )
     try:

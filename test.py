@@ -15,11 +15,13 @@ import argparse
 from pathlib import Path
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader
 
 from data import ImageFolderDataset, make_transform, scan_images
 from degradations import DEGRADATION_NAMES, create_degradation
 from lightning_models.restoration import load_model
+from utils.auto_compile import add_compile_argument, describe, image_steps, should_compile
 from utils.cli import (
     add_checkpoint_arguments,
     add_fidelity_weight_argument,
@@ -59,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jpeg_quality", type=int_range(1, 100), default=75, help="for .jpg outputs (default 75)")
     p.add_argument("--skip_bad_images", action="store_true",
                    help="test without the unreadable or non-square images that the start-up scan lists")
+    add_compile_argument(p)
     return p
 
 
@@ -96,6 +99,12 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, FileNotFoundError) as error:
         fail(str(error))
     processes = devices * args.num_nodes
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    evaluations = 1 if model.stage == "mmse" else sum(args.num_flow_steps)
+    job = image_steps(len(dataset) // processes, evaluations, args.img_size, args.img_size)
+    if should_compile(args.compile, "cuda" if on_gpu else "cpu", job):
+        print(describe(args.compile, True, job) or "compiling the network", flush=True)
+        model.model.compile()  # in place: the first batch compiles
     loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False,
                         num_workers=args.num_workers // devices, pin_memory=accelerator != "cpu")
     trainer = L.Trainer(accelerator=accelerator, devices=devices, num_nodes=args.num_nodes,

@@ -93,7 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: wandb when it is configured (API key, login or offline mode) and reachable, else csv")
     p.add_argument("--output_dir", default="outputs", help="checkpoints and local logs go here")
     p.add_argument("--log_every_n_steps", type=positive_int, default=50)
-    p.add_argument("--compile", action="store_true", help="torch.compile the trained network (GPU; the first steps compile)")
+    p.add_argument("--compile", dest="compile", action="store_const", const="on", default="auto",
+                   help="torch.compile the trained network, also off GPU (default: the flow network on GPU)")
+    p.add_argument("--no_compile", dest="compile", action="store_const", const="off",
+                   help="train eagerly (no compile), also on GPU")
     p.add_argument("--attention_backend", choices=BACKENDS, default=None,
                    help="neighbourhood-attention kernel (default auto: natten with fused kernels or flex on CUDA, torch elsewhere)")
     p.add_argument("--skip_bad_images", action="store_true",
@@ -103,6 +106,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nan_policy", choices=NAN_POLICIES, default="stop",
                    help="at a NaN or infinite loss or gradient: stop (default) or skip that step")
     return p
+
+
+def compiles(requested: str, accelerator: str, stage: str) -> bool:
+    """--compile on/off decide; by default the flow network (HDiT) is compiled when training on GPU,
+    as the reference compiles its small kernels by default (the posterior-mean stage stays eager)."""
+    if requested != "auto":
+        return requested == "on"
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    return on_gpu and stage != "mmse"
 
 
 # ------------------------------------------------------------------------------------------ logging
@@ -314,7 +326,7 @@ def main(argv: list[str] | None = None) -> None:
     model.use_ema = args.use_ema
     if args.attention_backend is not None and hasattr(model.model, "set_neighborhood_backend"):
         model.model.set_neighborhood_backend(args.attention_backend)
-    if args.compile:
+    if compiles(args.compile, accelerator, args.stage):
         model.model.compile()  # in place: state-dict keys, EMA order and checkpoints are unchanged
     train_loader, val_loader = make_loaders(args, processes)
     if val_loader is not None:

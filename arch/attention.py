@@ -4,9 +4,10 @@ Neighbourhood attention (each query attends to the k×k window of keys around it
 inward at the borders: NATTEN's definition, dilation 1) has three backends behind
 `neighborhood_attention`:
 
-* ``flex``: PyTorch's FlexAttention with a block-sparse mask built from that definition. On CUDA the
-  kernel is compiled once per process (forward and backward); on CPU it runs uncompiled, which
-  materialises the scores, so it is for checking, not speed.
+* ``flex``: PyTorch's FlexAttention with a block-sparse mask built from that definition, for tokens in
+  row-major order or in a tile order that HDiT keeps its flex levels in (`Tiling`, `TiledGrid`; far
+  fewer keys computed per query). On CUDA the kernel is compiled once per process (forward and
+  backward); on CPU it runs uncompiled, which materialises the scores, so it is for checking, not speed.
 * ``natten``: ``natten.na2d``. Fast only where natten was built with its fused kernels
   (``natten.HAS_LIBNATTEN``); otherwise it falls back to uncompiled flex attention with (H·W)² scores.
 * ``torch``: pure PyTorch. It gathers each query's k×k window of keys and values, a chunk of query
@@ -26,7 +27,9 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import warnings
+from dataclasses import dataclass
 
 import torch
 from einops import rearrange
@@ -171,18 +174,153 @@ def _na2d_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: 
 
 
 # ------------------------------------------------------------------------------------- flex backend
+#
+# FlexAttention computes whole (query block × key block) tiles of the score matrix: a key block that
+# holds one key of one query's window is computed for every query of the block. In the row-major token
+# order a 128-query block is a row of the grid whose windows span 7 rows: at a 128² grid each query
+# computes 896 keys for the 49 of its 7×7 window. In a *tile order* a query block is a compact tile of
+# the grid and a key block a small sub-tile, so one tile's windows touch few key blocks. HDiT keeps a
+# neighbourhood level's tokens in this order for the whole level (`TiledGrid`: one permutation at the
+# level's entry and one at its exit); the masks below describe either order exactly.
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """A token order: tiles of tile_h × tile_w tokens, left to right and top to bottom over the grid,
+    each one FlexAttention query block; inside a tile, sub-tiles of sub_h × sub_w tokens in the same
+    order, each one key/value block; inside a sub-tile, row-major."""
+
+    tile_h: int
+    tile_w: int
+    sub_h: int
+    sub_w: int
+
+    def __post_init__(self):
+        if self.tile_h % self.sub_h or self.tile_w % self.sub_w:
+            raise ValueError(f"tiling {self.name}: the sub-tile must divide the tile")
+
+    @property
+    def name(self) -> str:
+        return f"{self.tile_h}x{self.tile_w}/{self.sub_h}x{self.sub_w}"
+
+    @property
+    def q_block(self) -> int:
+        return self.tile_h * self.tile_w
+
+    @property
+    def kv_block(self) -> int:
+        return self.sub_h * self.sub_w
+
+    def fits(self, h: int, w: int) -> bool:
+        return h % self.tile_h == 0 and w % self.tile_w == 0
+
+
+# Candidates measured by benchmarks/attention.py (keys computed per query, README); "rows" is the
+# row-major order with FlexAttention's default 128-token blocks.
+TILINGS = {
+    tiling.name: tiling
+    for tiling in (
+        Tiling(8, 8, 4, 8),
+        Tiling(8, 16, 4, 8),
+        Tiling(16, 8, 4, 8),
+        Tiling(4, 16, 4, 8),
+        Tiling(4, 8, 4, 8),
+        Tiling(8, 8, 4, 4),
+    )
+}
+DEFAULT_TILING = "8x8/4x8"
+ROW_MAJOR = "rows"
+ROW_MAJOR_BLOCK = 128
+TILING_ENV_VAR = "PMRF_NA_TILING"
+
+# FlexAttention's backward lowering before torch 2.14 keeps only its default tile configurations that
+# divide the mask's blocks; under bf16/fp16 on recent GPUs those need 128-token blocks, so a training
+# step with 32-token key blocks would have no kernel there. float32 (16-token tiles) is not affected.
+_VERSION = tuple(int(part) for part in re.findall(r"\d+", torch.__version__)[:2])
+SMALL_BLOCK_BACKWARD = _VERSION >= (2, 14)
+
+
+def resolve_tiling(requested: str | None = None, low_precision_backward: bool = False) -> Tiling | None:
+    """The token order of the flex backend's neighbourhood levels; None: row-major.
+
+    `requested` (default: the ``PMRF_NA_TILING`` environment variable, else ``auto``) is ``auto``, ``rows``
+    or a name in `TILINGS`. ``auto`` is `DEFAULT_TILING`, except for a bf16/fp16 backward pass on a torch
+    whose FlexAttention backward needs 128-token blocks (before 2.14), which keeps the row-major order.
+    """
+    requested = (requested or os.environ.get(TILING_ENV_VAR) or "auto").lower()
+    if requested == ROW_MAJOR:
+        return None
+    if requested == "auto":
+        if low_precision_backward and not SMALL_BLOCK_BACKWARD:
+            return None
+        return TILINGS[DEFAULT_TILING]
+    if requested not in TILINGS:
+        raise ValueError(f"unknown neighbourhood token order {requested!r}; choose auto, {ROW_MAJOR} or one of {list(TILINGS)}")
+    return TILINGS[requested]
+
+
+def low_precision_backward(device: torch.device, dtype: torch.dtype = torch.float32) -> bool:
+    """True inside a pass that records gradients with bf16/fp16 attention (autocast or such inputs)."""
+    if not torch.is_grad_enabled():
+        return False
+    if dtype in (torch.bfloat16, torch.float16):
+        return True
+    return torch.is_autocast_enabled(device.type) and torch.get_autocast_dtype(device.type) != torch.float32
+
+
+@dataclass(frozen=True)
+class TiledGrid:
+    """An h × w token grid held in `tiling`'s order: tensors (..., h, w, C) become (..., 1, h·w, C)."""
+
+    h: int
+    w: int
+    tiling: Tiling
+
+    def _sizes(self) -> dict[str, int]:
+        t = self.tiling
+        return {"a": self.h // t.tile_h, "b": self.w // t.tile_w, "s": t.tile_h // t.sub_h, "u": t.sub_h,
+                "r": t.tile_w // t.sub_w, "v": t.sub_w}
+
+    def to_tiles(self, x: torch.Tensor) -> torch.Tensor:
+        sizes = self._sizes()
+        return rearrange(x, "... (a s u) (b r v) c -> ... 1 (a b s r u v) c", s=sizes["s"], u=sizes["u"],
+                         r=sizes["r"], v=sizes["v"])
+
+    def from_tiles(self, x: torch.Tensor) -> torch.Tensor:
+        return rearrange(x, "... 1 (a b s r u v) c -> ... (a s u) (b r v) c", **self._sizes())
+
+    def positions(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(row, column) on the grid of the tokens at these places in the tile order."""
+        return tile_positions(index, self.w, self.tiling)
+
+
+def tile_positions(index: torch.Tensor, w: int, tiling: Tiling | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, column) of the tokens at places `index` of a grid of width w in `tiling`'s order (None:
+    row-major)."""
+    if tiling is None:
+        return index // w, index % w
+    t = tiling
+    tile, within = index // t.q_block, index % t.q_block
+    sub, inner = within // t.kv_block, within % t.kv_block
+    tiles_per_row, subs_per_row = w // t.tile_w, t.tile_w // t.sub_w
+    row = (tile // tiles_per_row) * t.tile_h + (sub // subs_per_row) * t.sub_h + inner // t.sub_w
+    col = (tile % tiles_per_row) * t.tile_w + (sub % subs_per_row) * t.sub_w + inner % t.sub_w
+    return row, col
+
 
 _BLOCK_MASKS: dict[tuple, object] = {}
 FLEX_MIN_HEAD_DIM = 16
+# One chunk of the block-table computation compares at most this many (query, key) pairs.
+_MASK_CHUNK_PAIRS = 1 << 24
 
 
-def neighborhood_mask_mod(h: int, w: int, kernel_size: int):
-    """FlexAttention mask_mod of NATTEN's window rule on a row-major h×w token grid."""
+def neighborhood_mask_mod(h: int, w: int, kernel_size: int, tiling: Tiling | None = None):
+    """FlexAttention mask_mod of NATTEN's window rule on an h×w grid in `tiling`'s order (None: row-major)."""
     half = kernel_size // 2
 
     def mask_mod(b, head, q_idx, kv_idx):
-        q_row, q_col = q_idx // w, q_idx % w
-        kv_row, kv_col = kv_idx // w, kv_idx % w
+        q_row, q_col = tile_positions(q_idx, w, tiling)
+        kv_row, kv_col = tile_positions(kv_idx, w, tiling)
         top = (q_row - half).clamp(0, h - kernel_size)
         left = (q_col - half).clamp(0, w - kernel_size)
         return (kv_row >= top) & (kv_row < top + kernel_size) & (kv_col >= left) & (kv_col < left + kernel_size)
@@ -190,46 +328,114 @@ def neighborhood_mask_mod(h: int, w: int, kernel_size: int):
     return mask_mod
 
 
-def _mask_key(h: int, w: int, kernel_size: int, device: torch.device) -> tuple:
+def _block_tables(inside_blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(num_blocks, indices) of a (q blocks, kv blocks) boolean table, as create_block_mask lays them out."""
+    num = inside_blocks.sum(-1, dtype=torch.int32)
+    indices = torch.argsort(inside_blocks.to(torch.uint8), dim=-1, descending=True, stable=True).to(torch.int32)
+    return num[None, None].contiguous(), indices[None, None].contiguous()
+
+
+def build_neighborhood_block_mask(h: int, w: int, kernel_size: int, tiling: Tiling | None, device: torch.device):
+    """The BlockMask of a k×k neighbourhood on an h×w grid in `tiling`'s order (None: row-major with
+    128-token blocks), computed block by block from the window rule in chunks of query blocks (memory
+    bounded whatever the grid; create_block_mask would hold the whole (H·W)² mask). Blocks where every
+    pair attends are marked full (no mask_mod there), the others that touch a window partial."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    if tiling is not None and not tiling.fits(h, w):
+        raise ValueError(f"a {h}×{w} grid is not a whole number of {tiling.tile_h}×{tiling.tile_w} tiles")
+    q_block, kv_block = (tiling.q_block, tiling.kv_block) if tiling else (ROW_MAJOR_BLOCK, ROW_MAJOR_BLOCK)
+    tokens = h * w
+    nq, nkv = -(-tokens // q_block), -(-tokens // kv_block)
+    index = torch.arange(nkv * kv_block, device=device)
+    rows, cols = tile_positions(index, w, tiling)
+    outside = index >= tokens  # padding past the last token: in no window
+    rows, cols = rows.masked_fill(outside, -2 * kernel_size - h), cols.masked_fill(outside, -2 * kernel_size - w)
+    tops = window_starts(h, kernel_size, device)[rows[:tokens]]
+    lefts = window_starts(w, kernel_size, device)[cols[:tokens]]
+    chunk = max(1, _MASK_CHUNK_PAIRS // (nkv * kv_block * q_block)) * q_block
+    any_parts, all_parts = [], []
+    for start in range(0, nq * q_block, chunk):
+        stop = min(start + chunk, nq * q_block)
+        top, left = tops[start:stop, None], lefts[start:stop, None]
+        inside = (rows >= top) & (rows < top + kernel_size) & (cols >= left) & (cols < left + kernel_size)
+        if inside.shape[0] < stop - start:  # the last query block runs past the last token
+            inside = torch.cat([inside, inside.new_zeros(stop - start - inside.shape[0], inside.shape[1])])
+        blocks = inside.view(-1, q_block, nkv, kv_block)
+        any_parts.append(blocks.any(3).any(1))
+        all_parts.append(blocks.all(3).all(1))
+    touched, full = torch.cat(any_parts), torch.cat(all_parts)
+    kv_num, kv_indices = _block_tables(touched & ~full)
+    full_num, full_indices = _block_tables(full)
+    return BlockMask.from_kv_blocks(
+        kv_num, kv_indices, full_num, full_indices, BLOCK_SIZE=(q_block, kv_block),
+        mask_mod=neighborhood_mask_mod(h, w, kernel_size, tiling), seq_lengths=(tokens, tokens),
+    )
+
+
+def keys_per_query(block_mask) -> float:
+    """Keys FlexAttention computes per query with this BlockMask (every key of every listed block)."""
+    q_block, kv_block = block_mask.BLOCK_SIZE
+    tokens = block_mask.seq_lengths[0]
+    blocks = block_mask.kv_num_blocks.double()
+    if block_mask.full_kv_num_blocks is not None:
+        blocks = blocks + block_mask.full_kv_num_blocks.double()
+    blocks = blocks.reshape(-1, blocks.shape[-1]).mean(0)  # over batch and heads
+    queries = torch.full_like(blocks, q_block)
+    queries[-1] = tokens - q_block * (blocks.numel() - 1)
+    return float((blocks * queries).sum() * kv_block / tokens)
+
+
+def _mask_key(h: int, w: int, kernel_size: int, tiling: Tiling | None, device: torch.device) -> tuple:
     index = device.index
     if device.type == "cuda" and index is None:
         index = torch.cuda.current_device()
-    return h, w, kernel_size, device.type, index
+    return h, w, kernel_size, tiling.name if tiling else ROW_MAJOR, device.type, index
 
 
-def build_flex_block_masks(sizes: list[tuple[int, int, int]], device: torch.device) -> None:
-    """Build and cache the BlockMasks of these (h, w, k) neighbourhoods on `device`.
+def flex_block_mask(h: int, w: int, kernel_size: int, device: torch.device, tiling: Tiling | None = None):
+    """The BlockMask of a k×k neighbourhood on an h×w grid in `tiling`'s order, built once per
+    (h, w, k, order, device)."""
+    key = _mask_key(h, w, kernel_size, tiling, device)
+    if key not in _BLOCK_MASKS:
+        _BLOCK_MASKS[key] = build_neighborhood_block_mask(h, w, kernel_size, tiling, device)
+    return _BLOCK_MASKS[key]
 
-    HDiT does this at the top of its forward pass, outside any compiled graph (through
-    `prepare_neighborhood_attention`), so that the lookups in `flex_block_mask` trace into a compiled
-    HDiT without graph breaks.
-    """
-    from torch.nn.attention.flex_attention import create_block_mask
 
-    for h, w, kernel_size in sizes:
-        key = _mask_key(h, w, kernel_size, device)
-        if key not in _BLOCK_MASKS:
-            _BLOCK_MASKS[key] = create_block_mask(
-                neighborhood_mask_mod(h, w, kernel_size), None, None, h * w, h * w, device=device
-            )
+def level_tiling(
+    h: int, w: int, kernel_size: int, device: torch.device, backend: str | None, d_head: int,
+    dtype: torch.dtype = torch.float32,
+) -> TiledGrid | None:
+    """The tile order a neighbourhood level keeps its tokens in, or None (row-major): tiled where the
+    flex backend runs it and the grid is a whole number of tiles."""
+    if resolve_backend(device, backend) != "flex" or d_head < FLEX_MIN_HEAD_DIM:
+        return None
+    tiling = resolve_tiling(None, low_precision_backward(device, dtype))
+    if tiling is None or not tiling.fits(h, w):
+        return None
+    return TiledGrid(h, w, tiling)
 
 
 @torch.compiler.disable
 def prepare_neighborhood_attention(
-    grids: list[tuple[int, int, int]], device: torch.device, backend: str | None = None
+    grids: list[tuple[int, int, int]], device: torch.device, backend: str | None = None,
+    d_head: int = FLEX_MIN_HEAD_DIM, dtype: torch.dtype = torch.float32,
 ) -> None:
     """Get a forward pass's neighbourhood attention ready outside any compiled graph: with the flex
-    backend, build the block masks of these (rows, cols, kernel) grids."""
-    if grids and resolve_backend(device, backend) == "flex":
-        build_flex_block_masks(grids, device)
+    backend, build the block masks of these (rows, cols, kernel) grids in the order their levels use, so
+    that the lookups in `flex_block_mask` trace into a compiled HDiT without graph breaks."""
+    if not grids or resolve_backend(device, backend) != "flex":
+        return
+    for h, w, kernel_size in grids:
+        grid = level_tiling(h, w, kernel_size, device, backend, d_head, dtype)
+        flex_block_mask(h, w, kernel_size, device, grid.tiling if grid else None)
 
 
-def flex_block_mask(h: int, w: int, kernel_size: int, device: torch.device):
-    """The BlockMask of a k×k neighbourhood on an h×w grid, built once per (h, w, k, device)."""
-    key = _mask_key(h, w, kernel_size, device)
-    if key not in _BLOCK_MASKS:
-        build_flex_block_masks([(h, w, kernel_size)], device)
-    return _BLOCK_MASKS[key]
+def flex_kernel_options(tiling: Tiling | None, device: torch.device) -> dict | None:
+    """Kernel tiles that fit the mask's blocks (a tiled mask's blocks are smaller than the defaults)."""
+    if tiling is None or device.type != "cuda":
+        return None
+    return {"BLOCK_M": tiling.q_block, "BLOCK_N": tiling.kv_block}
 
 
 @functools.cache
@@ -240,8 +446,10 @@ def _compiled_flex_attention():
     return torch.compile(flex_attention, dynamic=False)
 
 
-def _na2d_flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: int) -> torch.Tensor:
-    _, h, w, _, _ = q.shape
+def _na2d_flex(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: int, grid: TiledGrid | None = None
+) -> torch.Tensor:
+    """Row-major (n, h, w, heads, d) tensors, or with `grid` (n, 1, h·w, heads, d) in its tile order."""
     if q.device.type != "cuda" and torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
         raise RuntimeError(
             "the 'flex' neighbourhood-attention backend is forward-only off CUDA; "
@@ -249,34 +457,53 @@ def _na2d_flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: i
         )
     from torch.nn.attention.flex_attention import flex_attention
 
-    block_mask = flex_block_mask(h, w, kernel_size, q.device)
+    _, h, w, _, _ = q.shape
+    tiling = None
+    if grid is not None:
+        h, w, tiling = grid.h, grid.w, grid.tiling
+    block_mask = flex_block_mask(h, w, kernel_size, q.device, tiling)
+    options = flex_kernel_options(tiling, q.device)
+    rows = q.shape[1]
     q, k, v = (rearrange(t, "n h w nh e -> n nh (h w) e") for t in (q, k, v))
-    if torch.compiler.is_compiling():
-        out = flex_attention(q, k, v, block_mask=block_mask, scale=1.0)  # the enclosing compile lowers it
+    if torch.compiler.is_compiling():  # the enclosing compile lowers it
+        out = flex_attention(q, k, v, block_mask=block_mask, scale=1.0, kernel_options=options)
     elif q.device.type == "cuda":
-        out = _compiled_flex_attention()(q, k, v, block_mask=block_mask, scale=1.0)
+        out = _compiled_flex_attention()(q, k, v, block_mask=block_mask, scale=1.0, kernel_options=options)
     else:
         with warnings.catch_warnings():  # uncompiled off CUDA on purpose: exact, for small problems
             warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
             out = flex_attention(q, k, v, block_mask=block_mask, scale=1.0)
-    return rearrange(out, "n nh (h w) e -> n h w nh e", h=h)
+    return rearrange(out, "n nh (h w) e -> n h w nh e", h=rows)
 
 
 # ------------------------------------------------------------------------------------ the dispatcher
 
 
 def neighborhood_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: int, backend: str | None = None
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kernel_size: int,
+    backend: str | None = None,
+    grid: TiledGrid | None = None,
 ) -> torch.Tensor:
-    """Each query attends to the k×k keys around it (softmax scale 1: q and k come pre-scaled)."""
-    _, h, w, _, _ = q.shape
+    """Each query attends to the k×k keys around it (softmax scale 1: q and k come pre-scaled).
+
+    q, k and v are (n, h, w, heads, d_head) grids, or with `grid` (n, 1, h·w, heads, d_head) tokens in
+    its tile order (the flex backend runs them as they are; the others in row-major order and back).
+    """
+    h, w = (grid.h, grid.w) if grid is not None else q.shape[1:3]
     check_kernel(h, w, kernel_size)
     name = resolve_backend(q.device, backend)
     if name == "flex" and q.shape[-1] < FLEX_MIN_HEAD_DIM:
         name = "torch"  # compiled FlexAttention needs d_head >= 16; the torch backend computes the same
-    _record(name, q.device)
     if name == "flex":
-        return _na2d_flex(q, k, v, kernel_size)
+        _record(name, q.device)
+        return _na2d_flex(q, k, v, kernel_size, grid)
+    if grid is not None:
+        q, k, v = (grid.from_tiles(t.flatten(-2)).unflatten(-1, t.shape[-2:]) for t in (q, k, v))
+        return grid.to_tiles(neighborhood_attention(q, k, v, kernel_size, name).flatten(-2)).unflatten(-1, q.shape[-2:])
+    _record(name, q.device)
     if name == "natten":
         if q.device.type != "cuda" and torch.is_grad_enabled() and (q.requires_grad or k.requires_grad):
             raise RuntimeError(

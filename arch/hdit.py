@@ -15,7 +15,9 @@ from einops import rearrange
 from torch import nn
 
 from .attention import (
+    TiledGrid,
     global_attention,
+    level_tiling,
     neighborhood_attention,
     prepare_neighborhood_attention,
     shifted_window_attention,
@@ -88,21 +90,24 @@ class SelfAttentionBlock(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.out_proj = zero_init(nn.Linear(d_model, d_model, bias=False))
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid: TiledGrid | None = None) -> torch.Tensor:
         if self.spec.kind == "neighborhood":
-            return neighborhood_attention(q, k, v, self.spec.kernel_size, backend=self.backend)
+            return neighborhood_attention(q, k, v, self.spec.kernel_size, backend=self.backend, grid=grid)
         if self.spec.kind == "shifted-window":
             return shifted_window_attention(q, k, v, self.spec.window_size, self.shift)
         return global_attention(q, k, v)
 
-    def forward(self, x: torch.Tensor, pos: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, pos: torch.Tensor, cond: torch.Tensor, grid: TiledGrid | None = None
+    ) -> torch.Tensor:
+        """x (n, h, w, width) and pos (h, w, 2); with `grid`, (n, 1, h·w, width) and (1, h·w, 2) in its tile order."""
         skip = x
         x = self.norm(x, cond)
         q, k, v = rearrange(self.qkv_proj(x), "n h w (t nh e) -> t n h w nh e", t=3, e=self.d_head)
         q, k = scale_for_cosine_sim(q, k, self.scale)
         theta = self.pos_emb(pos)
         q, k = apply_rotary(q, theta), apply_rotary(k, theta)
-        x = rearrange(self.attend(q, k, v), "n h w nh e -> n h w (nh e)")
+        x = rearrange(self.attend(q, k, v, grid), "n h w nh e -> n h w (nh e)")
         return self.out_proj(self.dropout(x)) + skip
 
 
@@ -126,17 +131,33 @@ class TransformerLayer(nn.Module):
             self.self_attn = SelfAttentionBlock(spec.width, spec.attention, cond_features, spec.dropout, shift)
         self.ff = FeedForwardBlock(spec.width, spec.d_ff, cond_features, spec.dropout)
 
-    def forward(self, x: torch.Tensor, pos: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, pos: torch.Tensor, cond: torch.Tensor, grid: TiledGrid | None = None
+    ) -> torch.Tensor:
         if hasattr(self, "self_attn"):
-            x = self.self_attn(x, pos, cond)
+            x = self.self_attn(x, pos, cond, grid)
         return self.ff(x, cond)
 
 
 class Level(nn.ModuleList):
+    """The layers of one level. A neighbourhood level that the flex backend runs keeps its tokens in a
+    tile order from its entry to its exit (`arch.attention.level_tiling`): one permutation in, one out."""
+
+    def __init__(self, layers, attention: AttentionSpec | None = None):
+        super().__init__(layers)
+        self.attention = attention
+        self.backend: str | None = None  # neighbourhood-attention backend; None = auto / environment
+
     def forward(self, x: torch.Tensor, pos: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        grid = None
+        if self.attention is not None and self.attention.kind == "neighborhood":
+            grid = level_tiling(x.shape[1], x.shape[2], self.attention.kernel_size, x.device, self.backend,
+                                self.attention.d_head, x.dtype)
+        if grid is not None:
+            x, pos = grid.to_tiles(x), grid.to_tiles(pos)
         for layer in self:
-            x = layer(x, pos, cond)
-        return x
+            x = layer(x, pos, cond, grid)
+        return x if grid is None else grid.from_tiles(x)
 
 
 class MappingFeedForwardBlock(nn.Module):
@@ -193,12 +214,14 @@ class HDiT(nn.Module):
 
         self.down_levels, self.up_levels = nn.ModuleList(), nn.ModuleList()
         for spec in levels[:-1]:
-            self.down_levels.append(Level([TransformerLayer(spec, mapping.width, i) for i in range(spec.depth)]))
+            self.down_levels.append(
+                Level([TransformerLayer(spec, mapping.width, i) for i in range(spec.depth)], spec.attention)
+            )
             self.up_levels.append(
-                Level([TransformerLayer(spec, mapping.width, spec.depth + i) for i in range(spec.depth)])
+                Level([TransformerLayer(spec, mapping.width, spec.depth + i) for i in range(spec.depth)], spec.attention)
             )
         last = levels[-1]
-        self.mid_level = Level([TransformerLayer(last, mapping.width, i) for i in range(last.depth)])
+        self.mid_level = Level([TransformerLayer(last, mapping.width, i) for i in range(last.depth)], last.attention)
 
         pairs = list(zip(levels[:-1], levels[1:]))
         self.merges = nn.ModuleList([TokenMerge(a.width, b.width) for a, b in pairs])
@@ -212,7 +235,7 @@ class HDiT(nn.Module):
         """Force 'flex', 'natten' or 'torch' for every neighbourhood-attention block (None: automatic)."""
         self.neighborhood_backend = backend
         for module in self.modules():
-            if isinstance(module, SelfAttentionBlock):
+            if isinstance(module, (SelfAttentionBlock, Level)):
                 module.backend = backend
 
     def neighborhood_grids(self, h: int, w: int) -> list[tuple[int, int, int]]:
@@ -223,6 +246,10 @@ class HDiT(nn.Module):
             for index, spec in enumerate(self.levels)
             if spec.attention.kind == "neighborhood"
         ]
+
+    def neighborhood_d_head(self) -> int:
+        """The smallest d_head of the neighbourhood levels (the flex backend needs at least 16)."""
+        return min((s.attention.d_head for s in self.levels if s.attention.kind == "neighborhood"), default=64)
 
     def check_input_size(self, h: int, w: int) -> None:
         ph, pw = self.patch_size
@@ -255,7 +282,8 @@ class HDiT(nn.Module):
         if c != self.in_channels:
             raise ValueError(f"HDiT expects {self.in_channels} input channels, got {c}")
         self.check_input_size(h, w)
-        prepare_neighborhood_attention(self.neighborhood_grids(h, w), x.device, self.neighborhood_backend)
+        prepare_neighborhood_attention(self.neighborhood_grids(h, w), x.device, self.neighborhood_backend,
+                                       self.neighborhood_d_head(), x.dtype)
         x = self.patch_in(x.movedim(1, -1))
         pos = make_axial_pos(x.shape[1], x.shape[2], device=x.device)
 

@@ -47,6 +47,12 @@ class AdaRMSNorm(nn.Module):
         return rms_norm(x, scale, self.eps)
 
 
+def linear_geglu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x Wᵀ (+ b) split in halves, value and gate: value · gelu(gate)."""
+    value, gate = F.linear(x, weight, bias).chunk(2, dim=-1)
+    return value * F.gelu(gate)
+
+
 class LinearGEGLU(nn.Linear):
     """Bias-free linear to 2·d_ff; first half is the value, second half the gate: value · gelu(gate)."""
 
@@ -54,8 +60,7 @@ class LinearGEGLU(nn.Linear):
         super().__init__(in_features, out_features * 2, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        value, gate = super().forward(x).chunk(2, dim=-1)
-        return value * F.gelu(gate)
+        return linear_geglu(x, self.weight, self.bias)
 
 
 class FourierFeatures(nn.Module):

@@ -127,6 +127,21 @@ def memory_method(device: torch.device) -> str:
     )
 
 
+# ----------------------------------------------------------------------------------------- compile
+
+COMPILE_BACKEND_ENV_VAR = "PMRF_BENCH_COMPILE_BACKEND"
+
+
+def compile_options(mode: str | None = None) -> dict[str, Any]:
+    """torch.compile's keyword arguments for a compiled case: `mode` (None: the default), or with
+    PMRF_BENCH_COMPILE_BACKEND set (gpu_session.sh's dry run on CPU) that dynamo backend instead, such
+    as ``eager``, which checks the plumbing in seconds where inductor would compile for minutes."""
+    backend = os.environ.get(COMPILE_BACKEND_ENV_VAR)
+    if backend:
+        return {"backend": backend}
+    return {"mode": mode} if mode else {}
+
+
 # ------------------------------------------------------------------------------------------ timing
 
 

@@ -14,6 +14,12 @@ Kernels (layout (batch, H, W, heads, d_head), softmax scale 1) on H×W token gri
 HDiT: ``hdit_ImageNet256Sp4`` (patch 4, so a 128/256/384/512 px image has a 32²/64²/96²/128² level-0
 grid) with each backend forced through ``set_neighborhood_backend``.
 
+Keys per query: for the neighbourhood levels of that HDiT at ``--mask_sizes`` (default 512 px: 128² and
+64² grids), the keys FlexAttention computes per query with each token order's BlockMask (row-major
+with 128-token blocks, and every tiling of ``arch.attention.TILINGS``), read from the BlockMask built on
+the device, next to the k² a window needs. ``--tilings`` times the flex kernel in each of these orders
+(CUDA; the tokens are put in the tile order before the timed calls, as an HDiT level keeps them).
+
     python benchmarks/attention.py                       # CPU here: grids 32..128², HDiT 128/256 px
     python benchmarks/attention.py --backward --output_json na.json   # on a GPU machine: CPU, then GPU
     python benchmarks/attention.py --device cuda                     # the GPU only
@@ -34,7 +40,7 @@ from torch.nn import functional as F
 if __package__ in (None, ""):  # run as a file: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from arch import create_arch, last_backend, natten_available, neighborhood_attention
+from arch import attention, create_arch, last_backend, natten_available, neighborhood_attention
 from arch.attention import window_starts
 from benchmarks import (
     describe_machine,
@@ -109,6 +115,10 @@ def kernel_case(spec: dict) -> dict:
     shape = (spec["batch"], spec["grid"], spec["grid"], spec["heads"], spec["d_head"])
     q, k, v = (torch.randn(shape, device=device, dtype=dtype) for _ in range(3))
     kernel_size, backend = spec["kernel"], spec["backend"]
+    grid = None
+    if spec.get("tiling") not in (None, attention.ROW_MAJOR):
+        grid = attention.TiledGrid(spec["grid"], spec["grid"], attention.TILINGS[spec["tiling"]])
+        q, k, v = (grid.to_tiles(t.flatten(-2)).unflatten(-1, t.shape[-2:]) for t in (q, k, v))
     if backend == "dense":
         mask = neighborhood_mask(spec["grid"], spec["grid"], kernel_size, device)
 
@@ -118,7 +128,7 @@ def kernel_case(spec: dict) -> dict:
     else:
 
         def attend(q, k, v):
-            return neighborhood_attention(q, k, v, kernel_size, backend=backend)
+            return neighborhood_attention(q, k, v, kernel_size, backend=backend, grid=grid)
 
     if spec["backward"]:
         q, k, v = (t.requires_grad_() for t in (q, k, v))
@@ -188,6 +198,50 @@ def agreement(device: torch.device, grid: int, kernel_size: int) -> dict[str, fl
     return {name: (out - reference).abs().max().item() for name, out in outputs.items()}
 
 
+# ------------------------------------------------------------------------------------ keys per query
+
+
+def keys_table(args, device: torch.device) -> list[dict]:
+    """Keys per query of every token order's BlockMask at the HDiT's neighbourhood levels, read from the
+    BlockMask itself (its block counts and block sizes)."""
+    net_levels = [(index, spec) for index, spec in enumerate(create_arch(HDIT_ARCH).levels)
+                  if spec.attention.kind == "neighborhood"]
+    rows = []
+    for size in args.mask_sizes:
+        for index, spec in net_levels:
+            side, kernel = size // HDIT_PATCH // 2**index, spec.attention.kernel_size
+            for order in [attention.ROW_MAJOR, *attention.TILINGS]:
+                tiling = attention.TILINGS.get(order)
+                row = {"image": f"{size}²", "level": index, "grid": f"{side}²", "order": order,
+                       "q_block": tiling.q_block if tiling else attention.ROW_MAJOR_BLOCK,
+                       "kv_block": tiling.kv_block if tiling else attention.ROW_MAJOR_BLOCK,
+                       "needed": kernel * kernel, "default": "yes" if order == attention.DEFAULT_TILING else ""}
+                if tiling and not tiling.fits(side, side):
+                    row["note"] = "not whole tiles: the level stays row-major"
+                else:
+                    mask = attention.build_neighborhood_block_mask(side, side, kernel, tiling, device)
+                    row["keys_per_query"] = attention.keys_per_query(mask)
+                    row["vs_needed"] = row["keys_per_query"] / row["needed"]
+                    row["note"] = "ok"
+                rows.append(row)
+    return rows
+
+
+KEYS_COLUMNS = [
+    ("image", "image"),
+    ("level", "level"),
+    ("grid", "grid"),
+    ("order", "token order"),
+    ("q_block", "Q block"),
+    ("kv_block", "KV block"),
+    ("keys_per_query", "keys/query"),
+    ("needed", "needed"),
+    ("vs_needed", "× needed"),
+    ("default", "default"),
+    ("note", "note"),
+]
+
+
 # ------------------------------------------------------------------------------------------- plan
 
 
@@ -213,7 +267,7 @@ def passes(args) -> list[bool]:
 
 
 def progress(row: dict, time_key: str, unit: str) -> None:
-    label = " ".join(str(row[key]) for key in ("image", "grid", "backend", "pass") if key in row)
+    label = " ".join(str(row[key]) for key in ("image", "grid", "backend", "order", "pass") if key in row)
     if row["note"] != "ok":
         print(f"  {label}: {row['note']}", flush=True)
         return
@@ -222,18 +276,30 @@ def progress(row: dict, time_key: str, unit: str) -> None:
     print(f"  {label}: {row[time_key]:.4g} {unit}{memory}", flush=True)
 
 
+def kernel_variants(args, device: torch.device) -> list[tuple[str, str | None]]:
+    """(backend, token order) pairs to time: flex once per --tilings entry on CUDA."""
+    variants = []
+    for backend in args.backends:
+        orders = args.tilings if backend == "flex" and device.type == "cuda" and args.tilings else [None]
+        variants += [(backend, order) for order in orders]
+    return variants
+
+
 def run_kernels(args, device: torch.device, isolate: bool) -> list[dict]:
     rows = []
     for grid in args.grids:
-        for backend in args.backends:
+        for backend, order in kernel_variants(args, device):
             for backward in passes(args):
                 row = {
                     "grid": f"{grid}²",
                     "tokens": grid * grid,
                     "backend": backend,
+                    "order": order or "-",
                     "pass": "fwd+bwd" if backward else "fwd",
                 }
                 reason = skip_reason(args, device, backend, grid, backward)
+                if reason is None and order not in (None, attention.ROW_MAJOR) and not attention.TILINGS[order].fits(grid, grid):
+                    reason = f"skipped ({grid}² is not whole {order} tiles)"
                 if reason is None:
                     spec = {
                         "device": str(device),
@@ -248,6 +314,7 @@ def run_kernels(args, device: torch.device, isolate: bool) -> list[dict]:
                         "warmup": args.warmup,
                         "repeats": args.repeats,
                         "threads": args.threads,
+                        "tiling": order,
                     }
                     result = run_case(kernel_case, spec, isolate)
                     row.update(result)
@@ -300,6 +367,7 @@ KERNEL_COLUMNS = [
     ("grid", "grid"),
     ("tokens", "tokens"),
     ("backend", "backend"),
+    ("order", "tokens in"),
     ("pass", "pass"),
     ("median_ms", "median ms"),
     ("min_ms", "min ms"),
@@ -349,6 +417,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--backward", action="store_true", help="also time forward + backward")
     parser.add_argument(
+        "--mask_sizes",
+        type=parse_ints,
+        default=parse_ints("512"),
+        help="HDiT image sides whose levels' BlockMasks are read for keys per query (default 512; empty: none)",
+    )
+    parser.add_argument(
+        "--tilings",
+        default=None,
+        help="token orders to time the flex kernel in on CUDA: 'all', or a comma-separated list of rows and "
+        f"{', '.join(attention.TILINGS)} (default: the automatic order only)",
+    )
+    parser.add_argument(
         "--warmup", type=int, default=None, help="untimed calls first (default CPU 1, CUDA 3)"
     )
     parser.add_argument(
@@ -389,6 +469,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output_json", default=None, help="also save the tables here")
     args = parser.parse_args(argv)
     args.backends = parse_names(args.backends, KERNEL_BACKENDS)
+    orders = [attention.ROW_MAJOR, *attention.TILINGS]
+    if args.tilings == "all":
+        args.tilings = orders
+    elif args.tilings:
+        args.tilings = parse_names(args.tilings, orders)
     return args
 
 
@@ -447,6 +532,12 @@ def run_device(args: argparse.Namespace, device: torch.device) -> dict:
         + ", ".join(f"{name} {value:.1e}" for name, value in check.items())
     )
 
+    keys_rows = keys_table(args, device)
+    if keys_rows:
+        print(f"\nkeys computed per query by each token order's BlockMask on {device} ({describe_machine(info)}), "
+              f"torch {info['torch']}; hdit_ImageNet256Sp4's neighbourhood levels")
+        print(format_table(keys_rows, KEYS_COLUMNS))
+
     print("kernels", flush=True)
     kernel_rows = run_kernels(args, device, isolate)
     hdit_rows = []
@@ -467,6 +558,7 @@ def run_device(args: argparse.Namespace, device: torch.device) -> dict:
         "environment": info,
         "settings": settings,
         "agreement": check,
+        "keys_per_query": keys_rows,
         "kernels": kernel_rows,
         "hdit": hdit_rows,
     }

@@ -1,59 +1,102 @@
 #!/usr/bin/env bash
-# One GPU session's checks and figures, most important first, each step bounded in time.
-#   benchmarks/gpu_session.sh tests [SECONDS]   # the CUDA tests (tests/test_cuda.py)
-#   benchmarks/gpu_session.sh bench [SECONDS]   # inference and training benchmarks at full size
-# SECONDS (default 540) is the whole run's deadline: a step that would start too late is skipped.
-# Results (logs and JSON) go to $OUT, or ./gpu_results. Wheels of pure-Python packages the GPU image
-# lacks (natten, torch-ema) are installed from .whl/ when that folder exists.
+# Everything a GPU session measures for issue 19, most important first, under one deadline.
+#
+#   benchmarks/gpu_session.sh [SECONDS]      # on the GPU machine; SECONDS (default 570) bounds the whole run
+#   benchmarks/gpu_session.sh --dry-run      # the same steps at toy sizes on this machine's CPU: checks the script
+#
+# Through the device tool:  run(command="benchmarks/gpu_session.sh 570", carry=[".whl"], timeout_s=600).
+# The benchmarks need only the GPU image's packages (torch, lightning, timm, einops, numpy, pillow, opencv,
+# pytest); one CUDA test builds a model with an EMA and needs torch-ema, which the image lacks. Wheels in
+# .whl/ are installed first when that folder exists; prepare it once in the checkout the session sends:
+#   echo /.whl/ >> .git/info/exclude; python3 -m pip download --no-deps -d .whl torch-ema==0.3
+#
+# Steps (a step that would start too late is skipped and listed in the log):
+#   1. tests/test_cuda.py: flex forward and backward against brute force (row-major and tile order),
+#      compiled HDiT (tile order, TF32 precision, any batch size, a bf16 training step), bf16 restoration;
+#   2. inference at 512², K=25, batch 16: the reference's way (its compile_wrap kernels), --compile off,
+#      the default (compile auto on a 512-image job: figures with and without the compile time, and the
+#      measured break-even of the auto rule), bf16+compile, with the top kernels of default and bf16+compile;
+#   3. attention: keys computed per query of each token order's BlockMask at the 128² and 64² levels,
+#      and the flex kernel timed in the row-major and tile orders (bf16, batch 16, forward and backward);
+#   4. training at 512², batch 16, compiled (train.py's default): img/s and peak GiB;
+#   5. extras: batch 64 (default and bf16+compile), CUDA graphs (reduce-overhead), a training step
+#      with the tile order forced under bf16.
+# Results go to $OUT (or ./gpu_results): session.log (every step's output) and one JSON per step, at most
+# 8 files, which is what the device tool brings back.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_results}
-DEADLINE=${2:-540}
+DRY=0
+DEADLINE=
+for arg in "$@"; do
+  case $arg in
+    --dry-run) DRY=1 ;;
+    *[!0-9]*) echo "usage: $0 [SECONDS] [--dry-run]" >&2; exit 2 ;;
+    *) DEADLINE=$arg ;;
+  esac
+done
+# every step's time limit is multiplied by SCALE: a CPU builds the full-size networks slowly
+if [ "$DRY" = 1 ]; then SCALE=8; else SCALE=1; fi
+DEADLINE=${DEADLINE:-$((570 * SCALE))}
 mkdir -p "$OUT"
+LOG="$OUT/session.log"
+: >"$LOG"
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] && [ "$DRY" = 1 ] && PY=${PYTHON:-.venv/bin/python}
 if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
   SITE=$(mktemp -d)
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl \
     && export PYTHONPATH=$SITE
 fi
-{
-  $PY -c "import torch; print('torch', torch.__version__, '|', torch.cuda.get_device_name(0), '|', torch.cuda.get_device_properties(0).total_memory // 2**30, 'GiB')"
-  $PY -c "import natten; print('natten', natten.__version__, 'HAS_LIBNATTEN', natten.HAS_LIBNATTEN)" 2>&1 | tail -1
-} | tee -a "$OUT/env.txt"
 
-# step NAME MAX_SECONDS COMMAND...: run with a timeout that ends before the deadline; log to $OUT/NAME.log
+if [ "$DRY" = 1 ]; then
+  # toy sizes on the CPU; compiled cases use dynamo's eager backend (inductor would take minutes here)
+  export PMRF_BENCH_COMPILE_BACKEND=eager OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+  DEV=cpu
+  INF="--device cpu --image_size 64 --num_flow_steps 1 --batch 1 --repeats 1 --backends torch --job_images 4 --in_process"
+  ATT="--device cpu --grids 16 --backends torch,flex --mask_sizes 128 --no_hdit --repeats 1 --warmup 0 --in_process"
+  TRN="--device cpu --image_size 64 --batches 1 --backends torch --repeats 1 --in_process"
+  B64=2
+else
+  DEV=cuda
+  INF="--device cuda --backends flex --repeats 2"
+  ATT="--device cuda --grids 128,64 --backends flex --tilings rows,8x8/4x8,8x16/4x8 --backward --dtype bfloat16 --batch 16 --no_hdit --warmup 2 --repeats 10"
+  TRN="--device cuda --backends flex --batches 16 --repeats 5"
+  B64=64
+fi
+
+{
+  $PY -c "import torch; print('torch', torch.__version__, '|', torch.cuda.get_device_name(0) + ' | ' + str(torch.cuda.get_device_properties(0).total_memory // 2**30) + ' GiB' if torch.cuda.is_available() else 'no CUDA')"
+  $PY -c "import natten; print('natten', natten.__version__, 'HAS_LIBNATTEN', natten.HAS_LIBNATTEN)" 2>&1 | tail -1
+  echo "deadline ${DEADLINE}s, device $DEV, dry run $DRY"
+} 2>&1 | tee -a "$LOG"
+
+# step NAME MAX_SECONDS COMMAND...: run with a timeout that ends before the deadline, output into the log
 step() {
   local name=$1 limit=$2
   shift 2
   local left=$((DEADLINE - SECONDS))
-  if [ "$left" -lt 25 ]; then
-    echo "== $name: skipped (deadline)" | tee -a "$OUT/skipped.txt"
+  if [ "$left" -lt 30 ]; then
+    echo "== $name: skipped (deadline)" | tee -a "$LOG"
     return
   fi
+  limit=$((limit * SCALE))
   [ "$left" -lt "$limit" ] && limit=$left
-  echo "== $name (at ${SECONDS}s, limit ${limit}s)"
-  timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.log"
+  echo "== $name (at ${SECONDS}s, limit ${limit}s): $*" | tee -a "$LOG"
+  timeout "$limit" "$@" 2>&1 | tee -a "$LOG"
+  echo "== $name: exit ${PIPESTATUS[0]} at ${SECONDS}s" | tee -a "$LOG"
 }
 
-case "${1:-bench}" in
-  tests)
-    step test_cuda 400 $PY -m pytest -q -p no:cacheprovider --durations=10 tests/test_cuda.py
-    ;;
-  bench)
-    # The targets first: the reference's way, the default command, bf16 + compile (flex), batch 64's memory.
-    step inference_targets 180 $PY benchmarks/inference.py --device cuda --modes reference,default,bf16+compile \
-      --backends flex --memory_batch 64 --profile --repeats 2 --output_json "$OUT/inference_targets.json"
-    step train_flex_eager 60 $PY benchmarks/train.py --device cuda --backends flex --batches 8,16 --compile eager \
-      --repeats 3 --output_json "$OUT/train_flex_eager.json"
-    step train_flex_compile 140 $PY benchmarks/train.py --device cuda --backends flex --batches 16 --compile compile \
-      --repeats 3 --output_json "$OUT/train_flex_compile.json"
-    step train_torch_eager 60 $PY benchmarks/train.py --device cuda --backends torch --batches 8,16 --compile eager \
-      --repeats 2 --output_json "$OUT/train_torch_eager.json"
-    step inference_flex 60 $PY benchmarks/inference.py --device cuda --modes fp32,tf32,bf16 --backends flex \
-      --repeats 1 --output_json "$OUT/inference_flex.json"
-    step inference_torch 150 $PY benchmarks/inference.py --device cuda --modes fp32,tf32,bf16,bf16+compile \
-      --backends torch --repeats 1 --output_json "$OUT/inference_torch.json"
-    ;;
-esac
-echo "== done at ${SECONDS}s"
+step test_cuda 200 $PY -m pytest -q -p no:cacheprovider --durations=10 tests/test_cuda.py
+step inference 170 $PY benchmarks/inference.py $INF --modes reference,default-eager,default,bf16+compile \
+  --profile --time_budget_s $((150 * SCALE)) --output_json "$OUT/inference.json"
+step attention 100 $PY benchmarks/attention.py $ATT --output_json "$OUT/attention.json"
+step train 120 $PY benchmarks/train.py $TRN --compile compile --tilings auto --output_json "$OUT/train.json"
+left=$(((DEADLINE - SECONDS - 20) / SCALE))
+step inference_more $left $PY benchmarks/inference.py $INF \
+  --modes "default@$B64,bf16+cudagraphs,bf16+compile@$B64,cudagraphs" --time_budget_s $(((left - 50) * SCALE > 0 ? (left - 50) * SCALE : 1)) \
+  --output_json "$OUT/inference_more.json"
+left=$(((DEADLINE - SECONDS) / SCALE))
+step train_tiled $left $PY benchmarks/train.py $TRN --compile compile --tilings 8x8/4x8 --output_json "$OUT/train_tiled.json"
+echo "== done at ${SECONDS}s; files: $(ls "$OUT" | tr '\n' ' ')" | tee -a "$LOG"

@@ -3,17 +3,20 @@
 One step is what `train.py` does per batch: stratified times, the frozen SwinIR-L posterior mean (no
 graph; bf16 under autocast), the HDiT velocity loss, backward, and an AdamW step over the HDiT's
 weights (lr 5e-4, betas (0.9, 0.95), weight decay 1e-2), under bf16 autocast as `--precision
-bf16-mixed`. Random weights and images. Per neighbourhood-attention backend and batch size, eager
-and with the HDiT compiled (`train.py --compile`). Peak memory is the whole process's CUDA peak
-(weights, AdamW state, activations).
+bf16-mixed`. Random weights and images. Per neighbourhood-attention backend, token order of the flex
+levels (``--tilings``: auto, rows or a tiling of ``arch.attention.TILINGS``) and batch size, with the
+HDiT compiled (what `train.py` does on GPU) and eager (`train.py --no_compile`). Peak memory is the
+whole process's CUDA peak (weights, AdamW state, activations). Every figure is printed with the card
+and the torch version.
 
     python benchmarks/train.py                        # CPU: 64 px, batch 2, torch backend, eager
-    python benchmarks/train.py --device cuda --output_json train.json   # 512 px, batch 8 and 16
+    python benchmarks/train.py --device cuda --output_json train.json   # 512 px, batch 16, compiled
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import warnings
@@ -24,7 +27,9 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from arch.attention import TILINGS
 from benchmarks import (
+    compile_options,
     describe_machine,
     environment,
     format_table,
@@ -38,20 +43,21 @@ from benchmarks import (
     set_threads,
     time_call,
 )
-from benchmarks.inference import FLOW_ARCH, MMSE_ARCH, available_backends
+from benchmarks.inference import FLOW_ARCH, MMSE_ARCH, available_backends, card
 
-FULL = {"image_size": 512, "batches": "8,16", "compile": "eager,compile"}
+FULL = {"image_size": 512, "batches": "16", "compile": "compile"}
 CPU = {"image_size": 64, "batches": "2", "compile": "eager"}
 
 
 def train_case(spec: dict) -> dict:
-    from arch.attention import last_backend
+    from arch.attention import TILING_ENV_VAR, last_backend, low_precision_backward, resolve_tiling
     from lightning_models.flow import sample_times
     from lightning_models.mmse_rectified_flow import MMSERectifiedFlow
 
     warnings.filterwarnings("ignore")
     set_threads(spec.get("threads"))
     device = torch.device(spec["device"])
+    os.environ[TILING_ENV_VAR] = spec["tiling"]  # each case runs alone (a child process, or reset below)
     torch.set_float32_matmul_precision("high")
     torch._dynamo.reset()
     if device.type == "cuda":
@@ -63,7 +69,7 @@ def train_case(spec: dict) -> dict:
     model = model.to(device).train()
     model.model.set_neighborhood_backend(spec["backend"])
     if spec["compile"]:
-        model.model.compile()
+        model.model.compile(**compile_options())
     optimizer = model.configure_optimizers()
     batch, size = spec["batch"], spec["image_size"]
     x = torch.rand(batch, 3, size, size, device=device)
@@ -78,7 +84,10 @@ def train_case(spec: dict) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    with autocast:  # the order a flex level takes in this training step
+        tiling = resolve_tiling(None, low_precision_backward(device))
     result = {"first_step_s": time_call(step, device)}
+    result["order"] = tiling.name if tiling and last_backend() == "flex" else "rows"
     timed = measure(step, device, spec["warmup"], spec["repeats"])
     result.update(median_s=timed["median_s"], img_per_s=batch / timed["median_s"], ran=last_backend())
     if device.type == "cuda":
@@ -90,21 +99,23 @@ def train_case(spec: dict) -> dict:
 def run_all(args, device: torch.device, isolate: bool) -> list[dict]:
     rows, start = [], time.perf_counter()
     for compiled in args.compile:
-        for backend in args.backends:
+        for backend, tiling in ((b, t) for b in args.backends for t in (args.tilings if b == "flex" else ["auto"])):
             for batch in args.batches:
-                row = {"backend": backend, "compile": compiled, "batch": batch, "image": f"{args.image_size}²"}
+                row = {"backend": backend, "tiling": tiling, "compile": compiled, "batch": batch,
+                       "image": f"{args.image_size}²", "card": card(device), "torch": torch.__version__}
                 if args.time_budget_s and time.perf_counter() - start > args.time_budget_s:
                     row["note"] = "skipped (time budget)"
                 else:
                     spec = {"device": str(device), "backend": backend, "compile": compiled == "compile",
                             "batch": batch, "image_size": args.image_size, "warmup": args.warmup,
-                            "repeats": args.repeats, "threads": args.threads}
+                            "repeats": args.repeats, "threads": args.threads, "tiling": tiling}
                     result = run_case(train_case, spec, isolate)
                     row.update(result)
                     row["note"] = result.get("status", "ok")
-                print(f"  {backend} {compiled} batch {batch}: " + (
+                print(f"  {backend} ({tiling}) {compiled} batch {batch} ({row['card']}, torch {row['torch']}): " + (
                     f"{row['median_s'] * 1e3:.0f} ms/step, {row['img_per_s']:.1f} img/s, peak "
-                    f"{row.get('peak_gib', float('nan')):.1f} GiB (first step {row['first_step_s']:.1f} s)"
+                    f"{row.get('peak_gib', float('nan')):.1f} GiB (first step {row['first_step_s']:.1f} s, "
+                    f"tokens in {row['order']})"
                     if row["note"] == "ok" else row["note"]), flush=True)
                 rows.append(row)
                 if args.output_json:
@@ -115,6 +126,8 @@ def run_all(args, device: torch.device, isolate: bool) -> list[dict]:
 COLUMNS = [
     ("backend", "backend"),
     ("ran", "ran"),
+    ("tiling", "asked"),
+    ("order", "tokens in"),
     ("compile", "compile"),
     ("batch", "batch/GPU"),
     ("image", "image"),
@@ -132,7 +145,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--image_size", type=int, default=None)
     parser.add_argument("--batches", default=None, help=f"per-GPU batch sizes (default CUDA {FULL['batches']})")
     parser.add_argument("--backends", default=None, help="default: every backend that can run here")
-    parser.add_argument("--compile", default=None, help="eager,compile (default CUDA both, CPU eager)")
+    parser.add_argument("--compile", default=None, help="eager,compile (default CUDA compile, CPU eager)")
+    parser.add_argument("--tilings", default="auto", help="token orders of the flex levels: auto (what train.py "
+                        "does), rows, or tilings of arch.attention.TILINGS, comma-separated (default auto)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=None, help="timed steps (default CUDA 5, CPU 1)")
     parser.add_argument("--time_budget_s", type=float, default=0, help="skip the remaining cases after this long")
@@ -150,12 +165,13 @@ def main(argv: list[str] | None = None) -> dict:
     args.batches = parse_ints(args.batches or defaults["batches"])
     args.backends = parse_names(args.backends or ",".join(available_backends(device)), ["torch", "flex", "natten"])
     args.compile = parse_names(args.compile or defaults["compile"], ["eager", "compile"])
+    args.tilings = parse_names(args.tilings, ["auto", "rows", *TILINGS])
     args.repeats = args.repeats or (5 if device.type == "cuda" else 1)
     info = environment(device)
     print(f"PMRF blind-face training step ({FLOW_ARCH}, frozen {MMSE_ARCH}, bf16 autocast on CUDA, AdamW) on "
           f"{device} ({describe_machine(info)}), torch {info['torch']}")
     rows = run_all(args, device, device.type == "cpu" and not args.in_process)
-    print(f"\nPMRF training step, {args.image_size}², {describe_machine(info)}, torch {info['torch']}")
+    print(f"\nPMRF training step, {args.image_size}², bf16 autocast on CUDA, {describe_machine(info)}, torch {info['torch']}")
     print(format_table(rows, COLUMNS))
     settings = {key: value for key, value in vars(args).items() if key != "output_json"}  # no local paths
     payload = {"benchmark": "train", "environment": info, "settings": settings, "cases": rows}

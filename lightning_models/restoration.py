@@ -72,12 +72,17 @@ def load_model(
     return model.eval().requires_grad_(False).to(device)
 
 
-def prepare_for_inference(model, attention_backend: str | None = None, compile: bool = False, compile_mmse: bool = False):
+def prepare_for_inference(
+    model, attention_backend: str | None = None, compile: bool | str = False, compile_mmse: bool = False
+):
     """Choose the neighbourhood-attention kernel and compile the networks in place (state-dict keys and
-    types are kept). Compiling the HDiT compiles its attention too."""
+    types are kept). Compiling the HDiT compiles its attention too. `compile` is a decision, or a
+    --compile value ("auto" counts as an open-ended job: see utils.auto_compile)."""
+    from utils.auto_compile import should_compile
+
     if attention_backend is not None and hasattr(model.model, "set_neighborhood_backend"):
         model.model.set_neighborhood_backend(attention_backend)
-    if compile:
+    if should_compile(compile, next(model.parameters()).device):
         model.model.compile()
     if compile_mmse and model.mmse_model is not None:
         model.mmse_model.compile()

@@ -295,7 +295,7 @@ def test_command_line_uses_the_shared_options():
     args = app.parse_args([])
     assert (args.server_name, args.server_port, args.share) == ("127.0.0.1", 7860, False)
     assert args.ckpt_path == DEFAULT_CKPT and not args.ckpt_path_is_huggingface and args.device is None
-    assert not args.bf16 and not args.compile and args.attention_backend is None and args.detector == "auto"
+    assert not args.bf16 and args.compile == "auto" and args.attention_backend is None and args.detector == "auto"
     for bad in (["--server_port", "0"], ["--server_port", "http"], ["--attention_backend", "cudnn"]):
         with pytest.raises(SystemExit):
             app.parse_args(bad)

@@ -64,12 +64,15 @@ def test_flex_backend_matches_brute_force(h, w, kernel_size):
     torch.testing.assert_close(out, brute_force_neighborhood(q, k, v, kernel_size), atol=1e-5, rtol=1e-5)
 
 
-def test_flex_block_masks_are_cached_per_grid_kernel_and_device():
+def test_flex_block_masks_are_cached_per_grid_kernel_order_and_device():
     attention._BLOCK_MASKS.clear()
     first = attention.flex_block_mask(9, 11, 5, torch.device("cpu"))
     assert attention.flex_block_mask(9, 11, 5, torch.device("cpu")) is first
     assert attention.flex_block_mask(9, 11, 3, torch.device("cpu")) is not first
-    assert len(attention._BLOCK_MASKS) == 2
+    tiled = attention.flex_block_mask(16, 16, 5, torch.device("cpu"), attention.TILINGS["8x8/4x8"])
+    assert tiled is not attention.flex_block_mask(16, 16, 5, torch.device("cpu"))
+    assert tiled.BLOCK_SIZE == (64, 32)
+    assert len(attention._BLOCK_MASKS) == 4
 
 
 def test_flex_hands_small_heads_to_the_torch_backend():
@@ -201,3 +204,180 @@ def test_shifted_window_attention_masks_wrapped_regions():
     v_far[:, 4:, 4:] += 100.0  # keys far from the (0, 0) corner
     out_far = shifted_window_attention(q, k, v_far, window_size=4, shift=True)
     torch.testing.assert_close(out_far[:, 0, 0], out[:, 0, 0])
+
+
+# ------------------------------------------------------------------ the tile order and its block masks
+
+TILED_CASES = [  # (h, w, k, tiling): square and non-square grids, every kernel, borders included
+    (h, w, k, tiling)
+    for tiling, grids in [("8x8/4x8", [(8, 8), (16, 16), (16, 24), (24, 8)]), ("8x16/4x8", [(16, 32), (8, 16)]),
+                          ("4x8/4x8", [(12, 16)]), ("8x8/4x4", [(16, 8)])]
+    for h, w in grids
+    for k in (3, 5, 7)
+]
+
+
+def to_tiles(grid, t):
+    """(n, h, w, heads, d) -> (n, 1, h·w, heads, d) in the grid's tile order."""
+    return grid.to_tiles(t.flatten(-2)).unflatten(-1, t.shape[-2:])
+
+
+def from_tiles(grid, t):
+    return grid.from_tiles(t.flatten(-2)).unflatten(-1, t.shape[-2:])
+
+
+@pytest.mark.parametrize("tiling", list(attention.TILINGS))
+def test_tile_order_round_trips_and_positions_name_each_token(tiling):
+    grid = attention.TiledGrid(16, 32, attention.TILINGS[tiling])
+    rows, cols = torch.meshgrid(torch.arange(16), torch.arange(32), indexing="ij")
+    coords = torch.stack([rows, cols], -1)  # (h, w, 2)
+    tiled = grid.to_tiles(coords)  # (1, h·w, 2)
+    assert torch.equal(grid.from_tiles(tiled), coords)
+    assert len({tuple(c) for c in tiled[0].tolist()}) == 16 * 32  # a permutation
+    row, col = grid.positions(torch.arange(16 * 32))
+    assert torch.equal(torch.stack([row, col], -1), tiled[0])
+    t = grid.tiling  # each query block is one tile, each key block one sub-tile
+    first = tiled[0, : t.q_block]
+    assert first[:, 0].max() < t.tile_h and first[:, 1].max() < t.tile_w
+    sub = tiled[0, : t.kv_block]
+    assert sub[:, 0].max() < t.sub_h and sub[:, 1].max() < t.sub_w
+
+
+@pytest.mark.parametrize("h,w,kernel_size,tiling", [(16, 16, 7, "8x8/4x8"), (16, 32, 5, "8x16/4x8"),
+                                                     (24, 8, 3, "8x8/4x8"), (9, 11, 3, None), (13, 20, 5, None)])
+def test_block_masks_equal_create_block_mask(h, w, kernel_size, tiling):
+    """The chunked block-table builder gives exactly what FlexAttention's create_block_mask gives."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    order = attention.TILINGS[tiling] if tiling else None
+    mine = attention.build_neighborhood_block_mask(h, w, kernel_size, order, torch.device("cpu"))
+    size = (order.q_block, order.kv_block) if order else attention.ROW_MAJOR_BLOCK
+    mask_mod = attention.neighborhood_mask_mod(h, w, kernel_size, order)
+    reference = create_block_mask(mask_mod, None, None, h * w, h * w, device="cpu", BLOCK_SIZE=size)
+    assert mine.BLOCK_SIZE == reference.BLOCK_SIZE
+    for name in ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices", "q_num_blocks", "q_indices"):
+        assert torch.equal(getattr(mine, name), getattr(reference, name)), name
+
+
+def test_block_masks_cover_every_window_and_no_more_than_listed():
+    """Expanded to tokens, the listed blocks hold every (query, key) pair of the window rule, and the
+    blocks marked full hold only such pairs."""
+    h, w, k = 16, 24, 5
+    tiling = attention.TILINGS["8x8/4x8"]
+    grid = attention.TiledGrid(h, w, tiling)
+    block_mask = attention.build_neighborhood_block_mask(h, w, k, tiling, torch.device("cpu"))
+    q_rows, q_cols = grid.positions(torch.arange(h * w))
+    wanted = attention.neighborhood_mask(h, w, k)  # row-major (query, key)
+    flat = q_rows * w + q_cols
+    wanted = wanted[flat][:, flat]  # in the tile order
+    def expand(num, indices):
+        dense = torch.zeros(h * w // tiling.q_block, h * w // tiling.kv_block, dtype=torch.bool)
+        for qb in range(dense.shape[0]):
+            dense[qb, indices[0, 0, qb, : num[0, 0, qb]].long()] = True
+        return dense.repeat_interleave(tiling.q_block, 0).repeat_interleave(tiling.kv_block, 1)
+    partial = expand(block_mask.kv_num_blocks, block_mask.kv_indices)
+    full = expand(block_mask.full_kv_num_blocks, block_mask.full_kv_indices)
+    assert bool((wanted & ~(partial | full)).sum() == 0)
+    assert bool((full & ~wanted).sum() == 0)
+
+
+@pytest.mark.parametrize("h,w,kernel_size,tiling", TILED_CASES)
+def test_flex_in_tile_order_matches_brute_force(h, w, kernel_size, tiling):
+    """Tokens in tile order through the flex backend, back in row-major order: the exact neighbourhood."""
+    grid = attention.TiledGrid(h, w, attention.TILINGS[tiling])
+    q, k, v = random_qkv(h, w, d=attention.FLEX_MIN_HEAD_DIM)
+    with torch.no_grad():
+        out = neighborhood_attention(*(to_tiles(grid, t) for t in (q, k, v)), kernel_size, backend="flex", grid=grid)
+    assert attention.last_backend() == "flex" and out.shape == (2, 1, h * w, 2, attention.FLEX_MIN_HEAD_DIM)
+    torch.testing.assert_close(from_tiles(grid, out), brute_force_neighborhood(q, k, v, kernel_size), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["torch", "natten"])
+def test_other_backends_take_tile_ordered_tokens_too(backend):
+    if backend == "natten" and not attention.natten_available():
+        pytest.skip("natten not installed")
+    grid = attention.TiledGrid(16, 24, attention.TILINGS["8x8/4x8"])
+    q, k, v = random_qkv(16, 24)
+    with torch.no_grad():
+        out = neighborhood_attention(*(to_tiles(grid, t) for t in (q, k, v)), 5, backend=backend, grid=grid)
+    assert attention.last_backend() == backend
+    torch.testing.assert_close(from_tiles(grid, out), brute_force_neighborhood(q, k, v, 5), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_compiled_flex_reads_the_block_tables_exactly():
+    """Compiled FlexAttention (inductor's CPU kernel) computes only the listed blocks, unlike the
+    uncompiled path, which applies mask_mod to all pairs: there the tile-ordered mask gives the exact
+    neighbourhood, and a block left out of the tables changes the result."""
+    from torch.nn.attention.flex_attention import BlockMask, flex_attention
+
+    h, w, kernel_size = 16, 24, 7
+    grid = attention.TiledGrid(h, w, attention.TILINGS["8x8/4x8"])
+    block_mask = attention.build_neighborhood_block_mask(h, w, kernel_size, grid.tiling, torch.device("cpu"))
+    q, k, v = random_qkv(h, w, heads=2, d=16, n=1)
+    flat = [to_tiles(grid, t)[:, 0].transpose(1, 2).contiguous() for t in (q, k, v)]  # (n, heads, h·w, d)
+    flex = torch.compile(flex_attention, dynamic=False)
+
+    def attend(mask):
+        return from_tiles(grid, flex(*flat, block_mask=mask, scale=1.0).transpose(1, 2)[:, None])
+
+    expected = brute_force_neighborhood(q, k, v, kernel_size)
+    torch.testing.assert_close(attend(block_mask), expected, atol=1e-5, rtol=1e-5)
+    num = block_mask.kv_num_blocks.clone()
+    num[..., 0] -= 1  # forget the last partial block of the first query tile
+    planted = BlockMask.from_kv_blocks(num, block_mask.kv_indices, block_mask.full_kv_num_blocks,
+                                       block_mask.full_kv_indices, BLOCK_SIZE=block_mask.BLOCK_SIZE,
+                                       mask_mod=block_mask.mask_mod, seq_lengths=block_mask.seq_lengths)
+    assert (attend(planted) - expected).abs().max() > 1e-3
+
+
+def test_keys_per_query_are_read_from_the_block_mask():
+    """Row-major 128-token blocks at a 128² grid compute 7 rows of 128 keys per query; the tile order
+    stays under 450 at the HDiT's 128² and 64² levels (the 7×7 window needs 49)."""
+    cpu = torch.device("cpu")
+    # 128 tokens wide, every query's window spans 7 rows: 896 at any height (the 128² level 0 measured 896)
+    assert attention.keys_per_query(attention.build_neighborhood_block_mask(16, 128, 7, None, cpu)) == 896
+    tiling = attention.TILINGS[attention.DEFAULT_TILING]
+    for side in (128, 64):
+        keys = attention.keys_per_query(attention.build_neighborhood_block_mask(side, side, 7, tiling, cpu))
+        assert 49 < keys <= 450
+    # one query block of a 8×8 grid whose window covers it all: its 2 sub-tiles, 64 keys per query
+    assert attention.keys_per_query(attention.build_neighborhood_block_mask(8, 8, 7, tiling, cpu)) == 64
+
+
+def test_tiling_rule(monkeypatch):
+    monkeypatch.delenv(attention.TILING_ENV_VAR, raising=False)
+    assert attention.resolve_tiling().name == attention.DEFAULT_TILING
+    assert attention.resolve_tiling("rows") is None
+    assert attention.resolve_tiling("8x16/4x8").name == "8x16/4x8"
+    monkeypatch.setattr(attention, "SMALL_BLOCK_BACKWARD", False)  # torch < 2.14: no bf16 backward kernel
+    assert attention.resolve_tiling(None, low_precision_backward=True) is None
+    assert attention.resolve_tiling(None, low_precision_backward=False).name == attention.DEFAULT_TILING
+    monkeypatch.setattr(attention, "SMALL_BLOCK_BACKWARD", True)
+    assert attention.resolve_tiling(None, low_precision_backward=True).name == attention.DEFAULT_TILING
+    monkeypatch.setenv(attention.TILING_ENV_VAR, "rows")
+    assert attention.resolve_tiling() is None
+    with pytest.raises(ValueError, match="3x3"):
+        attention.resolve_tiling("3x3")
+
+
+def test_low_precision_backward_reads_grad_mode_autocast_and_dtype():
+    cpu = torch.device("cpu")
+    assert not attention.low_precision_backward(cpu)
+    assert attention.low_precision_backward(cpu, torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert attention.low_precision_backward(cpu)
+        with torch.no_grad():
+            assert not attention.low_precision_backward(cpu)
+
+
+def test_levels_use_the_tile_order_only_with_flex_and_whole_tiles(monkeypatch):
+    monkeypatch.delenv(attention.TILING_ENV_VAR, raising=False)
+    cpu = torch.device("cpu")
+    grid = attention.level_tiling(16, 24, 7, cpu, "flex", 64)
+    assert grid == attention.TiledGrid(16, 24, attention.TILINGS[attention.DEFAULT_TILING])
+    assert attention.level_tiling(16, 24, 7, cpu, "torch", 64) is None
+    assert attention.level_tiling(16, 24, 7, cpu, "flex", 8) is None  # small heads run the torch backend
+    assert attention.level_tiling(12, 24, 7, cpu, "flex", 64) is None  # not whole tiles: row-major
+    monkeypatch.setenv(attention.TILING_ENV_VAR, "rows")
+    assert attention.level_tiling(16, 24, 7, cpu, "flex", 64) is None

@@ -101,6 +101,31 @@ def test_every_backend_gives_the_torch_backends_network_output(backend):
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("size", [(32, 48), (48, 32), (32, 32), (40, 24)])
+def test_flex_levels_in_tile_order_give_the_torch_backends_output(size, monkeypatch):
+    """Both neighbourhood levels (16×24 and 8×12 grids at 32×48 px) run in the tile order where the grid
+    is whole tiles and row-major where it is not (40×24 px: 20×12); the output is the torch backend's."""
+    monkeypatch.delenv(attention.TILING_ENV_VAR, raising=False)
+    config = dict(TINY_HDIT, self_attns=[{"type": "neighborhood", "d_head": 16, "kernel_size": 5},
+                                         {"type": "neighborhood", "d_head": 16, "kernel_size": 3}])
+    net = randomize_(create_arch(config)).eval()
+    tiled = []
+    to_tiles = attention.TiledGrid.to_tiles
+    monkeypatch.setattr(attention.TiledGrid, "to_tiles", lambda grid, x: tiled.append((grid.h, grid.w)) or to_tiles(grid, x))
+    x, t = torch.randn(2, 3, *size), torch.rand(2)
+    with torch.no_grad():
+        net.set_neighborhood_backend("torch")
+        a = net(x, t)
+        assert tiled == []
+        net.set_neighborhood_backend("flex")
+        b = net(x, t)
+    h, w = size[0] // 2, size[1] // 2
+    # x and pos at each level's entry: level 0 down and up (4), the middle level once (2)
+    expected = [(h, w)] * 4 * (h % 8 == 0 and w % 8 == 0) + [(h // 2, w // 2)] * 2 * (h % 16 == 0 and w % 16 == 0)
+    assert sorted(tiled) == sorted(expected)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
 def test_shifted_window_and_ff_only_levels():
     config = dict(TINY_HDIT, self_attns=[{"type": "shifted-window", "d_head": 8, "window_size": 4}, {"type": "none"}],
                   depths=[2, 1])

@@ -138,14 +138,11 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser, required: bool = F
 def add_runtime_arguments(parser: argparse.ArgumentParser, compile_help: str | None = None) -> None:
     """--device, --bf16, --compile and --attention_backend (inference.py, app.py)."""
     from arch.attention import BACKENDS
+    from utils.auto_compile import add_compile_argument
 
     parser.add_argument("--device", default=None, help="auto (default: CUDA, else MPS, else CPU), cpu, cuda, cuda:1, ...")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CUDA; about 1.3-2x faster)")
-    parser.add_argument(
-        "--compile",
-        action="store_true",
-        help=compile_help or "torch.compile the flow network, attention included (CUDA; the first batch compiles)",
-    )
+    add_compile_argument(parser, compile_help)
     parser.add_argument(
         "--attention_backend",
         choices=BACKENDS,
