@@ -261,6 +261,7 @@ BAD_VALUES = {
     "--source_noise_std": ["-0.1", "nan", "inf"],
     "--input_size": ["-1", "abc", "1.5"],
     "--jpeg_quality": ["0", "101", "abc"],
+    "--crf": ["-1", "52", "abc", "1.5"],
 }
 
 

@@ -242,6 +242,10 @@ def test_without_smoothing_every_frame_gets_fresh_noise_and_raw_landmarks(tmp_pa
     (tracked,) = tracker.update([face], 0.0)
     assert np.array_equal(tracked.landmarks, face.landmarks)
     assert tracker.update([], 0.1) == []  # no coasting without smoothing
+    ablation = FaceTracker(smoothing=True, filter_landmarks=False)  # one noise per track, raw landmarks
+    ablation.update([face], 0.0)
+    (moved,) = ablation.update([face_at((53, 50), 20)], 0.04)
+    assert np.array_equal(moved.landmarks, landmarks_at((53, 50), 20)) and moved.track_id == tracked.track_id
 
 
 def test_one_euro_smoothing_reduces_jitter_and_follows_motion():
@@ -262,6 +266,33 @@ def test_one_euro_smoothing_reduces_jitter_and_follows_motion():
     for index in range(60):
         out = smoother(still + [3.0 * index, 0], index / 30)
     assert abs(out[0, 0] - (still[0, 0] + 3.0 * 59)) < 2.0
+
+
+def test_smoothing_steadies_the_aligned_crops_of_a_jittery_detector(tmp_path):
+    """A still face whose detected landmarks jitter by 1.5 px: the crops the model gets barely move with
+    smoothing, and move with the jitter without it."""
+
+    class Jittery(DiscDetector):
+        rng = np.random.default_rng(0)
+
+        def detect(self, image):
+            return [DetectedFace(f.box, f.landmarks + self.rng.normal(0, 1.5, (5, 2)), f.score)
+                    for f in super().detect(image)]
+
+    class Crops(Recorder):
+        def __call__(self, faces, noise=None):
+            self.crops = getattr(self, "crops", []) + [faces.clone()]
+            return super().__call__(faces, noise)
+
+    source = tmp_path / "still.mp4"
+    write_clip(source, disc_frames(16, step=0.0), fps=12)
+    motion = {}
+    for smoothing in (False, True):
+        model = Crops()
+        restore(source, tmp_path / "out.mp4", model, Jittery(), upscale=1, options=VideoOptions(temporal_smoothing=smoothing))
+        crops = torch.cat(model.crops)[4:]  # after the filter has settled
+        motion[smoothing] = (crops[1:] - crops[:-1]).abs().mean().item()
+    assert motion[True] < motion[False] / 2, motion
 
 
 def test_tracks_follow_people_and_survive_a_missed_frame():

@@ -112,6 +112,7 @@ class FaceTracker:
     def __init__(
         self,
         smoothing: bool = True,
+        filter_landmarks: bool = True,
         min_iou: float = 0.1,
         max_distance: float = 1.0,
         max_missed: int = 10,
@@ -120,6 +121,7 @@ class FaceTracker:
         beta: float = 4.0,
     ):
         self.smoothing = smoothing
+        self.filter_landmarks = smoothing and filter_landmarks  # False with smoothing: an ablation (raw landmarks)
         self.min_iou, self.max_distance = min_iou, max_distance
         self.max_missed, self.max_coast = max_missed, max_coast
         self.min_cutoff, self.beta = min_cutoff, beta
@@ -145,7 +147,7 @@ class FaceTracker:
         return [(r, c) for r, c in zip(rows, cols, strict=True) if allowed[r, c]]
 
     def new_track(self, face: DetectedFace, time: float) -> Track:
-        one_euro = OneEuroFilter(self.min_cutoff, self.beta) if self.smoothing else None
+        one_euro = OneEuroFilter(self.min_cutoff, self.beta) if self.filter_landmarks else None
         smoothed = one_euro(face.landmarks, time) if one_euro else face.landmarks.copy()
         track = Track(self.next_id, face.box.copy(), face.landmarks.copy(), smoothed, one_euro)
         self.next_id += 1

@@ -64,6 +64,7 @@ class VideoOptions:
 
     crf: int = DEFAULT_CRF  # H.264 quality: 0 lossless, 18 visually lossless, 23 libx264's default, 51 worst
     temporal_smoothing: bool = True
+    smooth_landmarks: bool = True  # with temporal_smoothing; False: raw landmarks, one noise per track (ablation)
     batch_size: int = 8  # faces per model call
     max_batch_frames: int = 16  # frames whose faces may share a model call (bounds the frames held)
     queue_size: int = 4  # frames waiting between two stages
@@ -355,17 +356,17 @@ def restore_video(
     check_frame_size(info)
     scale, scale_note = video_scale(info, upscale)
     height, width = output_size(info.height, info.width, scale)
-    tracker = FaceTracker(smoothing=options.temporal_smoothing)
+    tracker = FaceTracker(smoothing=options.temporal_smoothing, filter_landmarks=options.smooth_landmarks)
     meter, times, tracks, frames_with_faces = FlickerMeter(), [], set(), 0
     started = time.perf_counter()
-    writer_notes: list[str] = []
+    reencoded: list[str] = []
 
     def encode(path: str) -> None:
         nonlocal frames_with_faces
         writer = VideoWriter(path, source, width, height, info.time_base, info.frame_rate, options.crf)
         try:
-            if writer.audio is not None and writer.audio.reencoded:
-                writer_notes.append(f"audio ({', '.join(writer.audio.reencoded)}) re-encoded to AAC: MP4 cannot hold it")
+            if writer.audio is not None:
+                reencoded.extend(writer.audio.reencoded)
             stages = stream(
                 read_frames(info),
                 lambda frames: detect_stage(frames, detector, tracker, only_center_face, max_faces),
@@ -394,8 +395,12 @@ def restore_video(
         notes.append(f"rotation metadata ({info.rotation}° counter-clockwise) applied: the output is upright")
     if is_variable_rate(times):
         notes.append("variable frame rate: every frame keeps its input timestamp")
-    notes.append(f"audio: {len(info.audio)} stream(s) copied" if info.audio else "no audio stream")
-    notes.extend(writer_notes)
+    if not info.audio:
+        notes.append("no audio stream")
+    elif len(info.audio) > len(reencoded):
+        notes.append(f"audio: {len(info.audio) - len(reencoded)} stream(s) copied")
+    if reencoded:
+        notes.append(f"audio ({', '.join(reencoded)}) re-encoded to AAC: MP4 cannot hold it")
     if not frames_with_faces:
         notes.append(f"no face in any frame: copied through, resized ×{scale:g}")
     return VideoResult(
