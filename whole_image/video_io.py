@@ -67,7 +67,8 @@ class VideoInfo:
 
 
 def _error(path: Path, what: str, error: BaseException | None = None) -> VideoReadError:
-    detail = f" ({error.__class__.__name__}: {error})" if error is not None else ""
+    message = getattr(error, "strerror", None) or str(error)  # FFmpeg's errors repeat the file name otherwise
+    detail = f" ({error.__class__.__name__}: {message})" if error is not None else ""
     return VideoReadError(f"{path}: {what}{detail}")
 
 
