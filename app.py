@@ -6,7 +6,8 @@
 Upload a photo (or pick the example), choose "Whole photo" (every face is detected, aligned, restored and
 pasted back) or "Aligned face" (a 512x512 FFHQ-aligned face; other sizes are centre-cropped to a square
 and resized), set the number of flow steps, the output scale and the seed, and press Restore. The page
-shows a before/after slider, a gallery of the restored faces and the restored photo to download.
+shows a before/after slider, a gallery of the restored faces and the restored photo to download. The
+Video tab takes a video (up to MAX_VIDEO_SECONDS long) and gives back the restored MP4, with its sound.
 
 The page opens at once; the model and the face networks load on the first click, and a missing
 checkpoint is reported there. The model comes from `lightning_models.restoration` (the same loader and
@@ -63,6 +64,8 @@ from whole_image.upsample import (
     output_scale,
     resize,
 )
+from whole_image.video import VideoOptions, restore_video
+from whole_image.video_io import VideoReadError, probe
 
 ALIGNED = "Aligned face (512×512)"
 WHOLE_PHOTO = "Whole photo (detect faces)"
@@ -70,6 +73,7 @@ MAX_SEED = 2**31 - 1
 MAX_STEPS = 200
 MIN_UPSCALE, MAX_UPSCALE = 1.0, 4.0
 READABLE = "PNG, JPEG, WebP, BMP, TIFF or GIF"
+MAX_VIDEO_SECONDS = 60  # longer videos: inference.py --whole_image
 
 
 class ModelStore:
@@ -381,6 +385,59 @@ def restore_from_page(upload, mode, steps, upscale, seed, fidelity_weight=0.0):
     return restore_image(upload, mode, steps, upscale, seed, fidelity_weight=fidelity_weight)
 
 
+def restore_video_upload(
+    upload,
+    steps: float,
+    upscale: float,
+    seed: float | None,
+    smoothing: bool = True,
+    restore_faces: RestoreFaces | None = None,
+    detector: FaceDetector | None = None,
+    store: ModelStore | None = None,
+) -> tuple[str, str]:
+    """The Restore video button: (path of the restored MP4, a status line). Videos longer than
+    MAX_VIDEO_SECONDS are refused (the command line has no limit)."""
+    if upload is None:
+        raise user_error("Upload a video first.")
+    path = Path(getattr(upload, "name", upload))
+    steps = checked_whole_number(steps, 1, MAX_STEPS, "The number of flow steps")
+    upscale = checked_upscale(upscale)
+    seed = checked_seed(seed)
+    try:
+        info = probe(path)
+    except VideoReadError:
+        raise user_error(
+            f"“{path.name}” is not a video this demo can read. Please upload an MP4, MOV, MKV, AVI or WebM video."
+        ) from None
+    frames, rate = info.expected_frames, float(info.frame_rate or 25)
+    if (info.duration or (frames or 0) / rate) > MAX_VIDEO_SECONDS:
+        raise user_error(
+            f"“{path.name}” is longer than {MAX_VIDEO_SECONDS} s; restore it with inference.py --whole_image."
+        )
+    store = store or demo_store()
+    detector = detector or store.detector()
+    restore_faces = restore_faces or store.restorer(steps, seed)
+    handle, output = tempfile.mkstemp(prefix="pmrf_restored_", suffix=".mp4", dir=results_dir())
+    os.close(handle)
+    try:
+        result = restore_video(
+            path, output, restore_faces, detector, upscale=upscale, parser=store.parser(),
+            bg_upsampler=store.bg_upsampler(), options=VideoOptions(temporal_smoothing=bool(smoothing)), progress=False,
+        )
+    except VideoReadError as error:
+        os.remove(output)
+        raise user_error(f"“{path.name}” could not be restored: {str(error).split(': ', 1)[-1]}") from None
+    except BaseException:
+        os.remove(output)
+        raise
+    flicker = f", flicker ratio {result.flicker_ratio:.2f}" if result.flicker_ratio is not None else ""
+    status = (
+        f"Restored {result.frames} frames ({result.tracks} face(s) tracked) with {steps} flow steps, seed {seed}"
+        f"{flicker}. " + "; ".join(result.notes)
+    )
+    return output, status
+
+
 @functools.cache
 def results_dir() -> str:
     """A private folder for the demo's files (results, examples), removed when the program ends."""
@@ -462,6 +519,24 @@ def build_demo():
             inputs=[upload, mode, steps, upscale, seed, fidelity],
             outputs=[slider, faces, download, status],
             api_name="restore",
+        )
+        with gr.Tab("Video"):
+            with gr.Row():
+                with gr.Column():
+                    video = gr.Video(label=f"Video (up to {MAX_VIDEO_SECONDS} s)", sources=["upload"], format=None)
+                    video_steps = gr.Slider(1, MAX_STEPS, value=25, step=1, label="Flow steps")
+                    video_upscale = gr.Slider(MIN_UPSCALE, MAX_UPSCALE, value=2, step=0.5, label="Output scale")
+                    video_seed = gr.Number(value=42, precision=0, label=f"Seed (0 to {MAX_SEED}; -1: random)")
+                    smoothing = gr.Checkbox(value=True, label="Temporal smoothing (steady faces)")
+                    run_video = gr.Button("Restore video", variant="primary")
+                with gr.Column():
+                    restored_video = gr.Video(label="Restored video (MP4)", format=None, interactive=False)
+                    video_status = gr.Markdown()
+        run_video.click(
+            restore_video_upload,
+            inputs=[video, video_steps, video_upscale, video_seed, smoothing],
+            outputs=[restored_video, video_status],
+            api_name="restore_video",
         )
     return demo
 

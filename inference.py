@@ -3,7 +3,9 @@
 Aligned faces (the official blind-face model expects square, FFHQ-aligned 512×512 faces):
     python inference.py --ckpt_path ohayonguy/PMRF_blind_face_image_restoration --ckpt_path_is_huggingface \
         --lq_data_path LQ --output_dir OUT
-Ordinary photos (face detection, alignment and paste-back): add --whole_image.
+Ordinary photos (face detection, alignment and paste-back): add --whole_image. With it, videos (.mp4 .mov
+.mkv .avi .webm, given or found in the folder) are restored frame by frame into OUT/<name>.mp4, with
+their sound (see --crf and --temporal_smoothing).
 
 Writes OUT/restored_images/ and, for models with a posterior-mean network, OUT/restored_images_posterior_mean/,
 each file under its input's name. Aligned inputs of another size are resized (bicubic) to the model's
@@ -72,13 +74,18 @@ def build_parser() -> argparse.ArgumentParser:
     from whole_image.cli import add_whole_image_arguments
 
     add_whole_image_arguments(p, output_arguments=False)
+    from whole_image.video_cli import add_video_arguments
+
+    add_video_arguments(p)
     return p
 
 
 def collect_inputs(path: Path) -> list[Path]:
     if path.is_file():
         if not is_image_file(path):
-            fail(f"--lq_data_path {path}: not an image file (known extensions: png, jpg, jpeg, bmp, webp, tif, tiff, gif)")
+            video = path.suffix.lower() in (".mp4", ".mov", ".mkv", ".avi", ".webm")
+            fail(f"--lq_data_path {path}: " + ("a video: add --whole_image to restore its faces" if video else
+                 "not an image file (known extensions: png, jpg, jpeg, bmp, webp, tif, tiff, gif)"))
         return [path]
     images = list_images(path)
     if not images:
@@ -176,10 +183,17 @@ def run(args: argparse.Namespace) -> None:
     prepare_for_inference(model, args.attention_backend, compiled, args.compile_mmse)
     if args.whole_image:
         from whole_image.cli import WholeImageOptions, run_whole_image
+        from whole_image.video import VideoOptions
+        from whole_image.video_cli import photos_and_videos, run_videos
 
         restorer = FaceRestorer(model, args.num_flow_steps, args.seed, args.bf16, args.fidelity_weight)
+        options = WholeImageOptions.from_args(args)
+        has_photos, videos = photos_and_videos(lq_path)
         try:
-            run_whole_image(WholeImageOptions.from_args(args), restorer, device)
+            if has_photos:
+                run_whole_image(options, restorer, device)
+            if videos:
+                run_videos(options, VideoOptions.from_args(args), restorer, device, videos)
         except WriteError as error:
             fail(str(error))
         return

@@ -212,18 +212,24 @@ class PMRF(nn.Module):
         generator: torch.Generator | None = None,
         non_noisy_z0: torch.Tensor | None = None,
         posterior_mean: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
     ) -> Source:
         """z0, the condition and the posterior mean of the method, built as its row of the table says.
 
         `non_noisy_z0` (reflow) replaces clip(f(y)) for pmrf and y for naive_flow; noise is still added.
+        `noise` is n itself, drawn beforehand (a video keeps one n per face); else n is drawn here.
         """
+        if noise is not None:
+            if tuple(noise.shape) != (y.shape[0], self.channels, *y.shape[2:]):
+                raise ValueError(f"noise of shape {tuple(noise.shape)} given for a measurement of {tuple(y.shape)}")
+            noise = noise.to(y.device, torch.float32)
         method = self.method
         if method.uses_posterior_mean and posterior_mean is None and (method.condition or non_noisy_z0 is None):
             posterior_mean = self.posterior_mean(y)
         if method.source is None:
             return Source(None, None, posterior_mean)
         if method.source == "noise":
-            z0 = self.noise(y, generator)
+            z0 = self.noise(y, generator) if noise is None else noise
         else:
             base = posterior_mean if method.source == "posterior_mean" else y
             base = (non_noisy_z0 if non_noisy_z0 is not None else base).float()
@@ -234,7 +240,8 @@ class PMRF(nn.Module):
                         f"{self.channels}"
                     )
                 base = base.expand(-1, self.channels, *base.shape[2:])  # a gray y (colorization)
-            z0 = base + self.source_noise_std * self.noise(y, generator) if self.source_noise_std else base
+            n = self.noise(y, generator) if noise is None else noise
+            z0 = base + self.source_noise_std * n if self.source_noise_std else base
         condition = {"posterior_mean": posterior_mean, "measurement": y, None: None}[method.condition]
         return Source(z0, condition, posterior_mean)
 
@@ -268,17 +275,19 @@ class PMRF(nn.Module):
         non_noisy_z0: torch.Tensor | None = None,
         posterior_mean: torch.Tensor | None = None,
         fidelity_weight: float = 0.0,
+        noise: torch.Tensor | None = None,
     ) -> Sample:
         """Restore a batch: Euler steps from z0, clipped to [0, 1]. States go to `callback`.
 
         `num_flow_steps` is K (the reference's grid on [eps, 1]) or a time grid t_0 < … < t_K.
-        A `posterior_mean` already computed for `y` is reused instead of running f again. With
-        `fidelity_weight` w > 0, xhat is (1 − w)·xhat + w·posterior mean (`Sample.with_fidelity_weight`).
+        A `posterior_mean` already computed for `y` is reused instead of running f again; a given
+        `noise` is the source's n (see `source`). With `fidelity_weight` w > 0, xhat is
+        (1 − w)·xhat + w·posterior mean (`Sample.with_fidelity_weight`).
         """
         self.check_fidelity_weight(fidelity_weight)
         if self.method.stage == "mmse":
             return Sample(self._clip(self.model(y)), None, None)
-        source = self.source(y, generator, non_noisy_z0, posterior_mean)
+        source = self.source(y, generator, non_noisy_z0, posterior_mean, noise)
         x = sample_euler(
             lambda x_t, t: self.velocity(x_t, t, source.condition), source.z0, num_flow_steps, self.eps, callback
         )

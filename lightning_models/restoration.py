@@ -197,18 +197,25 @@ class FaceRestorer:
     def has_posterior_mean(self) -> bool:
         return getattr(self.model, "mmse_model", None) is not None
 
+    def draw_noise(self, count: int, size: int) -> torch.Tensor:
+        """Source noise n for `count` faces of size×size, from this restorer's generator, to hand back to
+        `restore(..., noise=...)` (a video restores each face with one n in every frame)."""
+        like = torch.empty(count, 1, size, size, device=self.device)  # only its shape and device are read
+        return self.model.pmrf.noise(like, self.generator)
+
     @torch.no_grad()
-    def restore(self, images: torch.Tensor) -> Restoration:
+    def restore(self, images: torch.Tensor, noise: torch.Tensor | None = None) -> Restoration:
         device = self.device
         with precision_context(device, self.bf16):
             sample = self.model.pmrf.sample(
-                images.to(device), self.num_flow_steps, self.generator, fidelity_weight=self.fidelity_weight
+                images.to(device), self.num_flow_steps, self.generator, fidelity_weight=self.fidelity_weight,
+                noise=noise,
             )
         mean = sample.posterior_mean
         return Restoration(sample.xhat.float().cpu(), None if mean is None else mean.float().cpu())
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        return self.restore(images).xhat
+    def __call__(self, images: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        return self.restore(images, noise).xhat
 
 
 def make_face_restorer(

@@ -262,6 +262,7 @@ BAD_VALUES = {
     "--input_size": ["-1", "abc", "1.5"],
     "--jpeg_quality": ["0", "101", "abc"],
     "--fidelity_weight": ["-0.1", "1.5", "nan", "abc"],
+    "--crf": ["-1", "52", "abc", "1.5"],
 }
 
 
