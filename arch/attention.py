@@ -524,8 +524,15 @@ def global_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch
 
 
 @functools.lru_cache(maxsize=32)
-def _shifted_window_mask(h: int, w: int, window: int, shift: int, device: torch.device) -> torch.Tensor:
-    """(windows, window², window²) boolean mask: True where query and key came from the same region."""
+def shifted_window_same_region(h: int, w: int, window: int, shift: int, device: torch.device) -> torch.Tensor:
+    """Swin's shifted-window rule: (windows, window², window²) booleans, True where query and key came
+    from the same region of the h×w grid rolled by -shift (windows and their tokens in row-major order).
+
+    After the roll, a window at the bottom/right border holds tokens from up to four regions that were
+    not neighbours in the image; tokens attend only within their own region. The one place this rule
+    lives, with one cache per grid and device: HDiT's shifted windows use it as it is, SwinIR turns it
+    into its additive mask (`arch.swinir.shifted_window_mask`).
+    """
     labels = torch.zeros(h, w, dtype=torch.long, device=device)
     bounds = (slice(0, -window), slice(-window, -shift), slice(-shift, None))
     for i, rows in enumerate(bounds):
@@ -551,7 +558,7 @@ def shifted_window_attention(
     )
     mask = None
     if offset:
-        mask = _shifted_window_mask(h, w, window_size, offset, q.device)[:, None]
+        mask = shifted_window_same_region(h, w, window_size, offset, q.device)[:, None]
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
     out = rearrange(
         out, "n (nh nw) hd (wh ww) e -> n (nh wh) (nw ww) hd e", nh=h // window_size, wh=window_size
