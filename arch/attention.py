@@ -17,9 +17,9 @@ inward at the borders: NATTEN's definition, dilation 1) has three backends behin
   which PyTorch's fused kernels compute without storing the scores: 4–5× faster there on CPU.
 
 ``auto`` (the default) picks, on CUDA, natten when it has fused kernels for the device and flex
-otherwise; on every other device, torch. Force a backend with the ``backend`` argument, the
-``PMRF_NA_BACKEND`` environment variable or ``HDiT.set_neighborhood_backend``; ``last_backend()`` tells
-which one ran last.
+otherwise; on every other device, torch. Force a backend with the ``backend`` argument or
+``HDiT.set_neighborhood_backend`` (the programs' ``--attention_backend``); ``last_backend()`` tells which
+one ran last.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ from einops import rearrange
 from torch.nn import functional as F
 
 BACKENDS = ("auto", "flex", "natten", "torch")
-BACKEND_ENV_VAR = "PMRF_NA_BACKEND"
 
 log = logging.getLogger(__name__)
 _last_backend: str | None = None
@@ -73,7 +72,7 @@ def flex_available() -> bool:
 
 def resolve_backend(device: torch.device, requested: str | None = None) -> str:
     """The backend that `neighborhood_attention` will use on `device`."""
-    requested = (requested or os.environ.get(BACKEND_ENV_VAR) or "auto").lower()
+    requested = (requested or "auto").lower()
     if requested not in BACKENDS:
         raise ValueError(f"unknown neighbourhood-attention backend {requested!r}; choose one of {BACKENDS}")
     if requested == "auto":
