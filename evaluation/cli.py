@@ -66,6 +66,29 @@ KEY_NOTES = {
 }
 
 
+def program_parser(description: str, ffhq_size: int) -> argparse.ArgumentParser:
+    """A program's parser with the folders both programs take: FFHQ at `ffhq_size`, restored, ground truth."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        ffhq_option(ffhq_size),
+        type=Path,
+        default=None,
+        help=f"parent of the 'ffhq{ffhq_size}' folder (FFHQ at {ffhq_size}x{ffhq_size}), needed for "
+        "FID/KID/IS/PRC",
+    )
+    parser.add_argument("--rec_path", type=Path, required=True, help="folder of restored images")
+    parser.add_argument(
+        "--gt_path", type=Path, default=None, help="folder of ground-truth images with the same file names"
+    )
+    return parser
+
+
+def ffhq_option(ffhq_size: int) -> str:
+    return f"--parent_ffhq_{ffhq_size}_path"
+
+
 def add_common_arguments(parser: argparse.ArgumentParser, metric_names: Sequence[str]) -> None:
     parser.add_argument(
         "--metrics",
@@ -130,8 +153,12 @@ class Inputs:
     rec: Path
     gt: Path | None = None
     mmse: Path | None = None
-    ffhq: Path | None = None  # the FFHQ folder of FID/KID/IS/PRC (P/ffhq512 or P/ffhq256)
-    ffhq_option: str = "--parent_ffhq_512_path"  # the option naming P, for messages
+    ffhq_parent: Path | None = None  # P of P/ffhq512 (or P/ffhq256), FFHQ for FID/KID/IS/PRC
+    ffhq_size: int = 512
+
+    @property
+    def ffhq(self) -> Path | None:
+        return self.ffhq_parent / f"ffhq{self.ffhq_size}" if self.ffhq_parent is not None else None
 
     def unmet_needs(self) -> dict[str, str]:
         """Metric name -> the option it needs that was not given."""
@@ -139,7 +166,7 @@ class Inputs:
         for names, folder, option in (
             (NEEDS_GT, self.gt, "--gt_path"),
             (NEEDS_MMSE, self.mmse, "--mmse_rec_path"),
-            (FIDELITY, self.ffhq, self.ffhq_option),
+            (FIDELITY, self.ffhq_parent, ffhq_option(self.ffhq_size)),
         ):
             if folder is None:
                 unmet.update(dict.fromkeys(names, option))
@@ -154,7 +181,7 @@ class Inputs:
         if metrics & set(NEEDS_MMSE):
             paired_files(self.rec, self.mmse, "--mmse_rec_path")
         if metrics & set(FIDELITY):
-            image_files(self.ffhq, f"{self.ffhq_option}/{self.ffhq.name}")
+            image_files(self.ffhq, f"{ffhq_option(self.ffhq_size)}/{self.ffhq.name}")
 
 
 @dataclass(frozen=True)

@@ -29,26 +29,14 @@ if __name__ == "__main__" and not __package__:  # started as a file: run as the 
 
     run_as_module(__file__)
 
-from evaluation.cli import Inputs, MetricGroup, Settings, add_common_arguments, fidelity_group, run_program
+from evaluation import cli
 from evaluation.landmarks import REFINEMENTS
 
 BLIND_METRICS = ("niqe", "psnr", "ssim", "mse", "lpips", "deg", "lmd", "ind", "fid", "kid", "isc", "prc")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--parent_ffhq_512_path",
-        type=Path,
-        default=None,
-        help="parent of the 'ffhq512' folder (FFHQ at 512x512), needed for FID/KID/IS/PRC",
-    )
-    parser.add_argument("--rec_path", type=Path, required=True, help="folder of restored images")
-    parser.add_argument(
-        "--gt_path", type=Path, default=None, help="folder of ground-truth images with the same file names"
-    )
+    parser = cli.program_parser(__doc__, 512)
     parser.add_argument(
         "--mmse_rec_path",
         type=Path,
@@ -63,11 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
         "authors' code, where one landmark on the top or bottom row changes every landmark's vertical "
         "refinement; 'per_landmark' uses each landmark's own neighbours only",
     )
-    add_common_arguments(parser, BLIND_METRICS)
+    cli.add_common_arguments(parser, BLIND_METRICS)
     return parser
 
 
-def metric_groups(inputs: Inputs, settings: Settings, lmd_refinement: str = "reference") -> list[MetricGroup]:
+def metric_groups(
+    inputs: cli.Inputs, settings: cli.Settings, lmd_refinement: str = "reference"
+) -> list[cli.MetricGroup]:
     from evaluation.distortion import calculate_psnr_ssim_mse
     from evaluation.identity import calculate_identity_distance
     from evaluation.ind_rmse import calculate_ind_rmse
@@ -90,23 +80,18 @@ def metric_groups(inputs: Inputs, settings: Settings, lmd_refinement: str = "ref
             },
         ),
         (("ind",), lambda _: calculate_ind_rmse(rec, inputs.mmse, **loading)),
-        fidelity_group(inputs, settings),
+        cli.fidelity_group(inputs, settings),
     ]
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    parent = args.parent_ffhq_512_path
-    inputs = Inputs(
-        rec=args.rec_path,
-        gt=args.gt_path,
-        mmse=args.mmse_rec_path,
-        ffhq=parent / "ffhq512" if parent else None,
-        ffhq_option="--parent_ffhq_512_path",
+    inputs = cli.Inputs(
+        args.rec_path, args.gt_path, args.mmse_rec_path, ffhq_parent=args.parent_ffhq_512_path, ffhq_size=512
     )
     groups = functools.partial(metric_groups, lmd_refinement=args.lmd_refinement)
-    return run_program(
-        "compute_metrics_blind.py", BLIND_METRICS, args.metrics, inputs, Settings.from_args(args), groups,
+    return cli.run_program(
+        "compute_metrics_blind.py", BLIND_METRICS, args.metrics, inputs, cli.Settings.from_args(args), groups,
         "metrics_blind",
     )  # fmt: skip
 

@@ -20,57 +20,40 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 if __name__ == "__main__" and not __package__:  # started as a file: run as the module (see above)
     from run_as_module import run_as_module  # this program's folder, first on a script's path
 
     run_as_module(__file__)
 
-from evaluation.cli import Inputs, MetricGroup, Settings, add_common_arguments, fidelity_group, run_program
+from evaluation import cli
 
 CONTROLLED_METRICS = ("psnr", "ssim", "mse", "lpips", "fid", "kid", "isc", "prc")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--parent_ffhq_256_path",
-        type=Path,
-        default=None,
-        help="parent of the 'ffhq256' folder (FFHQ at 256x256), needed for FID/KID/IS/PRC",
-    )
-    parser.add_argument("--rec_path", type=Path, required=True, help="folder of restored images")
-    parser.add_argument(
-        "--gt_path", type=Path, default=None, help="folder of ground-truth images with the same file names"
-    )
-    add_common_arguments(parser, CONTROLLED_METRICS)
+    parser = cli.program_parser(__doc__, 256)
+    cli.add_common_arguments(parser, CONTROLLED_METRICS)
     return parser
 
 
-def metric_groups(inputs: Inputs, settings: Settings) -> list[MetricGroup]:
+def metric_groups(inputs: cli.Inputs, settings: cli.Settings) -> list[cli.MetricGroup]:
     from evaluation.piq_metrics import calculate_piq_distortion, calculate_piq_lpips
 
     rec, gt, loading = inputs.rec, inputs.gt, settings.loading
     return [
         (("psnr", "ssim", "mse"), lambda _: calculate_piq_distortion(rec, gt, **loading)),
         (("lpips",), lambda _: {"lpips": calculate_piq_lpips(rec, gt, **settings.weights, **loading)}),
-        fidelity_group(inputs, settings),
+        cli.fidelity_group(inputs, settings),
     ]
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    parent = args.parent_ffhq_256_path
-    inputs = Inputs(
-        rec=args.rec_path, gt=args.gt_path, ffhq=parent / "ffhq256" if parent else None,
-        ffhq_option="--parent_ffhq_256_path",
-    )  # fmt: skip
-    return run_program(
+    inputs = cli.Inputs(args.rec_path, args.gt_path, ffhq_parent=args.parent_ffhq_256_path, ffhq_size=256)
+    return cli.run_program(
         "compute_metrics_controlled_experiments.py", CONTROLLED_METRICS, args.metrics, inputs,
-        Settings.from_args(args), metric_groups, "metrics_controlled",
+        cli.Settings.from_args(args), metric_groups, "metrics_controlled",
     )  # fmt: skip
 
 

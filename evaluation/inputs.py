@@ -326,8 +326,8 @@ def mean_over_pairs(
     """
     sums: dict[str, float] = {}
     count = 0
-    loading = dict(device=device, batch_size=batch_size, num_workers=num_workers, desc=desc, transform=transform)
-    for rec, other in pair_batches(pairs, **loading):
+    loading = dict(device=device, batch_size=batch_size, num_workers=num_workers, desc=desc)
+    for rec, other in pair_batches(pairs, transform=transform, **loading):
         values = per_batch(rec, other)
         for name, value in values.items():
             sums[name] = sums.get(name, 0.0) + value.sum().item()

@@ -3,8 +3,9 @@
 Inputs are RGB scaled to [-1, 1]; the result is the mean of the per-image values. The learned
 linear heads ship with the `lpips` package (`lpips/weights/v0.1/vgg.pth`); the VGG16 trunk
 (`vgg16-397923af.pth`, torchvision's ImageNet weights) is found by `utils.registry` (registry name
-``vgg16``: the metrics folder or torch's hub cache, downloaded there unless offline). Both are read by `utils.weights` and handed to an `lpips.LPIPS` built without weights, so
-neither the package nor torchvision loads (or downloads) anything itself.
+``vgg16``: the metrics folder or torch's hub cache, downloaded there unless offline). Both are read
+by `utils.weights` and handed to an `lpips.LPIPS` built without weights, so neither the package nor
+torchvision loads (or downloads) anything itself.
 """
 
 from __future__ import annotations
