@@ -179,6 +179,17 @@ def test_scripts_run_from_the_evaluation_folder_and_the_repo_root(folders, cwd, 
     assert "mse" in completed.stdout
 
 
+@pytest.mark.parametrize("program", [compute_metrics_blind, compute_metrics_controlled_experiments])
+def test_the_programs_leave_sys_path_alone(program):
+    """Started as files they run as their modules (evaluation/run_as_module.py) instead."""
+    import ast
+
+    tree = ast.parse(Path(program.__file__).read_text())
+    touched = [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Attribute) and node.attr == "path"
+               and isinstance(node.value, ast.Name) and node.value.id == "sys"]
+    assert touched == []
+
+
 class PlantedCode:
     """Unpickling this creates the marker file: proof that pickled code ran."""
 
