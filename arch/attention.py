@@ -17,9 +17,9 @@ inward at the borders: NATTEN's definition, dilation 1) has three backends behin
   which PyTorch's fused kernels compute without storing the scores: 4–5× faster there on CPU.
 
 ``auto`` (the default) picks, on CUDA, natten when it has fused kernels for the device and flex
-otherwise; on every other device, torch. Force a backend with the ``backend`` argument, the
-``PMRF_NA_BACKEND`` environment variable or ``HDiT.set_neighborhood_backend``; ``last_backend()`` tells
-which one ran last.
+otherwise; on every other device, torch. Force a backend with the ``backend`` argument or
+``HDiT.set_neighborhood_backend`` (the programs' ``--attention_backend``); ``last_backend()`` tells which
+one ran last.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ from einops import rearrange
 from torch.nn import functional as F
 
 BACKENDS = ("auto", "flex", "natten", "torch")
-BACKEND_ENV_VAR = "PMRF_NA_BACKEND"
 
 log = logging.getLogger(__name__)
 _last_backend: str | None = None
@@ -73,7 +72,7 @@ def flex_available() -> bool:
 
 def resolve_backend(device: torch.device, requested: str | None = None) -> str:
     """The backend that `neighborhood_attention` will use on `device`."""
-    requested = (requested or os.environ.get(BACKEND_ENV_VAR) or "auto").lower()
+    requested = (requested or "auto").lower()
     if requested not in BACKENDS:
         raise ValueError(f"unknown neighbourhood-attention backend {requested!r}; choose one of {BACKENDS}")
     if requested == "auto":
@@ -524,8 +523,15 @@ def global_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch
 
 
 @functools.lru_cache(maxsize=32)
-def _shifted_window_mask(h: int, w: int, window: int, shift: int, device: torch.device) -> torch.Tensor:
-    """(windows, window², window²) boolean mask: True where query and key came from the same region."""
+def shifted_window_same_region(h: int, w: int, window: int, shift: int, device: torch.device) -> torch.Tensor:
+    """Swin's shifted-window rule: (windows, window², window²) booleans, True where query and key came
+    from the same region of the h×w grid rolled by -shift (windows and their tokens in row-major order).
+
+    After the roll, a window at the bottom/right border holds tokens from up to four regions that were
+    not neighbours in the image; tokens attend only within their own region. The one place this rule
+    lives, with one cache per grid and device: HDiT's shifted windows use it as it is, SwinIR turns it
+    into its additive mask (`arch.swinir.shifted_window_mask`).
+    """
     labels = torch.zeros(h, w, dtype=torch.long, device=device)
     bounds = (slice(0, -window), slice(-window, -shift), slice(-shift, None))
     for i, rows in enumerate(bounds):
@@ -551,7 +557,7 @@ def shifted_window_attention(
     )
     mask = None
     if offset:
-        mask = _shifted_window_mask(h, w, window_size, offset, q.device)[:, None]
+        mask = shifted_window_same_region(h, w, window_size, offset, q.device)[:, None]
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
     out = rearrange(
         out, "n (nh nw) hd (wh ww) e -> n (nh wh) (nw ww) hd e", nh=h // window_size, wh=window_size

@@ -82,7 +82,7 @@ class SelfAttentionBlock(nn.Module):
         self.spec, self.shift = spec, shift
         self.d_head = spec.d_head
         self.n_heads = d_model // spec.d_head
-        self.backend: str | None = None  # neighbourhood-attention backend; None = auto / environment
+        self.backend: str | None = None  # neighbourhood-attention backend; None = auto
         self.scale = nn.Parameter(torch.full([self.n_heads], 10.0))
         self.norm = AdaRMSNorm(d_model, cond_features)
         self.qkv_proj = nn.Linear(d_model, d_model * 3, bias=False)
@@ -146,7 +146,7 @@ class Level(nn.ModuleList):
     def __init__(self, layers, attention: AttentionSpec | None = None):
         super().__init__(layers)
         self.attention = attention
-        self.backend: str | None = None  # neighbourhood-attention backend; None = auto / environment
+        self.backend: str | None = None  # neighbourhood-attention backend; None = auto
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         grid = None

@@ -13,13 +13,14 @@ Token features are kept channels-last, (B, H, W, C), inside the transformer body
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from timm.layers import DropPath, trunc_normal_
 from torch import nn
+
+from .attention import shifted_window_same_region
 
 RGB_MEAN = (0.4488, 0.4371, 0.4040)
 # The reference fills masked logits with -100 rather than -inf; keep it so outputs match.
@@ -53,46 +54,18 @@ def relative_position_index(window_size: int) -> torch.Tensor:
     return offsets[0] * (2 * window_size - 1) + offsets[1]
 
 
-def shifted_window_mask(h: int, w: int, window_size: int, shift_size: int) -> torch.Tensor:
-    """Additive mask (num_windows, N, N) for attention over windows of a grid rolled by -shift_size.
+def shifted_window_mask(
+    h: int, w: int, window_size: int, shift_size: int, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """Additive mask (num_windows, N, N) for attention over windows of a grid rolled by -shift_size:
+    0 within a region, MASK_FILL across regions (the rule: `arch.attention.shifted_window_same_region`).
 
-    After the roll, a window at the bottom/right border holds tokens from up to three regions that
-    were not neighbours in the image; tokens only attend within their own region.
+    `device` defaults to torch's default device, so a network built under ``torch.device("meta")``
+    gets a meta buffer.
     """
-
-    def band_ids(length: int) -> torch.Tensor:
-        ids = torch.zeros(length, dtype=torch.long)
-        ids[length - window_size:] = 1
-        ids[length - shift_size:] = 2
-        return ids
-
-    region = band_ids(h)[:, None] * 3 + band_ids(w)[None, :]  # (H, W)
-    region_windows = window_partition(region[None, :, :, None], window_size)[0, ..., 0]  # (nW, N)
-    different = region_windows[:, None, :] != region_windows[:, :, None]
-    return torch.zeros(different.shape).masked_fill(different, MASK_FILL)
-
-
-class ShiftMaskCache:
-    """Run-time shifted-window masks, kept per (H, W, window, shift, device); small LRU."""
-
-    def __init__(self, max_entries: int = 16):
-        self.max_entries = max_entries
-        self._masks: OrderedDict[tuple, torch.Tensor] = OrderedDict()
-
-    def get(self, h: int, w: int, window_size: int, shift_size: int, device: torch.device) -> torch.Tensor:
-        key = (h, w, window_size, shift_size, torch.device(device))
-        mask = self._masks.get(key)
-        if mask is None:
-            mask = shifted_window_mask(h, w, window_size, shift_size).to(device)
-            self._masks[key] = mask
-            if len(self._masks) > self.max_entries:
-                self._masks.popitem(last=False)
-        else:
-            self._masks.move_to_end(key)
-        return mask
-
-    def __len__(self) -> int:
-        return len(self._masks)
+    device = torch.device(device) if device is not None else torch.get_default_device()
+    same = shifted_window_same_region(h, w, window_size, shift_size, device)
+    return torch.zeros(same.shape, device=device).masked_fill(~same, MASK_FILL)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -151,7 +124,7 @@ class SwinTransformerBlock(nn.Module):
     """Pre-norm (shifted-)window attention + MLP on channels-last tokens (B, H, W, C).
 
     `input_resolution` is the token grid the `attn_mask` buffer is built for (it is saved in
-    checkpoints); other grids get masks from `mask_cache`.
+    checkpoints); other grids get their mask from the shared, cached region rule.
     """
 
     def __init__(
@@ -164,13 +137,11 @@ class SwinTransformerBlock(nn.Module):
         mlp_ratio: float = 2.0,
         qkv_bias: bool = True,
         drop_path: float = 0.0,
-        mask_cache: ShiftMaskCache | None = None,
     ):
         super().__init__()
         self.input_resolution = tuple(input_resolution)
         self.window_size = window_size
         self.shift_size = shift_size
-        self.mask_cache = mask_cache if mask_cache is not None else ShiftMaskCache()
         # registered first: the reference state dict lists attn_mask before norm1
         if shift_size > 0:
             mask = shifted_window_mask(*self.input_resolution, window_size, shift_size)
@@ -186,7 +157,7 @@ class SwinTransformerBlock(nn.Module):
     def shift_mask(self, h: int, w: int, device: torch.device) -> torch.Tensor:
         if (h, w) == self.input_resolution:
             return self.attn_mask
-        return self.mask_cache.get(h, w, self.window_size, self.shift_size, device)
+        return shifted_window_mask(h, w, self.window_size, self.shift_size, device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _, h, w, _ = x.shape
@@ -216,7 +187,6 @@ class BasicLayer(nn.Module):
         mlp_ratio: float,
         qkv_bias: bool,
         drop_path: Sequence[float],
-        mask_cache: ShiftMaskCache,
     ):
         super().__init__()
         self.blocks = nn.ModuleList(
@@ -229,7 +199,6 @@ class BasicLayer(nn.Module):
                 mlp_ratio=mlp_ratio,
                 qkv_bias=qkv_bias,
                 drop_path=drop_path[i],
-                mask_cache=mask_cache,
             )
             for i in range(depth)
         )
@@ -399,7 +368,6 @@ class SwinIR(nn.Module):
         mean = torch.tensor(RGB_MEAN if in_channels == 3 else (0.0,)).view(1, -1, 1, 1)
         self.register_buffer("mean", mean, persistent=False)
         self.restore_mean = in_channels == 3 and out_channels == 3
-        self.mask_cache = ShiftMaskCache()
 
         # shallow features
         self.conv_first = nn.Sequential(
@@ -422,7 +390,6 @@ class SwinIR(nn.Module):
                 mlp_ratio=mlp_ratio,
                 qkv_bias=qkv_bias,
                 drop_path=drop_path[start:start + depth],
-                mask_cache=self.mask_cache,
             )
             for depth, heads, start in zip(depths, num_heads, starts)
         )

@@ -10,5 +10,7 @@
 - `piq_metrics.calculate_piq_distortion`       piq PSNR/SSIM and MSE (controlled experiments)
 - `piq_metrics.calculate_piq_lpips`            piq LPIPS (controlled experiments)
 
-The command-line programs are `compute_metrics_blind.py` and `compute_metrics_controlled_experiments.py`.
+The command-line programs are `compute_metrics_blind.py` and `compute_metrics_controlled_experiments.py`
+(thin shells over `cli`: options, the metric tables, skipping and the report); started as files, they run
+as their modules (`run_as_module`). Weights files are found by `utils.registry.find_weights`.
 """

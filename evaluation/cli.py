@@ -1,19 +1,27 @@
-"""What the two evaluation programs share: options, metric selection, skipping, the final report."""
+"""What the two evaluation programs share: options, the metric tables, selection, skipping, the report.
+
+A program parses its command line once into two frozen records, `Inputs` (the folders) and `Settings`
+(everything else), and hands them with its metric groups to `run_program`; nothing past a program's
+`main` sees the argparse Namespace.
+"""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import traceback
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
-from evaluation.inputs import forget_unreadable, unreadable_images
+from evaluation.fidelity import FIDELITY_METRICS
+from evaluation.inputs import forget_unreadable, image_files, paired_files, unreadable_images
 from evaluation.report import format_table, save_json
-from evaluation.weights import DEFAULT_CKPT_DIR, SKIP_ERRORS
+from evaluation.weights import SKIP_ERRORS
 from utils.cli import non_negative_int, positive_int, resolve_device
 
 EXIT_FAILED = 1  # a metric failed unexpectedly (the others are still saved)
@@ -40,6 +48,11 @@ RESULT_KEYS = {
     "prc": ("precision", "recall", "f_score", "precision_restored", "recall_restored"),
 }
 
+# The metric tables: what each metric compares the restored images with (the option that names it).
+NEEDS_GT = ("psnr", "ssim", "mse", "lpips", "deg", "lmd")  # --gt_path
+NEEDS_MMSE = ("ind",)  # --mmse_rec_path
+FIDELITY = FIDELITY_METRICS  # the FFHQ folder (--parent_ffhq_512_path or --parent_ffhq_256_path)
+
 # What the printed table says next to the keys whose meaning is not what their name suggests.
 KEY_NOTES = {
     "inception_score_mean": "of FFHQ (reference key: FFHQ was torch-fidelity's input1)",
@@ -53,6 +66,29 @@ KEY_NOTES = {
 }
 
 
+def program_parser(description: str, ffhq_size: int) -> argparse.ArgumentParser:
+    """A program's parser with the folders both programs take: FFHQ at `ffhq_size`, restored, ground truth."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        ffhq_option(ffhq_size),
+        type=Path,
+        default=None,
+        help=f"parent of the 'ffhq{ffhq_size}' folder (FFHQ at {ffhq_size}x{ffhq_size}), needed for "
+        "FID/KID/IS/PRC",
+    )
+    parser.add_argument("--rec_path", type=Path, required=True, help="folder of restored images")
+    parser.add_argument(
+        "--gt_path", type=Path, default=None, help="folder of ground-truth images with the same file names"
+    )
+    return parser
+
+
+def ffhq_option(ffhq_size: int) -> str:
+    return f"--parent_ffhq_{ffhq_size}_path"
+
+
 def add_common_arguments(parser: argparse.ArgumentParser, metric_names: Sequence[str]) -> None:
     parser.add_argument(
         "--metrics",
@@ -63,8 +99,9 @@ def add_common_arguments(parser: argparse.ArgumentParser, metric_names: Sequence
     parser.add_argument(
         "--metrics_ckpt_dir",
         type=Path,
-        default=DEFAULT_CKPT_DIR,
-        help="folder with the metric networks' weights (default: evaluation/metrics_ckpt)",
+        default=None,
+        help="folder with the metric networks' weights, looked in first (then evaluation/metrics_ckpt and "
+        "torch's hub cache; see evaluation/metrics_ckpt/README.md)",
     )
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument(
@@ -88,7 +125,8 @@ def add_common_arguments(parser: argparse.ArgumentParser, metric_names: Sequence
     parser.add_argument(
         "--offline",
         action="store_true",
-        help="never download Inception/VGG/LPIPS weights; metrics missing them are skipped",
+        help="never download metric weights (Inception, VGG16, LPIPS head, AWing FAN); metrics missing "
+        "them are skipped",
     )
     parser.add_argument(
         "--fidelity_cache_dir",
@@ -106,6 +144,90 @@ def add_common_arguments(parser: argparse.ArgumentParser, metric_names: Sequence
         help="no effect, kept for old command lines: the reference's keys always hold the reference's "
         "values (FFHQ first), and the *_restored keys the restored images' IS and precision/recall",
     )
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """The folders of a run: the restored images and what some metrics compare them with."""
+
+    rec: Path
+    gt: Path | None = None
+    mmse: Path | None = None
+    ffhq_parent: Path | None = None  # P of P/ffhq512 (or P/ffhq256), FFHQ for FID/KID/IS/PRC
+    ffhq_size: int = 512
+
+    @property
+    def ffhq(self) -> Path | None:
+        return self.ffhq_parent / f"ffhq{self.ffhq_size}" if self.ffhq_parent is not None else None
+
+    def unmet_needs(self) -> dict[str, str]:
+        """Metric name -> the option it needs that was not given."""
+        unmet = {}
+        for names, folder, option in (
+            (NEEDS_GT, self.gt, "--gt_path"),
+            (NEEDS_MMSE, self.mmse, "--mmse_rec_path"),
+            (FIDELITY, self.ffhq_parent, ffhq_option(self.ffhq_size)),
+        ):
+            if folder is None:
+                unmet.update(dict.fromkeys(names, option))
+        return unmet
+
+    def check(self, metrics: Iterable[str]) -> None:
+        """Fail early on bad folders (no images, names or sizes that differ), before any metric runs."""
+        metrics = set(metrics)
+        image_files(self.rec, "--rec_path")
+        if metrics & set(NEEDS_GT):
+            paired_files(self.rec, self.gt, "--gt_path")
+        if metrics & set(NEEDS_MMSE):
+            paired_files(self.rec, self.mmse, "--mmse_rec_path")
+        if metrics & set(FIDELITY):
+            image_files(self.ffhq, f"{ffhq_option(self.ffhq_size)}/{self.ffhq.name}")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The options both programs share (`add_common_arguments`); `resolved()` fills in the defaults
+    that depend on the machine (device, batch size)."""
+
+    device: torch.device | str | None = None
+    batch_size: int | None = None
+    num_workers: int = 0
+    ckpt_dir: Path | None = None
+    offline: bool = False
+    fidelity_cache_dir: Path | None = None
+    use_fidelity_cache: bool = True
+    output_json: Path | None = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Settings:
+        return cls(
+            device=args.device,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            ckpt_dir=args.metrics_ckpt_dir,
+            offline=args.offline,
+            fidelity_cache_dir=args.fidelity_cache_dir,
+            use_fidelity_cache=not args.no_fidelity_cache,
+            output_json=args.output_json,
+        )
+
+    def resolved(self) -> Settings:
+        device = resolve_device(self.device, prefer_mps=False)
+        return replace(self, device=device, batch_size=default_batch_size(device, self.batch_size))
+
+    @property
+    def loading(self) -> dict[str, object]:
+        """The image-loading keywords every metric function takes."""
+        return {"device": self.device, "batch_size": self.batch_size, "num_workers": self.num_workers}
+
+    @property
+    def weights(self) -> dict[str, object]:
+        """Where metric functions look for their networks' weights, and whether they may download them."""
+        return {"ckpt_dir": self.ckpt_dir, "offline": self.offline}
+
+
+# A group of metrics computed together: their names and a function of the chosen ones -> results.
+MetricGroup = tuple[Sequence[str], Callable[[list[str]], dict[str, object]]]
 
 
 def parse_metric_list(text: str | None, allowed: Sequence[str]) -> list[str] | None:
@@ -224,51 +346,50 @@ def one_line(error: BaseException) -> str:
 
 
 def run_program(
-    argv: list[str] | None,
-    *,
     program: str,
-    parser: argparse.ArgumentParser,
     metric_names: Sequence[str],
-    unmet_needs,
-    check_folders,
-    run_metrics,
+    requested: str | None,
+    inputs: Inputs,
+    settings: Settings,
+    metric_groups: Callable[[Inputs, Settings], Iterable[MetricGroup]],
     json_suffix: str,
 ) -> int:
-    """The shared main() of the evaluation programs: parse, choose metrics, check folders, run, report."""
-    args = parser.parse_args(argv)
+    """The shared main() of the evaluation programs: choose metrics, check folders, run, report.
+
+    `requested` is the --metrics text; `metric_groups(inputs, settings)` lists the program's metrics.
+    """
     forget_unreadable()
     try:
-        requested = parse_metric_list(args.metrics, metric_names)
-        metrics, notes = select_metrics(requested, metric_names, unmet_needs(args))
-        args.device = resolve_device(args.device, prefer_mps=False)
-        args.batch_size = default_batch_size(args.device, args.batch_size)
-        check_folders(args, metrics)
+        metrics, notes = select_metrics(
+            parse_metric_list(requested, metric_names), metric_names, inputs.unmet_needs()
+        )
+        settings = settings.resolved()
+        inputs.check(metrics)
         for note in notes:
             print(note, file=sys.stderr)
         runner = MetricRunner()
-        run_metrics(args, metrics, runner)
+        for names, compute in metric_groups(inputs, settings):
+            chosen = [name for name in names if name in metrics]
+            runner.run(chosen, functools.partial(compute, chosen))
     except (ValueError, FileNotFoundError) as error:
         raise SystemExit(f"{program}: error: {one_line(error)}") from None
-    rec = args.rec_path.resolve()
-    return finish(runner, args.output_json or rec.parent / f"{rec.name}_{json_suffix}.json")
+    rec = inputs.rec.resolve()
+    return finish(runner, settings.output_json or rec.parent / f"{rec.name}_{json_suffix}.json")
 
 
-def run_fidelity(args: argparse.Namespace, reference: Path, names: list[str], runner: MetricRunner) -> None:
-    """FID / KID / IS / precision-recall of args.rec_path against the `reference` image folder."""
+def fidelity_group(inputs: Inputs, settings: Settings) -> MetricGroup:
+    """FID / KID / IS / precision-recall of the restored images against the FFHQ folder."""
     from evaluation.fidelity import calculate_fidelity_metrics
 
-    runner.run(
-        names,
-        lambda: calculate_fidelity_metrics(
-            args.rec_path,
-            reference,
+    def compute(names: list[str]) -> dict[str, object]:
+        return calculate_fidelity_metrics(
+            inputs.rec,
+            inputs.ffhq,
             metrics=names,
-            ckpt_dir=args.metrics_ckpt_dir,
-            offline=args.offline,
-            cache_root=args.fidelity_cache_dir,
-            use_cache=not args.no_fidelity_cache,
-            device=args.device,
-            batch_size=args.batch_size,
-            num_workers=args.num_workers,
-        ),
-    )
+            cache_root=settings.fidelity_cache_dir,
+            use_cache=settings.use_fidelity_cache,
+            **settings.weights,
+            **settings.loading,
+        )
+
+    return FIDELITY, compute

@@ -10,47 +10,33 @@ inception_score_* is FFHQ's and its precision/recall are swapped, because the au
 torch-fidelity first), plus inception_score_restored_* and precision/recall_restored in the usual
 sense. Exit status 3 means some metric was skipped (missing, corrupt or unsafe weights, see
 evaluation/metrics_ckpt/README.md) or some images could not be read; 1 that a metric failed.
+
+How it is run: as the module ``python -m evaluation.compute_metrics_blind`` from the repository root.
+Started as a file (``python evaluation/compute_metrics_blind.py``, or from the evaluation folder as
+above), it hands over to that module with the repository on PYTHONPATH (`evaluation.run_as_module`);
+it never edits ``sys.path``.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 
-_REPO_ROOT = Path(__file__).resolve().parent.parent
-if sys.path and Path(sys.path[0] or ".").resolve() == _REPO_ROOT / "evaluation":
-    sys.path.pop(0)  # run as a script: import this folder's modules as `evaluation.*` only
-if str(_REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(_REPO_ROOT))
+if __name__ == "__main__" and not __package__:  # started as a file: run as the module (see above)
+    from run_as_module import run_as_module  # this program's folder, first on a script's path
 
-from evaluation.cli import (  # noqa: E402
-    MetricRunner,
-    add_common_arguments,
-    run_fidelity,
-    run_program,
-)
-from evaluation.landmarks import REFINEMENTS  # noqa: E402
+    run_as_module(__file__)
+
+from evaluation import cli
+from evaluation.landmarks import REFINEMENTS
 
 BLIND_METRICS = ("niqe", "psnr", "ssim", "mse", "lpips", "deg", "lmd", "ind", "fid", "kid", "isc", "prc")
-NEEDS_GT = ("psnr", "ssim", "mse", "lpips", "deg", "lmd")
-FIDELITY = ("fid", "kid", "isc", "prc")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--parent_ffhq_512_path",
-        type=Path,
-        default=None,
-        help="parent of the 'ffhq512' folder (FFHQ at 512x512), needed for FID/KID/IS/PRC",
-    )
-    parser.add_argument("--rec_path", type=Path, required=True, help="folder of restored images")
-    parser.add_argument(
-        "--gt_path", type=Path, default=None, help="folder of ground-truth images with the same file names"
-    )
+    parser = cli.program_parser(__doc__, 512)
     parser.add_argument(
         "--mmse_rec_path",
         type=Path,
@@ -65,35 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
         "authors' code, where one landmark on the top or bottom row changes every landmark's vertical "
         "refinement; 'per_landmark' uses each landmark's own neighbours only",
     )
-    add_common_arguments(parser, BLIND_METRICS)
+    cli.add_common_arguments(parser, BLIND_METRICS)
     return parser
 
 
-def unmet_needs(args: argparse.Namespace) -> dict[str, str]:
-    unmet = {}
-    if args.gt_path is None:
-        unmet.update(dict.fromkeys(NEEDS_GT, "--gt_path"))
-    if args.mmse_rec_path is None:
-        unmet["ind"] = "--mmse_rec_path"
-    if args.parent_ffhq_512_path is None:
-        unmet.update(dict.fromkeys(FIDELITY, "--parent_ffhq_512_path"))
-    return unmet
-
-
-def check_folders(args: argparse.Namespace, metrics: list[str]) -> None:
-    """Fail early on bad folders, before any metric runs."""
-    from evaluation.inputs import image_files, paired_files
-
-    image_files(args.rec_path, "--rec_path")
-    if any(name in NEEDS_GT for name in metrics):
-        paired_files(args.rec_path, args.gt_path, "--gt_path")
-    if "ind" in metrics:
-        paired_files(args.rec_path, args.mmse_rec_path, "--mmse_rec_path")
-    if any(name in FIDELITY for name in metrics):
-        image_files(args.parent_ffhq_512_path / "ffhq512", "--parent_ffhq_512_path/ffhq512")
-
-
-def run_metrics(args: argparse.Namespace, metrics: list[str], runner: MetricRunner) -> None:
+def metric_groups(
+    inputs: cli.Inputs, settings: cli.Settings, lmd_refinement: str = "reference"
+) -> list[cli.MetricGroup]:
     from evaluation.distortion import calculate_psnr_ssim_mse
     from evaluation.identity import calculate_identity_distance
     from evaluation.ind_rmse import calculate_ind_rmse
@@ -101,41 +65,35 @@ def run_metrics(args: argparse.Namespace, metrics: list[str], runner: MetricRunn
     from evaluation.lpips_vgg import calculate_lpips
     from evaluation.niqe import calculate_niqe
 
-    loader = {"device": args.device, "batch_size": args.batch_size, "num_workers": args.num_workers}
-    rec, gt, ckpt = args.rec_path, args.gt_path, args.metrics_ckpt_dir
-    chosen = lambda names: [name for name in names if name in metrics]  # noqa: E731
-
-    runner.run(chosen(["niqe"]), lambda: {"niqe": calculate_niqe(rec, num_workers=args.num_workers)})
-    runner.run(chosen(["psnr", "ssim", "mse"]), lambda: calculate_psnr_ssim_mse(rec, gt, **loader))
-    runner.run(
-        chosen(["lpips"]),
-        lambda: {"lpips": calculate_lpips(rec, gt, ckpt_dir=ckpt, offline=args.offline, **loader)},
-    )
-    runner.run(chosen(["deg"]), lambda: calculate_identity_distance(rec, gt, ckpt_dir=ckpt, **loader))
-    runner.run(
-        chosen(["lmd"]),
-        lambda: {
-            "landmark_distance": calculate_landmark_distance(
-                rec, gt, ckpt_dir=ckpt, refinement=args.lmd_refinement, **loader
-            )
-        },
-    )
-    runner.run(chosen(["ind"]), lambda: calculate_ind_rmse(rec, args.mmse_rec_path, **loader))
-    if chosen(FIDELITY):
-        run_fidelity(args, args.parent_ffhq_512_path / "ffhq512", chosen(FIDELITY), runner)
+    rec, gt, loading, weights = inputs.rec, inputs.gt, settings.loading, settings.weights
+    return [
+        (("niqe",), lambda _: {"niqe": calculate_niqe(rec, num_workers=settings.num_workers)}),
+        (("psnr", "ssim", "mse"), lambda _: calculate_psnr_ssim_mse(rec, gt, **loading)),
+        (("lpips",), lambda _: {"lpips": calculate_lpips(rec, gt, **weights, **loading)}),
+        (("deg",), lambda _: calculate_identity_distance(rec, gt, **weights, **loading)),
+        (
+            ("lmd",),
+            lambda _: {
+                "landmark_distance": calculate_landmark_distance(
+                    rec, gt, refinement=lmd_refinement, **weights, **loading
+                )
+            },
+        ),
+        (("ind",), lambda _: calculate_ind_rmse(rec, inputs.mmse, **loading)),
+        cli.fidelity_group(inputs, settings),
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_program(
-        argv,
-        program="compute_metrics_blind.py",
-        parser=build_parser(),
-        metric_names=BLIND_METRICS,
-        unmet_needs=unmet_needs,
-        check_folders=check_folders,
-        run_metrics=run_metrics,
-        json_suffix="metrics_blind",
+    args = build_parser().parse_args(argv)
+    inputs = cli.Inputs(
+        args.rec_path, args.gt_path, args.mmse_rec_path, ffhq_parent=args.parent_ffhq_512_path, ffhq_size=512
     )
+    groups = functools.partial(metric_groups, lmd_refinement=args.lmd_refinement)
+    return cli.run_program(
+        "compute_metrics_blind.py", BLIND_METRICS, args.metrics, inputs, cli.Settings.from_args(args), groups,
+        "metrics_blind",
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

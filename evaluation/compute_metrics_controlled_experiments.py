@@ -9,96 +9,52 @@ reference's values (its inception_score_* is FFHQ's and its precision/recall are
 authors gave FFHQ to torch-fidelity first), plus inception_score_restored_* and
 precision/recall_restored in the usual sense. Exit status 3 means some metric was skipped (missing,
 corrupt or unsafe weights) or some images could not be read; 1 that a metric failed.
+
+How it is run: as the module ``python -m evaluation.compute_metrics_controlled_experiments`` from the
+repository root. Started as a file (``python evaluation/compute_metrics_controlled_experiments.py``,
+or from the evaluation folder as above), it hands over to that module with the repository on
+PYTHONPATH (`evaluation.run_as_module`); it never edits ``sys.path``.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-_REPO_ROOT = Path(__file__).resolve().parent.parent
-if sys.path and Path(sys.path[0] or ".").resolve() == _REPO_ROOT / "evaluation":
-    sys.path.pop(0)  # run as a script: import this folder's modules as `evaluation.*` only
-if str(_REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(_REPO_ROOT))
+if __name__ == "__main__" and not __package__:  # started as a file: run as the module (see above)
+    from run_as_module import run_as_module  # this program's folder, first on a script's path
 
-from evaluation.cli import (  # noqa: E402
-    MetricRunner,
-    add_common_arguments,
-    run_fidelity,
-    run_program,
-)
+    run_as_module(__file__)
+
+from evaluation import cli
 
 CONTROLLED_METRICS = ("psnr", "ssim", "mse", "lpips", "fid", "kid", "isc", "prc")
-NEEDS_GT = ("psnr", "ssim", "mse", "lpips")
-FIDELITY = ("fid", "kid", "isc", "prc")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--parent_ffhq_256_path",
-        type=Path,
-        default=None,
-        help="parent of the 'ffhq256' folder (FFHQ at 256x256), needed for FID/KID/IS/PRC",
-    )
-    parser.add_argument("--rec_path", type=Path, required=True, help="folder of restored images")
-    parser.add_argument(
-        "--gt_path", type=Path, default=None, help="folder of ground-truth images with the same file names"
-    )
-    add_common_arguments(parser, CONTROLLED_METRICS)
+    parser = cli.program_parser(__doc__, 256)
+    cli.add_common_arguments(parser, CONTROLLED_METRICS)
     return parser
 
 
-def unmet_needs(args: argparse.Namespace) -> dict[str, str]:
-    unmet = {}
-    if args.gt_path is None:
-        unmet.update(dict.fromkeys(NEEDS_GT, "--gt_path"))
-    if args.parent_ffhq_256_path is None:
-        unmet.update(dict.fromkeys(FIDELITY, "--parent_ffhq_256_path"))
-    return unmet
-
-
-def check_folders(args: argparse.Namespace, metrics: list[str]) -> None:
-    from evaluation.inputs import image_files, paired_files
-
-    image_files(args.rec_path, "--rec_path")
-    if any(name in NEEDS_GT for name in metrics):
-        paired_files(args.rec_path, args.gt_path, "--gt_path")
-    if any(name in FIDELITY for name in metrics):
-        image_files(args.parent_ffhq_256_path / "ffhq256", "--parent_ffhq_256_path/ffhq256")
-
-
-def run_metrics(args: argparse.Namespace, metrics: list[str], runner: MetricRunner) -> None:
+def metric_groups(inputs: cli.Inputs, settings: cli.Settings) -> list[cli.MetricGroup]:
     from evaluation.piq_metrics import calculate_piq_distortion, calculate_piq_lpips
 
-    loader = {"device": args.device, "batch_size": args.batch_size, "num_workers": args.num_workers}
-    rec, gt, ckpt = args.rec_path, args.gt_path, args.metrics_ckpt_dir
-    chosen = lambda names: [name for name in names if name in metrics]  # noqa: E731
-
-    runner.run(chosen(["psnr", "ssim", "mse"]), lambda: calculate_piq_distortion(rec, gt, **loader))
-    runner.run(
-        chosen(["lpips"]),
-        lambda: {"lpips": calculate_piq_lpips(rec, gt, ckpt_dir=ckpt, offline=args.offline, **loader)},
-    )
-    if chosen(FIDELITY):
-        run_fidelity(args, args.parent_ffhq_256_path / "ffhq256", chosen(FIDELITY), runner)
+    rec, gt, loading = inputs.rec, inputs.gt, settings.loading
+    return [
+        (("psnr", "ssim", "mse"), lambda _: calculate_piq_distortion(rec, gt, **loading)),
+        (("lpips",), lambda _: {"lpips": calculate_piq_lpips(rec, gt, **settings.weights, **loading)}),
+        cli.fidelity_group(inputs, settings),
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_program(
-        argv,
-        program="compute_metrics_controlled_experiments.py",
-        parser=build_parser(),
-        metric_names=CONTROLLED_METRICS,
-        unmet_needs=unmet_needs,
-        check_folders=check_folders,
-        run_metrics=run_metrics,
-        json_suffix="metrics_controlled",
-    )
+    args = build_parser().parse_args(argv)
+    inputs = cli.Inputs(args.rec_path, args.gt_path, ffhq_parent=args.parent_ffhq_256_path, ffhq_size=256)
+    return cli.run_program(
+        "compute_metrics_controlled_experiments.py", CONTROLLED_METRICS, args.metrics, inputs,
+        cli.Settings.from_args(args), metric_groups, "metrics_controlled",
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -43,8 +43,9 @@ from evaluation.inputs import (
     readable_files,
     unreadable_images,
 )
-from evaluation.weights import INCEPTION_WEIGHTS, MetricUnavailable, find_hub_weights
+from evaluation.weights import MetricUnavailable
 from utils.images import write_atomic
+from utils.registry import find_weights
 from utils.weights import MissingWeightsError, WeightsReadError, read_checkpoint
 
 FIDELITY_METRICS = ("fid", "kid", "isc", "prc")
@@ -89,7 +90,7 @@ def inception_extractor(
     """torch-fidelity's Inception-v3 from safely read weights (metrics folder, hub cache or download)."""
     from utils.inception import torch_fidelity_inception
 
-    path = Path(weights_path) if weights_path else find_hub_weights(INCEPTION_WEIGHTS, ckpt_dir, offline)
+    path = Path(weights_path) if weights_path else find_weights("inception", [ckpt_dir], offline)
     layers = sorted(set(FEATURE_LAYERS.values()))
     network = torch_fidelity_inception(path, layers)
     return FeatureExtractor(network, layers, f"inception-v3-compat-{file_digest(path)}")
@@ -132,11 +133,8 @@ def extract_features(
 
 
 def default_cache_root() -> Path:
-    """`$TORCH_HOME/fidelity_cache`, where torch-fidelity keeps its cache (TORCH_HOME as torch reads it)."""
-    torch_home = os.environ.get("TORCH_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache"), "torch"
-    )
-    return Path(os.path.expanduser(torch_home)) / "fidelity_cache"
+    """`$TORCH_HOME/fidelity_cache`, where torch-fidelity keeps its cache (torch's home: its hub's parent)."""
+    return Path(torch.hub.get_dir()).parent / "fidelity_cache"
 
 
 def folder_cache_path(

@@ -20,9 +20,10 @@ import numpy as np
 import torch
 
 from evaluation.arcface_arch import ResNetFace, resnet_face18
-from evaluation.inputs import PairDataset, Pairs, batches, paired_files
-from evaluation.weights import ARCFACE_FILE, DEFAULT_CKPT_DIR, MetricUnavailable, find_metric_checkpoint
+from evaluation.inputs import pair_batches, paired_files
+from evaluation.weights import MetricUnavailable
 from utils.images import read_rgb
+from utils.registry import find_weights
 from utils.weights import load_into, load_state_dict
 
 IDENTICAL_BELOW_DEGREES = 1.0
@@ -85,17 +86,17 @@ def calculate_identity_distance(
     batch_size: int = 16,
     num_workers: int = 0,
     ckpt_dir: str | os.PathLike | None = None,
+    offline: bool = False,
     weights_path: str | os.PathLike | None = None,
 ) -> dict[str, float]:
     """{'arcface_cos_dist': mean angle in degrees, 'identity_count': pairs under 1 degree}."""
-    pairs: Pairs = paired_files(rec_dir, gt_dir, "--gt_path")
-    if weights_path is None:
-        weights_path = find_metric_checkpoint(ckpt_dir or DEFAULT_CKPT_DIR, ARCFACE_FILE, "ArcFace (Deg)")
-    model = load_arcface(weights_path).to(device)
-    angles = []
-    dataset = PairDataset(pairs.rec, pairs.other, arcface_input, reader=read_gray)  # all 128x128: batched
-    for rec, gt in batches(dataset, batch_size, num_workers, desc="identity (ArcFace)"):
-        angles.append(angles_in_degrees(model(rec.to(device)), model(gt.to(device))).cpu())
+    pairs = paired_files(rec_dir, gt_dir, "--gt_path")
+    model = load_arcface(weights_path or find_weights("arcface", [ckpt_dir], offline)).to(device)
+    loading = dict(device=device, batch_size=batch_size, num_workers=num_workers, desc="identity (ArcFace)")
+    angles = [
+        angles_in_degrees(model(rec), model(gt)).cpu()
+        for rec, gt in pair_batches(pairs, transform=arcface_input, reader=read_gray, **loading)
+    ]
     if not angles:
         raise MetricUnavailable("no readable image pairs")
     mean, identical = summarize_angles(torch.cat(angles))

@@ -282,27 +282,56 @@ def batches(
             yield batch
 
 
-def mean_over_pairs(
+def pair_batches(
     pairs: Pairs,
-    per_batch: Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]],
     *,
     device: str | torch.device,
     batch_size: int,
     num_workers: int,
     desc: str,
+    transform: Callable[[np.ndarray], object] | None = None,
+    reader: Callable[[Path], np.ndarray] = read_rgb,
+) -> Iterator[tuple]:
+    """(restored, other) batches of the readable pairs on `device`, in order.
+
+    Without a `transform` they are uint8 (B, 3, H, W), one pair at a time when sizes vary; a transform
+    must give every image one size and may return a tensor or a dict of tensors.
+    """
+    dataset = PairDataset(pairs.rec, pairs.other, transform, reader)
+    same_size = pairs.same_size or transform is not None
+    for rec, other in batches(dataset, batch_size, num_workers, same_size, desc):
+        yield _to_device(rec, device), _to_device(other, device)
+
+
+def _to_device(batch, device: str | torch.device):
+    if isinstance(batch, dict):
+        return {name: value.to(device) for name, value in batch.items()}
+    return batch.to(device)
+
+
+def mean_over_pairs(
+    pairs: Pairs,
+    per_batch: Callable[[object, object], dict[str, torch.Tensor]],
+    *,
+    device: str | torch.device,
+    batch_size: int,
+    num_workers: int,
+    desc: str,
+    transform: Callable[[np.ndarray], object] | None = None,
 ) -> dict[str, float]:
     """Mean over all readable pairs of the per-image values that `per_batch(rec, other)` returns.
 
-    `pairs` is what `paired_files` returned; `per_batch` gets uint8 (B, 3, H, W) batches on `device`
-    and returns {name: (B,) tensor}.
+    `pairs` is what `paired_files` returned; `per_batch` gets the batches of `pair_batches` (uint8
+    (B, 3, H, W) on `device` unless a `transform` is given) and returns {name: (B,) tensor}.
     """
     sums: dict[str, float] = {}
     count = 0
-    dataset = PairDataset(pairs.rec, pairs.other)
-    for rec, other in batches(dataset, batch_size, num_workers, pairs.same_size, desc):
-        for name, values in per_batch(rec.to(device), other.to(device)).items():
-            sums[name] = sums.get(name, 0.0) + values.sum().item()
-        count += rec.shape[0]
+    loading = dict(device=device, batch_size=batch_size, num_workers=num_workers, desc=desc)
+    for rec, other in pair_batches(pairs, transform=transform, **loading):
+        values = per_batch(rec, other)
+        for name, value in values.items():
+            sums[name] = sums.get(name, 0.0) + value.sum().item()
+        count += len(next(iter(values.values())))
     if count == 0:
         raise MetricUnavailable("no readable image pairs")
     return {name: total / count for name, total in sums.items()}

@@ -29,8 +29,8 @@ import cv2
 import numpy as np
 import torch
 
-from evaluation.inputs import PairDataset, batches, paired_files
-from evaluation.weights import DEFAULT_CKPT_DIR, FAN_FILE, MetricUnavailable, find_metric_checkpoint
+from evaluation.inputs import mean_over_pairs, paired_files
+from utils.registry import find_weights
 from utils.weights import load_into, load_state_dict
 
 FAN_INPUT_SIZE = 256
@@ -136,6 +136,7 @@ def calculate_landmark_distance(
     batch_size: int = 16,
     num_workers: int = 0,
     ckpt_dir: str | os.PathLike | None = None,
+    offline: bool = False,
     weights_path: str | os.PathLike | None = None,
     refinement: str = "reference",
 ) -> float:
@@ -143,16 +144,11 @@ def calculate_landmark_distance(
     if refinement not in REFINEMENTS:
         raise ValueError(f"refinement must be one of {REFINEMENTS}, got {refinement!r}")
     pairs = paired_files(rec_dir, gt_dir, "--gt_path")
-    if weights_path is None:
-        weights_path = find_metric_checkpoint(ckpt_dir or DEFAULT_CKPT_DIR, FAN_FILE, "AWing FAN (LMD)")
-    model = load_fan(weights_path).to(device)
-    total, count = 0.0, 0
-    dataset = PairDataset(pairs.rec, pairs.other, fan_input)  # every input is 256x256: always batched
-    for rec, gt in batches(dataset, batch_size, num_workers, desc="landmarks (FAN)"):
-        rec_points = predict_landmarks(model, rec["image"].to(device), rec["size"], refinement)
-        gt_points = predict_landmarks(model, gt["image"].to(device), gt["size"], refinement)
-        total += landmark_distance(rec_points, gt_points).sum().item()
-        count += rec_points.shape[0]
-    if count == 0:
-        raise MetricUnavailable("no readable image pairs")
-    return total / count
+    model = load_fan(weights_path or find_weights("awing_fan", [ckpt_dir], offline)).to(device)
+
+    def per_batch(rec: dict[str, torch.Tensor], gt: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        points = [predict_landmarks(model, each["image"], each["size"], refinement) for each in (rec, gt)]
+        return {"lmd": landmark_distance(*points)}
+
+    loading = dict(device=device, batch_size=batch_size, num_workers=num_workers, desc="landmarks (FAN)")
+    return mean_over_pairs(pairs, per_batch, transform=fan_input, **loading)["lmd"]

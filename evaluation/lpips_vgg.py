@@ -2,9 +2,10 @@
 
 Inputs are RGB scaled to [-1, 1]; the result is the mean of the per-image values. The learned
 linear heads ship with the `lpips` package (`lpips/weights/v0.1/vgg.pth`); the VGG16 trunk
-(`vgg16-397923af.pth`, torchvision's ImageNet weights) is read from the metrics folder or torch's hub
-cache. Both are read by `utils.weights` and handed to an `lpips.LPIPS` built without weights, so
-neither the package nor torchvision loads (or downloads) anything itself.
+(`vgg16-397923af.pth`, torchvision's ImageNet weights) is found by `utils.registry` (registry name
+``vgg16``: the metrics folder or torch's hub cache, downloaded there unless offline). Both are read
+by `utils.weights` and handed to an `lpips.LPIPS` built without weights, so neither the package nor
+torchvision loads (or downloads) anything itself.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 from torch import nn
 
 from evaluation.inputs import mean_over_pairs, paired_files
-from evaluation.weights import VGG16_WEIGHTS, find_hub_weights
+from utils.registry import find_weights
 from utils.weights import WeightsReadError, load_into, load_state_dict, require_file, select_prefix
 
 
@@ -81,7 +82,7 @@ def calculate_lpips(
     """Mean LPIPS-VGG between same-named images of two folders."""
     pairs = paired_files(rec_dir, gt_dir, "--gt_path")
     if vgg_weights_path is None:
-        vgg_weights_path = find_hub_weights(VGG16_WEIGHTS, ckpt_dir, offline)
+        vgg_weights_path = find_weights("vgg16", [ckpt_dir], offline)
     model = build_lpips_vgg(vgg_weights_path).to(device)
     per_batch = lambda rec, gt: {"lpips": lpips_batch(model, rec, gt)}  # noqa: E731
     loader = dict(device=device, batch_size=batch_size, num_workers=num_workers, desc="lpips")

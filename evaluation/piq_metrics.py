@@ -19,7 +19,8 @@ import torch
 from evaluation.distortion import mse_255
 from evaluation.inputs import mean_over_pairs, paired_files
 from evaluation.lpips_vgg import vgg16_trunk_weights
-from evaluation.weights import PIQ_LPIPS_WEIGHTS, VGG16_WEIGHTS, find_hub_weights, read_tensor_list
+from evaluation.weights import read_tensor_list
+from utils.registry import find_weights
 from utils.weights import load_into
 
 LPIPS_LAYERS = ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3")
@@ -92,8 +93,8 @@ def calculate_piq_lpips(
 ) -> float:
     """Mean piq LPIPS between same-named images of two folders."""
     pairs = paired_files(rec_dir, gt_dir, "--gt_path")
-    vgg_weights_path = Path(vgg_weights_path or find_hub_weights(VGG16_WEIGHTS, ckpt_dir, offline))
-    lpips_weights_path = Path(lpips_weights_path or find_hub_weights(PIQ_LPIPS_WEIGHTS, ckpt_dir, offline))
+    vgg_weights_path = Path(vgg_weights_path or find_weights("vgg16", [ckpt_dir], offline))
+    lpips_weights_path = Path(lpips_weights_path or find_weights("piq_lpips", [ckpt_dir], offline))
     metric = build_piq_lpips(vgg_weights_path, lpips_weights_path).to(device)
     per_batch = lambda rec, gt: {"lpips": metric(gt.float() / 255.0, rec.float() / 255.0)}  # noqa: E731
     loader = dict(device=device, batch_size=batch_size, num_workers=num_workers, desc="lpips (piq)")

@@ -26,11 +26,11 @@ def fetch_inception_weights(path: Path) -> None:
     (or with PMRF_OFFLINE / HF_HUB_OFFLINE set) nothing happens."""
     if os.environ.get("PMRF_OFFLINE") or os.environ.get("HF_HUB_OFFLINE"):
         return
-    from utils.inception import INCEPTION_WEIGHTS_URL
+    from utils.registry import WEIGHTS
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.hub.download_url_to_file(INCEPTION_WEIGHTS_URL, str(path), progress=False)
+        torch.hub.download_url_to_file(WEIGHTS["inception"].url, str(path), progress=False)
     except Exception:  # noqa: BLE001 (offline, proxy, disk: validation goes on without FID)
         pass
 

@@ -125,18 +125,16 @@ def test_window_starts_follow_natten_border_rule():
     assert window_starts(7, 7).tolist() == [0] * 7
 
 
-def test_backend_can_be_forced_by_environment(monkeypatch):
+def test_backend_can_be_forced(monkeypatch):
     q, k, v = random_qkv(7, 7)
-    monkeypatch.setenv(attention.BACKEND_ENV_VAR, "torch")
-    neighborhood_attention(q, k, v, 3)
+    neighborhood_attention(q, k, v, 3, "torch")
     assert attention.last_backend() == "torch"
-    monkeypatch.setenv(attention.BACKEND_ENV_VAR, "bogus")
     with pytest.raises(ValueError, match="bogus"):
-        neighborhood_attention(q, k, v, 3)
+        neighborhood_attention(q, k, v, 3, "bogus")
 
 
 def test_auto_uses_torch_on_cpu(monkeypatch):
-    monkeypatch.delenv(attention.BACKEND_ENV_VAR, raising=False)
+    monkeypatch.setenv("PMRF_NA_BACKEND", "bogus")  # read no more: --attention_backend is the one switch
     assert attention.resolve_backend(torch.device("cpu")) == "torch"
 
 
@@ -145,7 +143,6 @@ def test_auto_on_cuda_picks_natten_only_with_its_fused_kernels(monkeypatch, has_
     """natten without libnatten would run uncompiled flex attention with (H·W)² scores: never chosen."""
     import types
 
-    monkeypatch.delenv(attention.BACKEND_ENV_VAR, raising=False)
     fake_natten = types.ModuleType("natten")
     fake_natten.HAS_LIBNATTEN = has_fused_kernels
     monkeypatch.setitem(__import__("sys").modules, "natten", fake_natten)

@@ -96,8 +96,9 @@ def test_blind_cli_end_to_end_offline(folders, face_ckpt_dir, capsys):
     assert results["mse"] == pytest.approx(mse) and results["psnr"] == pytest.approx(psnr, abs=1e-6)
     assert results["identity_count"] >= 1  # pair 000 is the same image
     assert results["landmark_distance"] >= 0 and results["niqe"] > 0
-    assert "metric lpips skipped: vgg16-397923af.pth missing (offline)" in captured.err
-    assert "metric fid, kid, isc, prc skipped: weights-inception-2015-12-05-6726825d.pth" in captured.err
+    assert f"metric lpips skipped: VGG16 (LPIPS) weights not found: put vgg16-397923af.pth at {face_ckpt_dir}" in captured.err
+    assert "metric fid, kid, isc, prc skipped: Inception (FID, KID, IS, precision/recall) weights not found: " \
+        f"put {INCEPTION} at {face_ckpt_dir}" in captured.err
     assert "landmark_distance" in captured.out and "Traceback" not in captured.err
 
 
@@ -121,7 +122,7 @@ def test_missing_face_weights_skip_only_their_metric(folders, tmp_path, capsys):
     empty = tmp_path / "no_weights"
     status = compute_metrics_blind.main(argv(
         rec_path=root / "rec", gt_path=root / "gt", metrics="deg,lmd,mse", metrics_ckpt_dir=empty,
-        output_json=root / "partial.json", num_workers=0,
+        output_json=root / "partial.json", num_workers=0, offline=True,
     ))  # fmt: skip
     err = capsys.readouterr().err
     assert status == 3
@@ -150,7 +151,8 @@ def test_controlled_cli_offline_skips_lpips_and_saves_next_to_rec(folders, capsy
         rec_path=root / "rec", gt_path=root / "gt", metrics="psnr,ssim,mse,lpips", num_workers=0,
         offline=True,
     ))  # fmt: skip
-    assert status == 3 and "metric lpips skipped: vgg16-397923af.pth" in capsys.readouterr().err
+    assert status == 3 and "metric lpips skipped: VGG16 (LPIPS) weights not found: put vgg16-397923af.pth" \
+        in capsys.readouterr().err
     results = json.loads((root / "rec_metrics_controlled.json").read_text())
     assert set(results) == {"psnr", "ssim", "mse"}
     assert results["mse"] == pytest.approx(expected_mse_psnr(pairs)[0])
@@ -175,6 +177,17 @@ def test_scripts_run_from_the_evaluation_folder_and_the_repo_root(folders, cwd, 
     assert completed.returncode == 0, completed.stderr
     assert json.loads(output.read_text())["mse"] == pytest.approx(expected_mse_psnr(pairs)[0])
     assert "mse" in completed.stdout
+
+
+@pytest.mark.parametrize("program", [compute_metrics_blind, compute_metrics_controlled_experiments])
+def test_the_programs_leave_sys_path_alone(program):
+    """Started as files they run as their modules (evaluation/run_as_module.py) instead."""
+    import ast
+
+    tree = ast.parse(Path(program.__file__).read_text())
+    touched = [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Attribute) and node.attr == "path"
+               and isinstance(node.value, ast.Name) and node.value.id == "sys"]
+    assert touched == []
 
 
 class PlantedCode:

@@ -208,7 +208,7 @@ def test_mixed_sizes_and_unreadable_files_are_handled(tmp_path):
 def test_missing_inception_weights_offline_name_the_file(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     rec = write_coded_images(tmp_path / "rec", 0)
-    with pytest.raises(MissingWeightsError, match=r"weights-inception-2015-12-05-6726825d\.pth.*torch_home"):
+    with pytest.raises(MissingWeightsError, match=r"put weights-inception-2015-12-05-6726825d\.pth at .*ckpt"):
         calculate_fidelity_metrics(
             rec, rec, ckpt_dir=tmp_path / "ckpt", offline=True, cache_root=tmp_path / "c"
         )

@@ -95,7 +95,7 @@ def test_piq_lpips_from_files_equals_piq_lpips(vgg, tmp_path, monkeypatch):
 def test_missing_vgg_weights_offline_name_the_file(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     folder = write_folder(tmp_path / "rec", images(9, count=1))
-    with pytest.raises(MissingWeightsError, match=r"vgg16-397923af\.pth missing \(offline\)"):
+    with pytest.raises(MissingWeightsError, match=r"put vgg16-397923af\.pth at .*ckpt"):
         calculate_lpips(folder, folder, ckpt_dir=tmp_path / "ckpt", offline=True)
 
 

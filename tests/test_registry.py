@@ -87,3 +87,14 @@ def test_verify_checks_the_known_checksum_prefix(tmp_path):
     with pytest.raises(WeightsReadError):
         registry.verify("inception", path)
     registry.verify("arcface", path)  # no checksum known: nothing to check
+
+
+def test_a_folder_left_unset_is_no_folder(tmp_path, monkeypatch):
+    """`[args.some_dir]` with the option not given: the file goes where it would without it."""
+    monkeypatch.setattr("torch.hub.get_dir", lambda: str(tmp_path / "hub"))
+    with pytest.raises(MissingWeightsError) as unset:
+        registry.find_weights("vgg16", [None], offline=True)
+    with pytest.raises(MissingWeightsError) as absent:
+        registry.find_weights("vgg16", [], offline=True)
+    assert str(unset.value) == str(absent.value)
+    assert str(tmp_path / "hub" / "checkpoints" / "vgg16-397923af.pth") in str(unset.value)

@@ -9,6 +9,7 @@ from test_create_arch import build
 from test_method import one_torch_thread  # noqa: F401  (autouse: one intra-op thread)
 from torch import nn
 
+from arch.attention import shifted_window_same_region
 from arch.swinir import RGB_MEAN, SwinIR, pad_to_multiple, shifted_window_mask
 
 BUFFER_SUFFIXES = ("relative_position_index", "attn_mask")
@@ -134,16 +135,17 @@ def test_runtime_mask_is_fresh_and_cached():
     model = tiny()
     shifted = model.layers[0].residual_group.blocks[1]
     assert shifted.shift_mask(8, 8, torch.device("cpu")) is shifted.attn_mask  # construction grid: buffer
+    shifted_window_same_region.cache_clear()
     first = shifted.shift_mask(12, 8, torch.device("cpu"))
     assert torch.equal(first, shifted_window_mask(12, 8, window_size=4, shift_size=2))
     assert first.shape == (6, 16, 16)
-    assert shifted.shift_mask(12, 8, torch.device("cpu")) is first
-    # one cache shared by every block of the model
+    # one cache, shared by every block of the model (and by HDiT's shifted windows)
     other = model.layers[1].residual_group.blocks[1]
-    assert other.shift_mask(12, 8, torch.device("cpu")) is first
+    assert torch.equal(other.shift_mask(12, 8, torch.device("cpu")), first)
     with torch.no_grad():
         model(torch.rand(1, 3, 24, 16))  # token grid 12x8 again: nothing new computed
-    assert len(model.mask_cache) == 1
+    cache = shifted_window_same_region.cache_info()
+    assert cache.misses == 1 and cache.currsize == 1 and cache.hits >= 3
 
 
 def test_shifted_window_mask_values():

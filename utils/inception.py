@@ -3,7 +3,9 @@
 torch-fidelity and torchmetrics would read ``weights-inception-2015-12-05-6726825d.pth`` themselves with
 ``torch.load(..., weights_only=False)`` (or download it). Here the file is read by `utils.weights`
 (tensors only; a missing, corrupt or unsafe file is `MissingWeightsError` / `WeightsReadError`) and the
-library network is built around those tensors, so no pickled code can run:
+library network is built around those tensors, so no pickled code can run. Where the file is (and
+where to get it) is `utils.registry`'s entry ``inception``: ``find_weights("inception", dirs, offline)``.
+
 
 * `torch_fidelity_inception(weights, features_list)`: torch-fidelity's own extractor (its TF-1.x
   compatible resize; what the evaluation programs and the authors' scripts use);
@@ -28,10 +30,6 @@ from torch import nn
 
 from utils.weights import WeightsReadError, load_state_dict
 
-INCEPTION_WEIGHTS_NAME = "weights-inception-2015-12-05-6726825d.pth"
-INCEPTION_WEIGHTS_URL = (
-    "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/" + INCEPTION_WEIGHTS_NAME
-)
 LOGITS_FEATURES = ("logits_unbiased", "logits")
 _BUILD_LOCK = threading.Lock()
 

@@ -155,11 +155,12 @@ def weights_entry(name: str) -> WeightsFile:
 def find_weights(name: str, dirs: Iterable[str | os.PathLike | None] = (), offline: bool = True) -> Path:
     """The path of weights file `name` (see the module's docstring), downloaded when allowed."""
     entry = weights_entry(name)
+    dirs = [folder for folder in dirs if folder]  # None: the user named no folder
     places = candidates(name, dirs)
     for path in places:
         if path.is_file():
             return path
-    target = places[0] if places and (list(dirs) or (entry.env and os.environ.get(entry.env))) else None
+    target = places[0] if places and (dirs or (entry.env and os.environ.get(entry.env))) else None
     if target is None:
         target = _folder(entry.downloads_to or entry.folders[0]) / entry.file if entry.folders else Path(entry.file)
     if entry.url and not offline:
