@@ -377,7 +377,7 @@ def options_for(tmp_path: Path, source: Path):
 
 
 def tools():
-    from whole_image.cli import WholeImageTools
+    from whole_image.tools import WholeImageTools
 
     return WholeImageTools(DiscDetector(), None, None)
 
@@ -570,7 +570,7 @@ def test_not_a_video_probe_names_the_file(tmp_path):
 def demo_store():
     import app
 
-    return app.ModelStore(app.parse_args(["--face_mask", "ellipse", "--device", "cpu"]), "cpu")
+    return app.ModelStore(app.DemoSettings.from_args(app.parse_args(["--face_mask", "ellipse", "--device", "cpu"])), "cpu")
 
 
 def test_the_demos_video_tab_restores_a_clip_with_its_sound(tmp_path):
