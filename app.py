@@ -35,7 +35,7 @@ import signal
 import tempfile
 import threading
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -89,17 +89,12 @@ class DemoSettings:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> DemoSettings:
+        """The settings from `parse_args`' namespace (its options of the same name, and the three below)."""
+        given = vars(args)
+        same = {f.name: given[f.name] for f in fields(cls) if f.name in given}
         return cls(
-            ckpt_path=args.ckpt_path,
-            huggingface=args.ckpt_path_is_huggingface,
-            use_ema=not args.use_raw_weights,
-            bf16=args.bf16,
-            compile=args.compile,
-            attention_backend=args.attention_backend,
+            **same, huggingface=args.ckpt_path_is_huggingface, use_ema=not args.use_raw_weights,
             tools=ToolOptions.from_args(args),
-            max_output_side=args.max_output_side,
-            max_faces=args.max_faces,
-            batch_size=args.batch_size,
         )
 
 

@@ -127,13 +127,15 @@ def print_photo_report(report: PhotoReport, output_dir: Path) -> None:
         f"{len(report.written)} photo(s), {report.faces} face(s) written to {output_dir}/restored_imgs "
         f"({len(report.faceless)} photo(s) without a face)"
     )
-    if report.skipped:
-        print(f"skipped {len(report.skipped)} photo(s) (unreadable, too large for the free memory, or failed):")
-        for message in report.skipped:
-            print(f"  {message}")
-    if report.not_finite:
-        print(f"skipped {len(report.not_finite)} photo(s) whose restored faces were not finite:")
-        for message in report.not_finite:
+    print_skipped(report.skipped, "photo(s) (unreadable, too large for the free memory, or failed)")
+    print_skipped(report.not_finite, "photo(s) whose restored faces were not finite")
+
+
+def print_skipped(messages: list[str], what: str) -> None:
+    """`skipped N <what>:` and one indented line per input (nothing when none was skipped)."""
+    if messages:
+        print(f"skipped {len(messages)} {what}:")
+        for message in messages:
             print(f"  {message}")
 
 

@@ -225,17 +225,8 @@ def restore_one(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NoFaceWarning)  # said below, one line per photo
             result = restore_photo(
-                image,
-                restore_faces,
-                tools.detector,
-                upscale=scale,
-                only_center_face=options.only_center_face,
-                max_faces=options.max_faces,
-                parser=tools.parser,
-                bg_upsampler=tools.bg_upsampler,
-                name=photo.name,
-                posterior_mean=save_mmse,
-                batch_size=options.batch_size,
+                image, restore_faces, upscale=scale, name=photo.name, posterior_mean=save_mmse,
+                batch_size=options.batch_size, **tools.pipeline_arguments(options),
             )
     except NonFiniteFacesError as error:
         report.not_finite.append(f"{photo}: {error}")

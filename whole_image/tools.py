@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from whole_image.detect import FaceDetector, load_detector
-from whole_image.options import ToolOptions
+from whole_image.options import ToolOptions, WholeImageOptions
 from whole_image.paste import FaceParser, load_face_parser
 from whole_image.upsample import BackgroundUpsampler, load_realesrgan
 
@@ -25,6 +25,17 @@ class WholeImageTools:
     detector: FaceDetector
     parser: FaceParser | None
     bg_upsampler: BackgroundUpsampler | None
+
+    def pipeline_arguments(self, options: WholeImageOptions) -> dict:
+        """What restore_photo and restore_video take from a batch's tools and options, besides the
+        restorer and the scale: which faces, the detector, the paste mask and the background."""
+        return {
+            "detector": self.detector,
+            "only_center_face": options.only_center_face,
+            "max_faces": options.max_faces,
+            "parser": self.parser,
+            "bg_upsampler": self.bg_upsampler,
+        }
 
 
 def load_detector_for(options: ToolOptions, device: str | torch.device = "cpu") -> tuple[FaceDetector, str]:

@@ -133,16 +133,8 @@ def restore_one(
     """One video of restore_videos: its result added to `report`, or the reason it was skipped."""
     try:
         result = restore_video(
-            video,
-            destination,
-            restore_faces,
-            tools.detector,
-            upscale=options.upscale,
-            only_center_face=options.only_center_face,
-            max_faces=options.max_faces,
-            parser=tools.parser,
-            bg_upsampler=tools.bg_upsampler,
-            options=video_options,
+            video, destination, restore_faces, upscale=options.upscale, options=video_options,
+            **tools.pipeline_arguments(options),
         )
     except VideoReadError as error:
         report.skipped.append(str(error))

@@ -28,6 +28,7 @@ from utils.images import (
     is_video_file,
 )
 from utils.weights import MissingWeightsError, WeightsReadError
+from whole_image.cli import print_skipped
 from whole_image.options import WholeImageOptions
 from whole_image.pipeline import RestoreFaces
 from whole_image.tools import WholeImageTools
@@ -83,10 +84,7 @@ def print_video_report(report: VideoReport, output_dir: Path) -> None:
     if report.results:
         print_results(report.results)
     print(f"{len(report.results)} video(s) written to {output_dir}")
-    if report.skipped:
-        print(f"skipped {len(report.skipped)} video(s):")
-        for message in report.skipped:
-            print(f"  {message}")
+    print_skipped(report.skipped, "video(s)")
 
 
 def run_videos(
