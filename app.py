@@ -10,8 +10,9 @@ shows a before/after slider, a gallery of the restored faces and the restored ph
 Video tab takes a video (up to MAX_VIDEO_SECONDS long) and gives back the restored MP4, with its sound.
 
 The page opens at once; the model and the face networks load on the first click, and a missing
-checkpoint is reported there. The model comes from `lightning_models.restoration` (the same loader and
-restorer as inference.py); --bf16 and --compile give the same fast path. On CUDA, --compile auto (the
+checkpoint is reported there. The model comes from `lightning_models.restoration` and the face networks
+from `whole_image.tools` (the same loaders and restorer as inference.py), with the settings taken once
+from the command line (`DemoSettings`); --bf16 and --compile give the same fast path. On CUDA, --compile auto (the
 default) compiles the flow network once per process: the model loads and compiles in the background at
 start-up, and a click made meanwhile waits for it.
 
