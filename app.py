@@ -10,8 +10,9 @@ shows a before/after slider, a gallery of the restored faces and the restored ph
 Video tab takes a video (up to MAX_VIDEO_SECONDS long) and gives back the restored MP4, with its sound.
 
 The page opens at once; the model and the face networks load on the first click, and a missing
-checkpoint is reported there. The model comes from `lightning_models.restoration` (the same loader and
-restorer as inference.py); --bf16 and --compile give the same fast path. On CUDA, --compile auto (the
+checkpoint is reported there. The model comes from `lightning_models.restoration` and the face networks
+from `whole_image.tools` (the same loaders and restorer as inference.py), with the settings taken once
+from the command line (`DemoSettings`); --bf16 and --compile give the same fast path. On CUDA, --compile auto (the
 default) compiles the flow network once per process: the model loads and compiles in the background at
 start-up, and a click made meanwhile waits for it.
 
@@ -35,6 +36,7 @@ import signal
 import tempfile
 import threading
 import warnings
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -53,17 +55,12 @@ from utils.cli import (
 from utils.images import ImageReadError, ImageTooLargeError, is_gray, read_image, save_rgb
 from utils.weights import MissingWeightsError, WeightsReadError
 from whole_image.cli import add_photo_model_arguments
-from whole_image.detect import FaceDetector, load_detector
-from whole_image.paste import FaceParser, load_face_parser
-from whole_image.pipeline import NoFaceWarning, RestoreFaces, as_rgb, restore_aligned, restore_photo, to_gray
-from whole_image.upsample import (
-    MAX_OUTPUT_SIDE,
-    BackgroundUpsampler,
-    OutputTooLarge,
-    load_realesrgan,
-    output_scale,
-    resize,
-)
+from whole_image.detect import FaceDetector
+from whole_image.options import ToolOptions
+from whole_image.paste import FaceParser
+from whole_image.pipeline import NoFaceWarning, RestoreFaces, as_rgb, restore_crops, restore_photo, to_gray
+from whole_image.tools import load_background_for, load_detector_for, load_parser_for
+from whole_image.upsample import MAX_OUTPUT_SIDE, BackgroundUpsampler, OutputTooLarge, output_scale, resize
 from whole_image.video import VideoOptions, restore_video
 from whole_image.video_io import VideoReadError, probe
 
@@ -76,10 +73,37 @@ READABLE = "PNG, JPEG, WebP, BMP, TIFF or GIF"
 MAX_VIDEO_SECONDS = 60  # longer videos: inference.py --whole_image
 
 
-class ModelStore:
-    """The PMRF model and the face networks, loaded once, on first use, from the command-line settings."""
+@dataclass(frozen=True)
+class DemoSettings:
+    """What the demo's models are loaded with, taken once from the command line (`from_args`)."""
 
-    def __init__(self, settings: argparse.Namespace, device: torch.device | str = "cpu"):
+    ckpt_path: str
+    huggingface: bool = False  # ckpt_path is a Hugging Face Hub id
+    use_ema: bool = True
+    bf16: bool = False
+    compile: str = "auto"  # utils.auto_compile's auto | on | off
+    attention_backend: str | None = None
+    tools: ToolOptions = field(default_factory=ToolOptions)  # detector, paste mask, background, weights
+    max_output_side: int = MAX_OUTPUT_SIDE
+    max_faces: int = 20
+    batch_size: int = 4  # faces per model call
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> DemoSettings:
+        """The settings from `parse_args`' namespace (its options of the same name, and the three below)."""
+        given = vars(args)
+        same = {f.name: given[f.name] for f in fields(cls) if f.name in given}
+        return cls(
+            **same, huggingface=args.ckpt_path_is_huggingface, use_ema=not args.use_raw_weights,
+            tools=ToolOptions.from_args(args),
+        )
+
+
+class ModelStore:
+    """The PMRF model and the face networks, loaded once, on first use, with `settings`; the networks
+    come from the loaders inference.py uses (lightning_models.restoration, whole_image.tools)."""
+
+    def __init__(self, settings: DemoSettings, device: torch.device | str = "cpu"):
         self.settings = settings
         self.device = torch.device(device)
         self._lock = threading.Lock()
@@ -109,28 +133,25 @@ class ModelStore:
         try:
             restoration = importlib.import_module("lightning_models.restoration")
             model = restoration.load_model(
-                ckpt,
-                huggingface=self.settings.ckpt_path_is_huggingface,
-                device=self.device,
-                use_ema=not self.settings.use_raw_weights,
+                ckpt, huggingface=self.settings.huggingface, device=self.device, use_ema=self.settings.use_ema
             )
         except Exception as error:  # offline hub, missing file, wrong format: one message for the page
             where = (
                 f"the Hugging Face repo '{ckpt}' (needs internet once; it is cached afterwards)"
-                if self.settings.ckpt_path_is_huggingface
+                if self.settings.huggingface
                 else f"the file '{ckpt}'"
             )
             raise user_error(
                 f"Cannot load the PMRF model from {where}: {error.__class__.__name__}: {error}. "
                 "Download the checkpoint (see README) and start the demo with --ckpt_path pointing at it."
             ) from None
-        restoration.prepare_for_inference(model, getattr(self.settings, "attention_backend", None), self.compiles)
+        restoration.prepare_for_inference(model, self.settings.attention_backend, self.compiles)
         return restoration, model
 
     @property
     def compiles(self) -> bool:
         """--compile for a server: auto compiles on CUDA (an open-ended job), never on CPU."""
-        return should_compile(getattr(self.settings, "compile", "off"), self.device)
+        return should_compile(self.settings.compile, self.device)
 
     def warm_up(self, size: int = 512) -> None:
         """Load the model and compile it now, at start-up, with one restoration of a face and one of two
@@ -150,49 +171,40 @@ class ModelStore:
         with self._lock:
             if self._detector is None:
                 try:
-                    self._detector, self.detector_name = load_detector(
-                        self.settings.detector, self.settings.face_weights_dir, self.device
-                    )
+                    self._detector, self.detector_name = load_detector_for(self.settings.tools, self.device)
                 except (MissingWeightsError, WeightsReadError) as error:
                     raise user_error(str(error)) from None
-                print(self.detector_name, flush=True)
         return self._detector
 
     def parser(self) -> FaceParser | None:
+        """The paste mask's parser (None: the ellipse; a missing weights file is said once in the terminal)."""
         with self._lock:
             if not self._parser_tried:
                 self._parser_tried = True
-                if self.settings.face_mask == "parsing":
-                    with warnings.catch_warnings(record=True) as caught:
-                        warnings.simplefilter("always")
-                        self._parser = load_face_parser(self.settings.face_weights_dir, self.device)
-                    for warning in caught:  # the ellipse fallback, said once in the terminal
-                        print(f"warning: {warning.message}", flush=True)
+                self._parser = load_parser_for(self.settings.tools, self.device)
         return self._parser
 
     def bg_upsampler(self) -> BackgroundUpsampler | None:
         """Real-ESRGAN when asked for; without its weights the demo keeps going with plain resizing."""
-        if self.settings.bg_upsampler != "realesrgan":
-            return None
         with self._lock:
             if not self._bg_upsampler_tried:
                 self._bg_upsampler_tried = True
                 try:
-                    self._bg_upsampler = load_realesrgan(self.settings.realesrgan_weights_dir, self.device)
+                    self._bg_upsampler = load_background_for(self.settings.tools, self.device)
                 except (MissingWeightsError, WeightsReadError) as error:
                     user_warning(f"{error}; the background is resized without Real-ESRGAN")
         return self._bg_upsampler
 
 
-STORE: ModelStore | None = None
+STORE: ModelStore | None = None  # the running demo's (main), holding DemoSettings
 
 
 def demo_store() -> ModelStore:
     """The store of the running demo; the command line's defaults when none was started."""
     global STORE
     if STORE is None:
-        settings = parse_args([])
-        STORE = ModelStore(settings, resolve_device(settings.device))
+        args = parse_args([])
+        STORE = ModelStore(DemoSettings.from_args(args), resolve_device(args.device))
     return STORE
 
 
@@ -339,7 +351,7 @@ def restore_image(
         restore_faces = store.restorer(steps, seed, fidelity_weight)
     if mode == ALIGNED:
         face = square_face(as_rgb(image))
-        restored = restore_aligned([face], restore_faces)[0]
+        restored = restore_crops([face], restore_faces)[0]
         if is_gray(face):
             restored = to_gray(restored)
         before, after, download = face, restored, restored
@@ -570,7 +582,7 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as error:
         fail(str(error))
     configure_torch()  # TF32 matmuls, as inference.py and the reference
-    STORE = ModelStore(args, device)
+    STORE = ModelStore(DemoSettings.from_args(args), device)
     stop_on_sigterm()
     if STORE.compiles and device.type == "cuda":  # compile once per process, before the first click
         threading.Thread(target=STORE.warm_up, daemon=True, name="warm-up").start()

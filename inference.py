@@ -47,7 +47,14 @@ from utils.cli import (
     resolve_device,
     seed_int,
 )
-from utils.images import RunInterrupted, WriteError, is_image_file, list_images
+from utils.images import (
+    InputError,
+    RunInterrupted,
+    WriteError,
+    collect_inputs,
+    list_images,
+    refuse_writing_into_inputs,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,26 +85,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_video_arguments(p)
     return p
-
-
-def collect_inputs(path: Path) -> list[Path]:
-    if path.is_file():
-        if not is_image_file(path):
-            video = path.suffix.lower() in (".mp4", ".mov", ".mkv", ".avi", ".webm")
-            fail(f"--lq_data_path {path}: " + ("a video: add --whole_image to restore its faces" if video else
-                 "not an image file (known extensions: png, jpg, jpeg, bmp, webp, tif, tiff, gif)"))
-        return [path]
-    images = list_images(path)
-    if not images:
-        fail(f"--lq_data_path {path}: no images in this folder")
-    return images
-
-
-def refuse_writing_into_inputs(inputs: list[Path], output_dir: Path, folders: list[str]) -> None:
-    input_folders = {path.parent.resolve() for path in inputs}
-    for folder in folders:
-        if (output_dir / folder).resolve() in input_folders:
-            fail(f"output folder {output_dir / folder} is the input folder; choose another --output_dir")
 
 
 def report_skipped(skipped: list[tuple[str, str]]) -> None:
@@ -150,6 +137,8 @@ def main(argv: list[str] | None = None) -> None:
     previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
     try:
         run(args)
+    except InputError as error:  # the inputs or the output folder (utils.images), before any work
+        fail(str(error))
     except RunInterrupted as interrupted:
         fail(str(interrupted), code=130)
     except KeyboardInterrupt:
@@ -188,14 +177,11 @@ def run(args: argparse.Namespace) -> None:
 
         restorer = FaceRestorer(model, args.num_flow_steps, args.seed, args.bf16, args.fidelity_weight)
         options = WholeImageOptions.from_args(args)
-        has_photos, videos = photos_and_videos(lq_path)
-        try:
-            if has_photos:
-                run_whole_image(options, restorer, device)
-            if videos:
-                run_videos(options, VideoOptions.from_args(args), restorer, device, videos)
-        except WriteError as error:
-            fail(str(error))
+        has_photos, videos = photos_and_videos(lq_path)  # these three end the program on bad input
+        if has_photos:
+            run_whole_image(options, restorer, device)
+        if videos:
+            run_videos(options, VideoOptions.from_args(args), restorer, device, videos)
         return
     options = AlignedOptions(
         num_flow_steps=args.num_flow_steps, batch_size=args.batch_size, seed=args.seed, bf16=args.bf16,

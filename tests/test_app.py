@@ -121,7 +121,7 @@ def saved(tmp_path: Path, array: np.ndarray, name: str = "upload.png", **save_op
 
 def store_for(tmp_path, *extra: str) -> app.ModelStore:
     args = app.parse_args(["--device", "cpu", "--face_weights_dir", str(tmp_path / "facexlib"), *extra])
-    return app.ModelStore(args, "cpu")
+    return app.ModelStore(app.DemoSettings.from_args(args), "cpu")
 
 
 def test_aligned_mode_gives_slider_gallery_and_png(tmp_path):

@@ -81,13 +81,13 @@ def test_inference_decides_from_the_jobs_size(tmp_path, capsys):
 
 
 def test_the_app_compiles_and_warms_up_only_on_cuda(tmp_path):
-    settings = app.parse_args(["--ckpt_path", str(tmp_path / "none.ckpt")])
+    settings = app.DemoSettings.from_args(app.parse_args(["--ckpt_path", str(tmp_path / "none.ckpt")]))
     assert app.ModelStore(settings, "cuda").compiles and not app.ModelStore(settings, "cpu").compiles
-    assert not app.ModelStore(app.parse_args(["--compile", "off"]), "cuda").compiles
+    assert not app.ModelStore(app.DemoSettings.from_args(app.parse_args(["--compile", "off"])), "cuda").compiles
 
 
 def test_warm_up_restores_one_and_two_faces_once_loaded(monkeypatch, capsys):
-    store = app.ModelStore(app.parse_args(["--compile"]), "cpu")
+    store = app.ModelStore(app.DemoSettings.from_args(app.parse_args(["--compile"])), "cpu")
     calls = []
     loaded = types.SimpleNamespace(FaceRestorer=lambda model, **kw: (lambda faces: calls.append(tuple(faces.shape))))
     monkeypatch.setattr(store, "_load_model", lambda: (loaded, "model"))
@@ -98,7 +98,7 @@ def test_warm_up_restores_one_and_two_faces_once_loaded(monkeypatch, capsys):
     def broken():
         raise RuntimeError("no checkpoint")
 
-    failing = app.ModelStore(app.parse_args(["--compile"]), "cpu")
+    failing = app.ModelStore(app.DemoSettings.from_args(app.parse_args(["--compile"])), "cpu")
     monkeypatch.setattr(failing, "_load_model", broken)
     failing.warm_up()  # reported, never raised: the first click reports it on the page
     assert "warm-up failed (no checkpoint)" in capsys.readouterr().out and failing._model is None

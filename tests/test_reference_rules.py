@@ -470,7 +470,8 @@ def test_testing_and_validation_run_the_raw_weights_and_inference_the_ema(ema_ch
     import app
 
     for flags in ([], ["--use_raw_weights"]):
-        _, model = app.ModelStore(app.parse_args(["--ckpt_path", str(checkpoint.path), *flags]))._load_model()
+        settings = app.DemoSettings.from_args(app.parse_args(["--ckpt_path", str(checkpoint.path), *flags]))
+        _, model = app.ModelStore(settings)._load_model()
         seen[" ".join(["app.py", *flags])] = weights_in(model, checkpoint)
 
     del seen["now"]

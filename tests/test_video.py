@@ -377,7 +377,7 @@ def options_for(tmp_path: Path, source: Path):
 
 
 def tools():
-    from whole_image.cli import WholeImageTools
+    from whole_image.tools import WholeImageTools
 
     return WholeImageTools(DiscDetector(), None, None)
 
@@ -495,6 +495,27 @@ def test_inputs_and_output_folder_rules(tmp_path, capsys):
     assert "holds the input videos" in capsys.readouterr().err
 
 
+def test_videos_are_named_by_the_photo_rule_and_skip_existing_leaves_them(tmp_path, capsys):
+    import dataclasses
+    import json
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a.mp4", "a.mov", "a_mov.mkv"):  # by stem alone, a.mov and a_mov.mkv would both give a_mov.mp4
+        write_clip(folder / name, disc_frames(2), fps=10)
+    options = options_for(tmp_path, folder)
+    written = run_videos(options, VideoOptions(), Recorder(), tools=tools())
+    assert sorted(p.name for p in written) == ["a_mov.mp4", "a_mov_2.mp4", "a_mp4.mp4"]
+    assert "a.mov -> a_mov_2" in capsys.readouterr().out
+    (tmp_path / "out" / "a_mp4.mp4").unlink()
+    recorder = Recorder()
+    again = run_videos(dataclasses.replace(options, skip_existing=True), VideoOptions(), recorder, tools=tools())
+    assert [p.name for p in again] == ["a_mp4.mp4"] and sum(n for n, _ in recorder.calls) == 2  # its 2 faces
+    assert "left 2 video(s) whose output exists already" in capsys.readouterr().out
+    entries = json.loads((tmp_path / "out" / "video_results.json").read_text())
+    assert sorted(Path(entry["output"]).name for entry in entries) == ["a_mov.mp4", "a_mov_2.mp4", "a_mp4.mp4"]
+
+
 def test_stream_stops_every_stage_on_an_error_and_keeps_order():
     def double(items):
         for item in items:
@@ -570,7 +591,7 @@ def test_not_a_video_probe_names_the_file(tmp_path):
 def demo_store():
     import app
 
-    return app.ModelStore(app.parse_args(["--face_mask", "ellipse", "--device", "cpu"]), "cpu")
+    return app.ModelStore(app.DemoSettings.from_args(app.parse_args(["--face_mask", "ellipse", "--device", "cpu"])), "cpu")
 
 
 def test_the_demos_video_tab_restores_a_clip_with_its_sound(tmp_path):

@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from utils.images import read_image, read_rgb
+from utils.registry import WEIGHTS
 from utils.weights import MissingWeightsError, WeightsReadError
 from whole_image.align import (
     FFHQ_TEMPLATE_512,
@@ -29,7 +30,7 @@ from whole_image.align import (
     warp_from_template,
     warp_to_template,
 )
-from whole_image.cli import WholeImageOptions, add_whole_image_arguments, load_tools, run_whole_image
+from whole_image.cli import WholeImageOptions, add_whole_image_arguments, run_whole_image
 from whole_image.detect import (
     DetectedFace,
     RetinaFaceDetector,
@@ -41,9 +42,10 @@ from whole_image.detect import (
 )
 from whole_image.paste import FaceParser, build_parsenet, ellipse_mask, load_face_parser
 from whole_image.pipeline import NoFaceWarning, restore_photo
+from whole_image.tools import load_tools
 from whole_image.upsample import RealESRGANUpsampler, build_rrdbnet_x2, load_realesrgan, resize_background
-from whole_image.weights import DETECTOR_FILE, PARSER_FILE, REALESRGAN_FILE
 
+DETECTOR_FILE, PARSER_FILE, REALESRGAN_FILE = (WEIGHTS[name].file for name in ("retinaface", "parsenet", "realesrgan_x2plus"))
 GREEN = torch.tensor([0.0, 1.0, 0.0]).view(1, 3, 1, 1)
 
 
@@ -604,12 +606,12 @@ def test_auto_detector_is_retinaface_when_its_weights_are_on_disk(tmp_path, caps
     assert detect.resolve_detector_choice("mtcnn", weights)[0] == "mtcnn"
 
 
-def test_retinaface_asked_for_without_its_weights_is_one_clear_line(tmp_path, capsys):
+def test_retinaface_asked_for_without_its_weights_is_one_clear_line(tmp_path):
     options = parse_cli(["--detector", "retinaface", "--face_weights_dir", str(tmp_path / "empty")])
-    with pytest.raises(SystemExit):
+    with pytest.raises(MissingWeightsError) as caught:  # the library raises; programs print it (one line)
         load_tools(options, "cpu")
-    error = capsys.readouterr().err
-    assert error.count("\n") == 1 and DETECTOR_FILE in error and "--detector mtcnn" in error
+    error = str(caught.value)
+    assert "\n" not in error and DETECTOR_FILE in error and "--detector mtcnn" in error
     assert str((tmp_path / "empty").resolve()) in error and "https://" in error
 
 
@@ -714,9 +716,21 @@ def test_missing_realesrgan_weights_end_the_program(tmp_path, capsys):
     options = parse_cli(
         ["--bg_upsampler", "realesrgan", "--realesrgan_weights_dir", str(tmp_path), "--face_mask", "ellipse"]
     )
-    with pytest.raises(SystemExit):
+    with pytest.raises(MissingWeightsError, match=REALESRGAN_FILE):  # the library raises
         load_tools(options, "cpu", detector=StubDetector([]))
-    assert REALESRGAN_FILE in capsys.readouterr().err
+    options = parse_cli(["--lq_data_path", str(inputs_with_one_photo(tmp_path)), "--output_dir", str(tmp_path / "o"),
+                         "--bg_upsampler", "realesrgan", "--realesrgan_weights_dir", str(tmp_path), "--face_mask", "ellipse"])
+    with pytest.raises(SystemExit):  # the program's run ends with one line
+        run_whole_image(options, PaintGreen(), "cpu", detector=StubDetector([]))
+    error = capsys.readouterr().err
+    assert REALESRGAN_FILE in error and error.count("\n") == 1
+
+
+def inputs_with_one_photo(tmp_path: Path) -> Path:
+    folder = tmp_path / "one_photo"
+    folder.mkdir()
+    Image.fromarray(textured_photo(32, 32)).save(folder / "a.png")
+    return folder
 
 
 def test_a_checkpoint_of_the_wrong_network_is_a_clear_error(tmp_path):

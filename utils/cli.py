@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from utils.images import InputError, writable_folder
+
 DEFAULT_CKPT = "./checkpoints/blind_face_restoration_pmrf.ckpt"
 HF_REPO = "ohayonguy/PMRF_blind_face_image_restoration"
 
@@ -245,22 +247,12 @@ def fail(message: str, code: int = 2) -> None:
 
 
 def check_writable_folder(folder: str | os.PathLike, option: str = "--output_dir") -> Path:
-    """Create `folder` if needed and make sure files can be written in it, before any compute.
-
-    A read-only folder, a file in its place or a parent that cannot be created ends the program with
-    one line naming the option.
-    """
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        fail(f"{option} {folder}: a file is in the way; choose a folder")
+    """Create `folder` if needed and make sure files can be written in it, before any compute
+    (utils.images.writable_folder); a problem ends the program with one line naming the option."""
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".pmrf-write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as error:
-        fail(f"{option} {folder}: cannot write there ({error.strerror or error}); choose a writable folder")
-    return folder
+        return writable_folder(folder, option)
+    except InputError as error:
+        fail(str(error))
 
 
 def wandb_configured() -> bool:

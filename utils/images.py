@@ -1,7 +1,8 @@
 """Reading messy image files and writing outputs safely.
 
 Every program in this project reads images through `read_rgb` (or `read_image` where an alpha channel
-matters) and lists folders through `list_images`, so that these behave the same everywhere:
+matters), lists folders through `list_images` and takes its inputs through `collect_inputs`, so that these
+behave the same everywhere:
 
 * the EXIF orientation tag is applied (phone portraits come out upright), and outputs are written in
   that displayed orientation; `displayed_size` reads a file's size the same way, from its header;
@@ -14,7 +15,10 @@ matters) and lists folders through `list_images`, so that these behave the same 
   rounded as torchvision's ``save_image`` rounds: ``floor(255·v + 0.5)``, JPEG at quality 75 unless
   asked otherwise;
 * outputs are named by one rule in every mode (`output_stems`): inputs whose outputs would share a file
-  name get distinct stems, and nothing that becomes part of a name may hold a path (`check_name_part`).
+  name get distinct stems, and nothing that becomes part of a name may hold a path (`check_name_part`);
+* a run's inputs are listed (`collect_inputs`), its output folders kept off the inputs
+  (`refuse_writing_into_inputs`) and made writable (`writable_folder`) by one rule each, which raise
+  `InputError` (one line naming the path and the option) for the program to print.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".webm")  # restored by whole_image (--whole_image)
 JPEG_QUALITY = 75  # what torchvision's save_image (and so the reference) writes
 if os.environ.get("PMRF_MAX_IMAGE_PIXELS"):
     Image.MAX_IMAGE_PIXELS = int(os.environ["PMRF_MAX_IMAGE_PIXELS"]) or None
@@ -54,9 +59,22 @@ class ImageTooLargeError(ImageReadError):
         self.pixels, self.limit = pixels, limit
 
 
-def is_image_file(path: str | os.PathLike) -> bool:
+class InputError(ValueError):
+    """What a run was given cannot be used (nothing to restore, an output folder among the inputs or not
+    writable); the message is the one line a program prints, naming the path and the option."""
+
+
+def _is_file_with(path: str | os.PathLike, extensions: tuple[str, ...]) -> bool:
     path = Path(path)
-    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+    return path.is_file() and path.suffix.lower() in extensions and not path.name.startswith(".")
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    return _is_file_with(path, IMAGE_EXTENSIONS)
+
+
+def is_video_file(path: str | os.PathLike) -> bool:
+    return _is_file_with(path, VIDEO_EXTENSIONS)
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
@@ -65,6 +83,67 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: not a folder")
     return sorted((p for p in folder.iterdir() if is_image_file(p)), key=lambda p: p.name)
+
+
+def collect_inputs(path: str | os.PathLike, videos: bool = False, option: str = "--lq_data_path") -> list[Path]:
+    """The files a run restores: `path` itself when it is an image (with `videos`, also a video), else the
+    images (and videos) directly inside the folder `path`, sorted by name. InputError naming `option` and
+    `path` when it is something else, does not exist or holds nothing to restore."""
+    path = Path(path)
+    extensions = IMAGE_EXTENSIONS + (VIDEO_EXTENSIONS if videos else ())
+    if path.is_file():
+        if _is_file_with(path, extensions):
+            return [path]
+        if is_video_file(path):
+            raise InputError(f"{option} {path}: a video: add --whole_image to restore its faces")
+        known = ", ".join(extension.lstrip(".") for extension in extensions)
+        kind = "an image or a video" if videos else "an image file"
+        raise InputError(f"{option} {path}: not {kind} (known extensions: {known})")
+    if not path.is_dir():
+        raise InputError(f"{option} {path}: no such file or folder")
+    try:
+        found = sorted((p for p in path.iterdir() if _is_file_with(p, extensions)), key=lambda p: p.name)
+    except OSError as error:
+        raise InputError(f"{option} {path}: cannot list this folder ({error.strerror or error})") from None
+    if not found:
+        raise InputError(f"{option} {path}: no {'images or videos' if videos else 'images'} in this folder")
+    return found
+
+
+def refuse_writing_into_inputs(
+    inputs: Sequence[str | os.PathLike],
+    output_dir: str | os.PathLike,
+    folders: Sequence[str] = ("",),
+    what: str = "inputs",
+    option: str = "--output_dir",
+) -> None:
+    """InputError, before any work, when one of the folders a run writes (`output_dir/<folder>`) holds
+    some of `inputs`: no output may land on an input."""
+    input_folders = {Path(path).parent.resolve() for path in inputs}
+    for folder in folders:
+        target = Path(output_dir) / folder
+        if target.resolve() in input_folders:
+            raise InputError(
+                f"output folder {target} is the input folder (it holds the {what}); choose another {option}"
+            )
+
+
+def writable_folder(folder: str | os.PathLike, option: str = "--output_dir") -> Path:
+    """`folder`, created if needed, once a file could be written in it (checked before any compute).
+    InputError naming `option` for a read-only folder, a file in its place or a parent that cannot be made."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{option} {folder}: a file is in the way; choose a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".pmrf-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise InputError(
+            f"{option} {folder}: cannot write there ({error.strerror or error}); choose a writable folder"
+        ) from None
+    return folder
 
 
 def _declared_bit_depth(image: Image.Image) -> int:
@@ -292,12 +371,13 @@ def save_rgb(array: np.ndarray, path: str | os.PathLike, jpeg_quality: int = JPE
 
 
 def tensor_to_uint8(tensor) -> np.ndarray:
-    """(C, H, W) float tensor in [0, 1] -> (H, W, 3) uint8, rounded as torchvision's save_image does
-    (``floor(255·v + 0.5)``); one channel is replicated to three."""
+    """(C, H, W) or (N, C, H, W) float tensor in [0, 1] -> (H, W, 3) or (N, H, W, 3) uint8, rounded as
+    torchvision's save_image does (``floor(255·v + 0.5)``); one channel is replicated to three. The one
+    float-to-uint8 rule of the project (images, faces, panels)."""
     array = tensor.detach().float().mul(255).add_(0.5).clamp_(0, 255).to("cpu", dtype=torch.uint8).numpy()
-    array = np.transpose(array, (1, 2, 0))
-    if array.shape[2] == 1:
-        array = np.repeat(array, 3, axis=2)
+    array = np.moveaxis(array, -3, -1)
+    if array.shape[-1] == 1:
+        array = np.repeat(array, 3, axis=-1)
     return np.ascontiguousarray(array)
 
 

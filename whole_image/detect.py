@@ -14,7 +14,9 @@ import cv2
 import numpy as np
 import torch
 
-from whole_image.weights import load_weights_into, mtcnn_weights_dir, require_retinaface, retinaface_path
+from utils.registry import WEIGHTS, candidates
+from utils.weights import MissingWeightsError
+from whole_image.weights import MTCNN_FILES, find_tool_weights, load_weights_into, mtcnn_weights_dir
 
 DETECTORS = ("auto", "retinaface", "mtcnn")
 # Faces whose eyes are closer than this, in the detection frame, are profiles or too small to restore
@@ -93,9 +95,10 @@ def load_retinaface(
     device: str | torch.device = "cpu",
     threshold: float = 0.97,
 ) -> RetinaFaceDetector:
-    """RetinaFace with `detection_Resnet50_Final.pth` from the face weights folder; MissingWeightsError
-    (naming the file, the folder and the download address) when it is not there."""
-    path = require_retinaface(weights_dir)
+    """RetinaFace with `detection_Resnet50_Final.pth` from the face weights folder (utils.registry's
+    "retinaface"); MissingWeightsError (naming the file, the folder and the download address) when it is
+    not there."""
+    path = find_tool_weights("retinaface", weights_dir)
     network = load_weights_into(build_retinaface(device), path)
     return RetinaFaceDetector(network.to(device).eval(), threshold=threshold)
 
@@ -170,7 +173,7 @@ def load_mtcnn(device: str | torch.device = "cpu", threshold: float = 0.97) -> M
     folder = mtcnn_weights_dir()
     nets = [
         load_weights_into(network(pretrained=False), folder / file)
-        for network, file in ((PNet, "pnet.pt"), (RNet, "rnet.pt"), (ONet, "onet.pt"))
+        for network, file in zip((PNet, RNet, ONet), MTCNN_FILES, strict=True)
     ]
     return MTCNNDetector(*nets, device=device, threshold=threshold)
 
@@ -184,10 +187,12 @@ def resolve_detector_choice(choice: str, weights_dir: str | os.PathLike | None =
         raise ValueError(f"unknown face detector {choice!r}; choose one of {DETECTORS}")
     if choice != "auto":
         return choice, "asked for"
-    path = retinaface_path(weights_dir)
-    if path.is_file():
-        return "retinaface", f"auto: {path} is on disk"
-    return "mtcnn", f"auto: no {path.name} in {path.parent}"
+    try:
+        path = find_tool_weights("retinaface", weights_dir)
+    except MissingWeightsError:
+        folders = ", ".join(str(place.parent) for place in candidates("retinaface", [weights_dir]))
+        return "mtcnn", f"auto: no {WEIGHTS['retinaface'].file} in {folders}"
+    return "retinaface", f"auto: {path} is on disk"
 
 
 def load_detector(

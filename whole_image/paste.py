@@ -16,8 +16,9 @@ import cv2
 import numpy as np
 import torch
 
+from utils.weights import MissingWeightsError
 from whole_image.align import FACE_SIZE, inverse_matrix, warp_from_template
-from whole_image.weights import MissingWeightsError, load_weights_into, parser_path
+from whole_image.weights import find_tool_weights, load_weights_into
 
 # ParseNet labels pasted from the restored face: the set facexlib's FaceRestoreHelper pastes (its
 # MASK_COLORMAP); the labels left out are the background and the regions around the face.
@@ -103,7 +104,7 @@ def load_face_parser(
     """ParseNet with `parsing_parsenet.pth`, or None with one warning when the file is not on disk:
     the faces are then pasted with the soft ellipse."""
     try:
-        path = parser_path(weights_dir)
+        path = find_tool_weights("parsenet", weights_dir)
     except MissingWeightsError as error:
         warnings.warn(f"{error}; pasting faces with a soft ellipse mask instead", stacklevel=2)
         return None

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import torch
 
-from utils.images import is_gray
+from utils.images import is_gray, tensor_to_uint8
 from whole_image.align import BORDER_FILL, FACE_SIZE, GRAY_BORDER_FILL, alignment_matrix, warp_to_template
 from whole_image.detect import MIN_EYE_DISTANCE, DetectedFace, FaceDetector, find_faces, select_faces
 from whole_image.paste import FaceParser, face_masks, paste_faces
@@ -90,15 +90,12 @@ class NonFiniteFacesError(ValueError):
 
 
 def tensor_to_faces(batch: torch.Tensor) -> np.ndarray:
-    """float (N, 3, S, S) in [0, 1] -> uint8 (N, S, S, 3), rounded as torchvision's save_image does.
-
-    NonFiniteFacesError when a value is NaN or infinite (checked once per batch, on the host copy)."""
-    batch = batch.detach().float().cpu()
-    if not bool(torch.isfinite(batch).all()):
+    """float (N, 3, S, S) in [0, 1] -> uint8 (N, S, S, 3) by utils.images.tensor_to_uint8 (torchvision's
+    rounding). NonFiniteFacesError when a value is NaN or infinite: nothing made from them is written."""
+    if not bool(torch.isfinite(batch.detach()).all()):
         raise NonFiniteFacesError("the model's faces hold NaN or infinite values (its weights or the precision "
                                   "cannot handle this photo): not written")
-    batch = batch.mul(255).add(0.5).clamp(0, 255).to(torch.uint8)
-    return batch.permute(0, 2, 3, 1).numpy()
+    return tensor_to_uint8(batch)
 
 
 def _checked(output: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
@@ -112,8 +109,10 @@ def run_restorer(
     restore_faces: RestoreFaces,
     posterior_mean: bool = False,
     batch_size: int | None = None,
+    noise: torch.Tensor | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """The crops through the model, `batch_size` at a time (default: all at once).
+    """The uint8 crops through the model, `batch_size` at a time (default: all at once), each with its
+    row of `noise` when given (the restorer's `noise=`; video tracks keep one each).
 
     Returns PMRF's faces and, when `posterior_mean` is asked for and the restorer gives it, the
     posterior-mean faces (else None).
@@ -123,22 +122,29 @@ def run_restorer(
     xhats, means = [], []
     for start in range(0, len(faces), size):
         batch = faces_to_tensor(faces[start : start + size])
+        given = {} if noise is None else {"noise": noise[start : start + size]}
         with torch.no_grad():
             if callable(restore):
-                result = restore(batch)
+                result = restore(batch, **given)
                 xhats.append(tensor_to_faces(_checked(result.xhat, batch)))
                 mean = getattr(result, "posterior_mean", None)
                 means.append(None if mean is None else tensor_to_faces(_checked(mean, batch)))
             else:
-                xhats.append(tensor_to_faces(_checked(restore_faces(batch), batch)))
+                xhats.append(tensor_to_faces(_checked(restore_faces(batch, **given), batch)))
                 means.append(None)
     posterior = np.concatenate(means) if means and all(m is not None for m in means) else None
     return np.concatenate(xhats), posterior
 
 
-def restore_aligned(faces: list[np.ndarray], restore_faces: RestoreFaces) -> np.ndarray:
-    """All crops through the model in one batch; its output must keep the batch's shape."""
-    return run_restorer(faces, restore_faces)[0]
+def restore_crops(
+    faces: list[np.ndarray],
+    restore_faces: RestoreFaces,
+    batch_size: int | None = None,
+    noise: torch.Tensor | None = None,
+) -> np.ndarray:
+    """PMRF's faces for uint8 aligned crops (N, S, S, 3 -> N, S, S, 3): `run_restorer` without the
+    posterior mean. The model's output must keep the batch's shape."""
+    return run_restorer(faces, restore_faces, batch_size=batch_size, noise=noise)[0]
 
 
 def aligned_faces(

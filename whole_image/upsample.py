@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from whole_image.weights import load_weights_into, realesrgan_path
+from whole_image.weights import find_tool_weights, load_weights_into
 
 
 def output_size(height: int, width: int, scale: float) -> tuple[int, int]:
@@ -156,7 +156,8 @@ def load_realesrgan(
     device: str | torch.device = "cpu",
     tile: int = 400,
 ) -> RealESRGANUpsampler:
-    """Real-ESRGAN with `RealESRGAN_x2plus.pth` from `weights_dir` (default checkpoints/realesrgan/);
-    MissingWeightsError (utils.weights) naming the file and its download address when it is absent."""
-    path = realesrgan_path(weights_dir)  # before building the network: a missing file is said at once
+    """Real-ESRGAN with `RealESRGAN_x2plus.pth` from `weights_dir` (default checkpoints/realesrgan/; the
+    registry's "realesrgan_x2plus"); MissingWeightsError naming the file and its download address when it
+    is absent."""
+    path = find_tool_weights("realesrgan_x2plus", weights_dir)  # before building: a missing file is said first
     return RealESRGANUpsampler(load_weights_into(build_rrdbnet_x2(), path), device, tile=tile)

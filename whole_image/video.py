@@ -35,13 +35,7 @@ from utils.images import is_gray, write_atomic
 from whole_image.align import BORDER_FILL, FACE_SIZE, GRAY_BORDER_FILL, alignment_matrix, warp_to_template
 from whole_image.detect import FaceDetector, find_faces, select_faces
 from whole_image.paste import FaceParser, face_masks, paste_faces
-from whole_image.pipeline import (
-    RestoreFaces,
-    faces_to_tensor,
-    tensor_to_faces,
-    to_gray,
-    upscaled_background,
-)
+from whole_image.pipeline import RestoreFaces, restore_crops, to_gray, upscaled_background
 from whole_image.streaming import stream
 from whole_image.tracking import FaceTracker, TrackedFace
 from whole_image.upsample import BackgroundUpsampler, output_size
@@ -145,24 +139,6 @@ def supports_noise(restore_faces: RestoreFaces) -> bool:
     return callable(getattr(restore_faces, "draw_noise", None))
 
 
-def restore_crops(
-    crops: list[np.ndarray], restore_faces: RestoreFaces, noise: torch.Tensor | None, batch_size: int
-) -> np.ndarray:
-    """uint8 crops through the model, `batch_size` at a time, with their noise when given."""
-    out = []
-    for start in range(0, len(crops), batch_size):
-        batch = faces_to_tensor(crops[start : start + batch_size])
-        with torch.no_grad():
-            if noise is None:
-                restored = restore_faces(batch)
-            else:
-                restored = restore_faces(batch, noise=noise[start : start + batch_size])
-        if tuple(restored.shape) != tuple(batch.shape):
-            raise ValueError(f"restore_faces returned shape {tuple(restored.shape)} for input {tuple(batch.shape)}")
-        out.append(tensor_to_faces(restored))
-    return np.concatenate(out)
-
-
 def restore_stage(
     jobs: Iterator[FrameJob], restore_faces: RestoreFaces, options: VideoOptions
 ) -> Iterator[FrameJob]:
@@ -186,7 +162,7 @@ def restore_stage(
                     if track_id not in noises:
                         noises[track_id] = restore_faces.draw_noise(1, FACE_SIZE)
                 noise = torch.cat([noises[track_id] for track_id in ids])
-            restored = restore_crops(crops, restore_faces, noise, options.batch_size)
+            restored = restore_crops(crops, restore_faces, options.batch_size, noise)
             start = 0
             for job in pending:
                 job.restored = restored[start : start + len(job.crops)]

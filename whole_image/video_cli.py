@@ -1,32 +1,39 @@
-"""Command-line side of video restoration (inference.py --whole_image with videos).
+"""Command-line side of video restoration (inference.py --whole_image with videos): the options, what a
+path holds, and the run that prints the results table and turns errors into one-line messages and exit
+codes.
 
     add_video_arguments(parser)                                   # --crf, --temporal_smoothing
     has_photos, videos = photos_and_videos(args.lq_data_path)
     run_videos(WholeImageOptions.from_args(args), VideoOptions.from_args(args), restorer, device, videos)
 
-Each video `<stem>.<ext>` becomes `OUTPUT/<stem>[_<suffix>].mp4` (`<stem>_<ext>` when two inputs share a
-stem); the table of results is printed and saved as `OUTPUT/video_results.json`.
+The work itself is the library's: whole_image.video_batch.restore_videos (outputs and naming are
+described there), which never ends the program. Here a bad input, output folder or weights file, or a
+failed write, ends it with status 2 and one line; Ctrl-C or SIGTERM with status 130.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
-import signal
-import threading
-from collections.abc import Iterator
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
-from utils.cli import check_writable_folder, fail, int_range
-from utils.images import IMAGE_EXTENSIONS, WriteError, list_images, output_name, write_atomic
+from utils.cli import fail, int_range
+from utils.images import (
+    VIDEO_EXTENSIONS,
+    InputError,
+    RunInterrupted,
+    WriteError,
+    collect_inputs,
+    is_video_file,
+)
+from utils.weights import MissingWeightsError, WeightsReadError
+from whole_image.cli import print_skipped
+from whole_image.options import WholeImageOptions
 from whole_image.pipeline import RestoreFaces
-from whole_image.video import DEFAULT_CRF, VideoOptions, VideoResult, restore_video, supports_noise
-from whole_image.video_io import VIDEO_EXTENSIONS, VideoReadError, list_videos
+from whole_image.tools import WholeImageTools
+from whole_image.video import DEFAULT_CRF, VideoOptions, VideoResult
+from whole_image.video_batch import VideoReport, restore_videos
 
 
 def add_video_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,40 +55,15 @@ def add_video_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def find_videos(path: str | Path) -> list[Path]:
-    """The videos to restore: `path` itself when it is a video file, else the videos inside the folder."""
-    path = Path(path)
-    if path.is_file():
-        return [path] if path.suffix.lower() in VIDEO_EXTENSIONS else []
-    return list_videos(path) if path.is_dir() else []
-
-
 def photos_and_videos(path: str | Path) -> tuple[bool, list[Path]]:
     """What `inference.py --whole_image` has to do for `path`: (photos to restore?, the videos). A folder
-    with neither, or a file that is neither, ends the program with one line."""
-    path = Path(path)
-    if path.is_file():
-        if path.suffix.lower() in VIDEO_EXTENSIONS:
-            return False, [path]
-        if path.suffix.lower() in IMAGE_EXTENSIONS:
-            return True, []
-        fail(f"{path}: not an image or a video (expected {' '.join(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)})")
-    if not path.is_dir():
-        fail(f"{path}: no such file or folder")
-    videos, photos = list_videos(path), list_images(path)
-    if not videos and not photos:
-        fail(f"{path}: no images or videos in this folder")
-    return bool(photos), videos
-
-
-def video_names(videos: list[Path], suffix: str | None = None) -> dict[Path, str]:
-    """Output file names: `<stem>[_suffix].mp4`, or `<stem>_<ext>...` when two videos share a stem."""
-    stems = [video.stem for video in videos]
-    names = {}
-    for video in videos:
-        stem = video.stem if stems.count(video.stem) == 1 else f"{video.stem}_{video.suffix.lstrip('.').lower()}"
-        names[video] = output_name(f"{stem}.mp4", suffix)
-    return names
+    with neither, or a file that is neither, ends the program with one line (utils.images.collect_inputs)."""
+    try:
+        inputs = collect_inputs(path, videos=True)
+    except InputError as error:
+        fail(str(error))
+    videos = [item for item in inputs if is_video_file(item)]
+    return len(videos) < len(inputs), videos
 
 
 def print_results(results: list[VideoResult]) -> None:
@@ -98,110 +80,32 @@ def print_results(results: list[VideoResult]) -> None:
             print(f"  {Path(result.input).name}: {note}")
 
 
-@contextlib.contextmanager
-def terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM (`kill`, a job scheduler) is handled as Ctrl-C while videos are written, so the temporary
-    file is removed either way (main thread only: Python delivers signals there)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def restore_one(
-    video: Path,
-    destination: Path,
-    restore_faces: RestoreFaces,
-    tools,
-    options,
-    video_options: VideoOptions,
-    skipped: list[str],
-    written: int,
-) -> VideoResult | None:
-    """One video of run_videos: its result, or None when it was skipped (its reason added to `skipped`)."""
-    try:
-        result = restore_video(
-            video,
-            destination,
-            restore_faces,
-            tools.detector,
-            upscale=options.upscale,
-            only_center_face=options.only_center_face,
-            max_faces=options.max_faces,
-            parser=tools.parser,
-            bg_upsampler=tools.bg_upsampler,
-            options=video_options,
-        )
-    except VideoReadError as error:
-        skipped.append(str(error))
-        return None
-    except KeyboardInterrupt:
-        fail(f"interrupted: {destination} was not written (no partial file is left)", code=130)
-    except OSError as error:
-        raise WriteError(
-            f"cannot write {destination}: {error.strerror or error} (check the disk space and permissions); "
-            f"{written} video(s) were written before it"
-        ) from None
-    flicker = f", flicker {result.flicker_ratio:.3f}" if result.flicker_ratio is not None else ""
-    tqdm.write(f"{video.name} -> {destination} ({result.frames} frames, {result.frames_per_second:.2f} frames/s{flicker})")
-    return result
+def print_video_report(report: VideoReport, output_dir: Path) -> None:
+    if report.results:
+        print_results(report.results)
+    print(f"{len(report.results)} video(s) written to {output_dir}")
+    print_skipped(report.skipped, "video(s)")
 
 
 def run_videos(
-    options,
+    options: WholeImageOptions,
     video_options: VideoOptions,
     restore_faces: RestoreFaces,
     device: str | torch.device = "cpu",
     videos: list[Path] | None = None,
-    tools=None,
+    tools: WholeImageTools | None = None,
 ) -> list[Path]:
-    """Restore `videos` (default: those of `options.lq_data_path`) into `options.output_dir`/<name>.mp4,
-    with the whole-photo `options` (upscale, detector, face mask, background). Unreadable videos are
-    listed and skipped; the results are printed as a table and saved in `video_results.json`.
-
-    Ctrl-C stops at once, leaves no partial video, and ends the program with status 130.
-    """
-    from whole_image.cli import load_tools
-
-    videos = find_videos(options.lq_data_path) if videos is None else videos
-    if not videos:
-        fail(f"{options.lq_data_path}: no videos ({' '.join(VIDEO_EXTENSIONS)})")
-    output_dir = Path(options.output_dir)
-    if output_dir.resolve() in {video.parent.resolve() for video in videos}:
-        fail(f"{output_dir} holds the input videos; choose another --output_dir")
-    check_writable_folder(output_dir)
-    tools = tools or load_tools(options, device)
-    if options.save_mmse:
-        print("note: --save_mmse applies to photos; videos get PMRF's faces only")
-    if video_options.temporal_smoothing and not supports_noise(restore_faces):
-        print("note: this restorer draws its own noise; faces keep their landmarks smoothed but not one noise")
-    names = video_names(videos, options.suffix)
-    results, skipped = [], []
-    with terminate_as_interrupt():
-        for video in videos:
-            result = restore_one(video, output_dir / names[video], restore_faces, tools, options, video_options,
-                                 skipped, len(results))
-            if result is not None:
-                results.append(result)
-    if results:
-        print_results(results)
-        report = output_dir / "video_results.json"
-        payload = json.dumps([{**asdict(r), "frames_per_second": r.frames_per_second} for r in results], indent=2)
-        write_atomic(report, lambda tmp: Path(tmp).write_text(payload + "\n"))
-    print(f"{len(results)} video(s) written to {output_dir}")
-    if skipped:
-        print(f"skipped {len(skipped)} video(s):")
-        for message in skipped:
-            print(f"  {message}")
-    return [Path(result.output) for result in results]
+    """restore_videos for the program: the results printed as a table (and saved in
+    video_results.json); one line with status 2 for a bad input, output folder or weights file or a
+    failed write, status 130 for Ctrl-C (no partial video is left). Returns the restored videos' paths."""
+    try:
+        report = restore_videos(options, video_options, restore_faces, device, videos, tools)
+    except (InputError, MissingWeightsError, WeightsReadError, WriteError) as error:
+        fail(str(error))
+    except RunInterrupted as interrupted:
+        fail(str(interrupted), code=130)
+    print_video_report(report, Path(options.output_dir))
+    return [Path(result.output) for result in report.results]
 
 
-__all__ = ["add_video_arguments", "find_videos", "photos_and_videos", "run_videos"]
+__all__ = ["add_video_arguments", "photos_and_videos", "run_videos"]

@@ -24,7 +24,6 @@ import av
 import numpy as np
 from av.video.reformatter import ColorRange, Colorspace
 
-VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".webm")
 # Longest side of an output frame: H.264 level 5.1's largest frame is 4096x2304. Bigger outputs have
 # their scale lowered (and the program says so).
 MAX_OUTPUT_SIDE = 4096
@@ -32,16 +31,6 @@ MAX_OUTPUT_SIDE = 4096
 
 class VideoReadError(ValueError):
     """A video file cannot be read (not a video, damaged, truncated); the message names the file."""
-
-
-def is_video_file(path: str | os.PathLike) -> bool:
-    path = Path(path)
-    return path.is_file() and path.suffix.lower() in VIDEO_EXTENSIONS and not path.name.startswith(".")
-
-
-def list_videos(folder: str | os.PathLike) -> list[Path]:
-    """Video files directly inside `folder`, sorted by name."""
-    return sorted((p for p in Path(folder).iterdir() if is_video_file(p)), key=lambda p: p.name)
 
 
 @dataclass
