@@ -38,7 +38,6 @@ from utils.cli import (
     add_output_arguments,
     add_runtime_arguments,
     check_writable_folder,
-    configure_torch,
     existing_path,
     fail,
     int_range,
@@ -48,6 +47,7 @@ from utils.cli import (
     seed_int,
 )
 from utils.images import RunInterrupted, WriteError, is_image_file, list_images
+from utils.precision import bf16_flag, configure_torch
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -198,7 +198,8 @@ def run(args: argparse.Namespace) -> None:
             fail(str(error))
         return
     options = AlignedOptions(
-        num_flow_steps=args.num_flow_steps, batch_size=args.batch_size, seed=args.seed, bf16=args.bf16,
+        num_flow_steps=args.num_flow_steps, batch_size=args.batch_size, seed=args.seed,
+        precision=bf16_flag(args.bf16),
         num_workers=args.num_workers, input_size=args.input_size, suffix=args.suffix, ext=args.ext,
         jpeg_quality=args.jpeg_quality, pad_batches=compiled, fidelity_weight=args.fidelity_weight,
         skip_existing=args.skip_existing,
