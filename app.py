@@ -46,13 +46,13 @@ from utils.auto_compile import should_compile
 from utils.cli import (
     add_checkpoint_arguments,
     add_runtime_arguments,
-    configure_torch,
     fail,
     int_range,
     positive_int,
     resolve_device,
 )
 from utils.images import ImageReadError, ImageTooLargeError, is_gray, read_image, save_rgb
+from utils.precision import configure_torch
 from utils.weights import MissingWeightsError, WeightsReadError
 from whole_image.cli import add_photo_model_arguments
 from whole_image.detect import FaceDetector

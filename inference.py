@@ -38,7 +38,6 @@ from utils.cli import (
     add_output_arguments,
     add_runtime_arguments,
     check_writable_folder,
-    configure_torch,
     existing_path,
     fail,
     int_range,
@@ -55,6 +54,7 @@ from utils.images import (
     list_images,
     refuse_writing_into_inputs,
 )
+from utils.precision import bf16_flag, configure_torch
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -184,7 +184,8 @@ def run(args: argparse.Namespace) -> None:
             run_videos(options, VideoOptions.from_args(args), restorer, device, videos)
         return
     options = AlignedOptions(
-        num_flow_steps=args.num_flow_steps, batch_size=args.batch_size, seed=args.seed, bf16=args.bf16,
+        num_flow_steps=args.num_flow_steps, batch_size=args.batch_size, seed=args.seed,
+        precision=bf16_flag(args.bf16),
         num_workers=args.num_workers, input_size=args.input_size, suffix=args.suffix, ext=args.ext,
         jpeg_quality=args.jpeg_quality, pad_batches=compiled, fidelity_weight=args.fidelity_weight,
         skip_existing=args.skip_existing,

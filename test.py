@@ -20,14 +20,13 @@ from torch.utils.data import DataLoader
 
 from data import ImageFolderDataset, make_transform, scan_images
 from degradations import DEGRADATION_NAMES, create_degradation
-from lightning_models.restoration import load_model
+from lightning_models.restoration import load_model, prepare_for_inference
 from utils.auto_compile import add_compile_argument, describe, image_steps, should_compile
 from utils.cli import (
     add_checkpoint_arguments,
     add_fidelity_weight_argument,
     arch_argument,
     check_writable_folder,
-    configure_torch,
     existing_folder,
     fail,
     int_range,
@@ -37,11 +36,12 @@ from utils.cli import (
     seed_int,
 )
 from utils.images import WriteError
+from utils.precision import PRECISIONS, configure_torch
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--precision", choices=["bf16-mixed", "32", "16-mixed"], default="32")
+    p.add_argument("--precision", choices=PRECISIONS, default="32")
     p.add_argument("--degradation", choices=DEGRADATION_NAMES, required=True)
     p.add_argument("--test_data_root", type=existing_folder, required=True, help="clean images")
     p.add_argument("--num_gpus", type=positive_int, default=4, help="GPUs per node (default 4, as the reference)")
@@ -102,9 +102,10 @@ def main(argv: list[str] | None = None) -> None:
     on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
     evaluations = 1 if model.stage == "mmse" else sum(args.num_flow_steps)
     job = image_steps(len(dataset) // processes, evaluations, args.img_size, args.img_size)
-    if should_compile(args.compile, "cuda" if on_gpu else "cpu", job):
+    compiled = should_compile(args.compile, "cuda" if on_gpu else "cpu", job)
+    if compiled:
         print(describe(args.compile, True, job) or "compiling the network", flush=True)
-        model.model.compile()  # in place: the first batch compiles
+    prepare_for_inference(model, compile=compiled)  # in place: the first batch compiles
     loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False,
                         num_workers=args.num_workers // devices, pin_memory=accelerator != "cpu")
     trainer = L.Trainer(accelerator=accelerator, devices=devices, num_nodes=args.num_nodes,

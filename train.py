@@ -19,17 +19,18 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from torch.utils.data import DataLoader, DistributedSampler
 
-from arch.attention import BACKENDS
 from data import ImageFolderDataset, make_transform, scan_images
 from degradations import DEGRADATION_NAMES, create_degradation, degradation_channels
-from lightning_models.checkpoints import NonFiniteWeightsError, check_finite, ema_shadows, network_state
+from lightning_models.build import method_of, self_contained
+from lightning_models.checkpoints import network_state, read_training_checkpoint
 from lightning_models.finite_guard import NAN_POLICIES, FiniteGuard, NonFiniteTrainingError
 from lightning_models.flow import T_SCHEDULES
-from lightning_models.mmse_rectified_flow import STAGES, MMSERectifiedFlow, self_contained
+from lightning_models.mmse_rectified_flow import STAGES, MMSERectifiedFlow
+from lightning_models.restorer import set_up_networks
 from utils.cli import (
+    add_attention_backend_argument,
     arch_argument,
     check_writable_folder,
-    configure_torch,
     existing_folder,
     fail,
     float_range,
@@ -44,7 +45,8 @@ from utils.cli import (
     wandb_configured,
 )
 from utils.images import WriteError, write_atomic
-from utils.weights import MissingWeightsError, WeightsReadError, read_checkpoint, state_dict_mismatch
+from utils.precision import PRECISIONS, configure_torch
+from utils.weights import MissingWeightsError, WeightsReadError, state_dict_mismatch
 
 # Hyper-parameters a resumed run may change: they apply from the resumed step on (and train.py says so).
 RESUMABLE_CHANGES = ("lr", "weight_decay", "betas", "ema_decay", "num_flow_steps", "eps", "t_schedule",
@@ -53,7 +55,7 @@ RESUMABLE_CHANGES = ("lr", "weight_decay", "betas", "ema_decay", "num_flow_steps
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--precision", choices=["bf16-mixed", "32", "16-mixed"], default=None,
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="default: Lightning's own (32-true), as in the reference; the scripts pass bf16-mixed")
     p.add_argument("--stage", choices=STAGES, required=True)
     p.add_argument("--conditional", action="store_true", help="condition the flow on y or on the MMSE estimate")
@@ -97,14 +99,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch.compile the trained network, also off GPU (default: the flow network on GPU)")
     p.add_argument("--no_compile", dest="compile", action="store_const", const="off",
                    help="train eagerly (no compile), also on GPU")
-    p.add_argument("--attention_backend", choices=BACKENDS, default=None,
-                   help="neighbourhood-attention kernel (default auto: natten with fused kernels or flex on CUDA, torch elsewhere)")
+    add_attention_backend_argument(p)
     p.add_argument("--skip_bad_images", action="store_true",
                    help="train without the unreadable or odd-sized images that the start-up scan lists")
     p.add_argument("--use_ema", action="store_true",
                    help="validate with the EMA weights (default: the raw weights, as the reference's validation)")
     p.add_argument("--nan_policy", choices=NAN_POLICIES, default="stop",
                    help="at a NaN or infinite loss or gradient: stop (default) or skip that step")
+    p.add_argument("--offline", action="store_true",
+                   help="never download: validation skips FID and IS (one warning) when the Inception weights are not here")
     return p
 
 
@@ -239,21 +242,9 @@ def resume_checkpoint(args, checkpoint_dir: Path) -> tuple[str | None, dict | No
     if not path.is_file():
         fail(f"--resume_from_ckpt: {path} does not exist")
     try:
-        checkpoint = read_checkpoint(path)
-    except (WeightsReadError, MissingWeightsError) as error:
+        checkpoint = read_training_checkpoint(path, args.stage, args.conditional)
+    except (WeightsReadError, MissingWeightsError, ValueError) as error:
         fail(f"--resume_from_ckpt: {error}")
-    saved = checkpoint.get("hyper_parameters") or {}
-    if "state_dict" not in checkpoint or not saved:
-        fail(f"--resume_from_ckpt {path}: not a training checkpoint of train.py (no state_dict / hyper_parameters)")
-    try:
-        check_finite(checkpoint["state_dict"], str(path), ema_shadows(checkpoint))
-    except NonFiniteWeightsError as error:
-        fail(f"--resume_from_ckpt: {error}")
-    here = {"stage": args.stage, "conditional": args.conditional}
-    for key, value in here.items():
-        if key in saved and saved[key] != value:
-            fail(f"--resume_from_ckpt {path}: trained with {key}={saved[key]!r}, this run has {key}={value!r}; "
-                 "a run resumes only from a checkpoint of the same stage")
     return str(path), checkpoint
 
 
@@ -298,8 +289,10 @@ def check_resume(model: MMSERectifiedFlow, checkpoint: dict, path: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     configure_torch()
-    if args.conditional and args.stage != "flow":
-        fail(f"--conditional applies to --stage flow only, not {args.stage}")
+    try:  # the combination names a method (pmrf.method_for), before anything is written
+        method_of(args.stage, args.conditional, args.mmse_model_ckpt_path, args.mmse_model_arch)
+    except ValueError as error:
+        fail(str(error))
     if args.seed is not None:
         L.seed_everything(args.seed, workers=True, verbose=False)
     output_dir = check_writable_folder(args.output_dir)
@@ -324,13 +317,10 @@ def main(argv: list[str] | None = None) -> None:
         check_resume(model, resumed, ckpt_path)
         del resumed  # Lightning reads the file again
     model.use_ema = args.use_ema
-    if args.attention_backend is not None and hasattr(model.model, "set_neighborhood_backend"):
-        model.model.set_neighborhood_backend(args.attention_backend)
-    if compiles(args.compile, accelerator, args.stage):
-        model.model.compile()  # in place: state-dict keys, EMA order and checkpoints are unchanged
+    set_up_networks(model, args.attention_backend, compiles(args.compile, accelerator, args.stage))
     train_loader, val_loader = make_loaders(args, processes)
     if val_loader is not None:
-        model.attach_validation_metrics()  # the reference's fid / inception_score, in every checkpoint
+        model.attach_validation_metrics(args.offline)  # the reference's fid / inception_score, in every checkpoint
     logger = make_logger(args, output_dir, logger_kind)
     trainer = L.Trainer(
         accelerator=accelerator,

@@ -1,7 +1,7 @@
 """Images per second and peak memory of blind-face PMRF inference (HDiT flow + SwinIR-L posterior mean).
 
 One call restores a batch: the posterior-mean network once, then K Euler steps of the HDiT
-(`model.pmrf.sample`). Random weights: speed does not depend on them. The modes, all in one run on the
+(`Restorer.sample`, what every program restores with). Random weights: speed does not depend on them. The modes, all in one run on the
 same device:
 
 * ``reference``        – the reference's way: TF32 matmuls (it sets float32_matmul_precision('high')),
@@ -129,6 +129,13 @@ def reference_kernels():
         torch._dynamo.config.suppress_errors = suppress
 
 
+def precision(mode: Mode) -> str:
+    """The mode's precision in the programs' vocabulary (utils.precision)."""
+    from utils.precision import bf16_flag
+
+    return bf16_flag(mode.bf16)
+
+
 def card(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
 
@@ -191,27 +198,24 @@ def environment_variable(name: str, value: str):
 
 def _inference_case(spec: dict, device: torch.device, mode: Mode) -> dict:
     from arch.attention import last_backend, resolve_tiling
+    from lightning_models.restorer import Restorer, set_up_networks
     from utils.auto_compile import image_steps, should_compile
 
     model = build_model(device)
-    if spec["backend"] != "auto":
-        model.model.set_neighborhood_backend(spec["backend"])
     batch, size = spec["batch"], spec["image_size"]
     compiled = mode.compile
     if compiled == "auto":
         compiled = should_compile("auto", device, image_steps(spec["job_images"], spec["num_flow_steps"], size, size))
-    if compiled:
-        model.model.compile(**compile_options(None if compiled is True else compiled))
-        if spec.get("compile_mmse"):
-            model.mmse_model.compile(**compile_options())
+    set_up_networks(model, None if spec["backend"] == "auto" else spec["backend"], bool(compiled),
+                    bool(compiled and spec.get("compile_mmse")),
+                    compile_options=compile_options(None if compiled in (True, False) else compiled))
     y = torch.rand(batch, 3, size, size, device=device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if mode.bf16 else contextlib.nullcontext()
+    restorer = Restorer(model, precision=precision(mode))
 
     def restore(steps: int):
-        with torch.no_grad(), autocast:
-            sample = model.pmrf.sample(y, steps)
-            if mode.mmse_twice:  # the reference runs f again to save the posterior mean
-                model.pmrf.posterior_mean(y)
+        sample = restorer.sample(y, steps)
+        if mode.mmse_twice:  # the reference runs f again to save the posterior mean
+            restorer.posterior_mean(y)
         return sample
 
     result = {"first_call_s": time_call(lambda: restore(1), device), "compiled": bool(compiled)}
@@ -237,9 +241,10 @@ def profile_forward(model, y: torch.Tensor, mode: Mode, device: torch.device, to
     """The kernels one HDiT forward spends its time in (torch.profiler, self CUDA time)."""
     from torch.profiler import ProfilerActivity, profile
 
+    from utils.precision import autocast
+
     t = torch.full((y.shape[0],), 0.5, device=device)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if mode.bf16 else contextlib.nullcontext()
-    with torch.no_grad(), autocast:
+    with torch.no_grad(), autocast(precision(mode), device):
         model.model(y, t)
         torch.cuda.synchronize()
         with profile(activities=[ProfilerActivity.CUDA]) as prof:

@@ -53,12 +53,14 @@ def train_case(spec: dict) -> dict:
     from arch.attention import TILING_ENV_VAR, last_backend, low_precision_backward, resolve_tiling
     from lightning_models.flow import sample_times
     from lightning_models.mmse_rectified_flow import MMSERectifiedFlow
+    from lightning_models.restorer import set_up_networks
+    from utils.precision import autocast, configure_torch
 
     warnings.filterwarnings("ignore")
     set_threads(spec.get("threads"))
     device = torch.device(spec["device"])
     os.environ[TILING_ENV_VAR] = spec["tiling"]  # each case runs alone (a child process, or reset below)
-    torch.set_float32_matmul_precision("high")
+    configure_torch()  # what train.py sets: TF32 matmuls
     torch._dynamo.reset()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -67,24 +69,22 @@ def train_case(spec: dict) -> dict:
         model = MMSERectifiedFlow(stage="flow", arch=FLOW_ARCH, mmse_model_arch=MMSE_ARCH, mmse_noise_std=0.1,
                                   ema_decay=-1, weight_decay=1e-2)
     model = model.to(device).train()
-    model.model.set_neighborhood_backend(spec["backend"])
-    if spec["compile"]:
-        model.model.compile(**compile_options())
+    set_up_networks(model, spec["backend"], spec["compile"], compile_options=compile_options())
     optimizer = model.configure_optimizers()
     batch, size = spec["batch"], spec["image_size"]
     x = torch.rand(batch, 3, size, size, device=device)
     y = (x + 0.1 * torch.randn_like(x)).clamp(0, 1)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    bf16 = autocast("bf16-mixed", device)  # train.py --precision bf16-mixed (on CUDA; float32 on CPU)
 
     def step():
         t = sample_times(batch, "stratified_uniform", device=device)
-        with autocast:
+        with bf16:
             loss = model.pmrf.loss(x, y, t)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    with autocast:  # the order a flex level takes in this training step
+    with bf16:  # the order a flex level takes in this training step
         tiling = resolve_tiling(None, low_precision_backward(device))
     result = {"first_step_s": time_call(step, device)}
     result["order"] = tiling.name if tiling and last_backend() == "flex" else "rows"

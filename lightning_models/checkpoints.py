@@ -9,7 +9,9 @@
   BasicSR / DifFace file (``params_ema`` or ``params``), or a ``state_dict`` whose keys may carry
   ``model.`` and ``module.`` prefixes.
 
-Every file is read through `utils.weights` (tensors only, never arbitrary pickles).
+`CheckpointIO` gives the trainer its loaders and savers (`load_from_checkpoint`, `from_pretrained`,
+`save_pretrained`, the Hub mixin) and Lightning's checkpoint hooks. Every file is read through
+`utils.weights` (tensors only, never arbitrary pickles).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
 from arch import NAMED_CONFIGS, create_arch
@@ -33,6 +36,8 @@ from utils.weights import (
     state_dict_mismatch,
 )
 
+# A hyper-parameter a flow checkpoint carries when it was written without the Inception weights.
+INCEPTION_FLAG = "inception_weights_saved"
 HF_CONFIG_NAME = "config.json"
 HF_WEIGHTS_NAME = "model.safetensors"
 NETWORK_PREFIXES = ("model.", "mmse_model.")
@@ -193,9 +198,8 @@ def rebuild(
     if model.ema is not None and ema_state is not None:
         try:
             model.ema.load_state_dict(ema_state)
-        except (ValueError, KeyError, RuntimeError, AssertionError) as error:
+        except ValueError as error:
             raise ValueError(f"{source}: its EMA state does not fit the model ({error})") from None
-        model.ema.collected_params = None  # older checkpoints of this project kept a copy of the weights
     return model
 
 
@@ -287,3 +291,158 @@ def pretrained_config(hparams: Mapping[str, Any]) -> dict:
     if "betas" in config:
         config["betas"] = list(config["betas"])
     return config
+
+
+# ------------------------------------------------------------------------------------- resuming
+
+
+def same_stage_problem(saved: Mapping[str, Any], stage: str, conditional: bool) -> str | None:
+    """Why a run of `stage` / `conditional` cannot resume from a checkpoint with hyper-parameters `saved`
+    (None: it can). The one place this rule is written (train.py, on_load_checkpoint)."""
+    for key, value in (("stage", stage), ("conditional", bool(conditional))):
+        if key in saved and saved[key] != value:
+            return (f"trained with {key}={saved[key]!r}, this run has {key}={value!r}; a run resumes only from a "
+                    "checkpoint of the same stage")
+    return None
+
+
+def read_training_checkpoint(path: str | os.PathLike, stage: str, conditional: bool) -> dict:
+    """A Lightning checkpoint to resume training from, checked: readable, written by training (state_dict
+    and hyper_parameters), finite weights and EMA, the same stage. Errors name the file (WeightsReadError,
+    NonFiniteWeightsError, ValueError)."""
+    checkpoint = read_checkpoint(path)
+    saved = checkpoint.get("hyper_parameters") or {}
+    if "state_dict" not in checkpoint or not saved:
+        raise WeightsReadError(f"{path}: not a training checkpoint of train.py (no state_dict / hyper_parameters)")
+    check_finite(checkpoint["state_dict"], str(path), ema_shadows(checkpoint))
+    problem = same_stage_problem(saved, stage, conditional)
+    if problem:
+        raise ValueError(f"{path}: {problem}")
+    return checkpoint
+
+
+# ----------------------------------------------------------------------- the trainer's side of it
+
+
+class CheckpointIO(PyTorchModelHubMixin, pipeline_tag="image-to-image", license="mit"):
+    """Loading and saving `MMSERectifiedFlow` in every format, and Lightning's checkpoint hooks.
+
+    Uses the model's `hparams`, `state_dict`, `model` (the trained network), `ema` and `fid`.
+    """
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.ema is not None:
+            checkpoint["ema"] = self.ema.state_dict()
+        hparams = checkpoint.get("hyper_parameters")
+        if self.hparams.get("stage") != "mmse" and isinstance(hparams, dict):
+            if self.fid is None:  # no Inception weights here: the reference loads this with strict=False
+                hparams[INCEPTION_FLAG] = False
+            else:
+                hparams.pop(INCEPTION_FLAG, None)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        problem = same_stage_problem(checkpoint.get("hyper_parameters") or {}, self.hparams.get("stage"),
+                                     self.hparams.get("conditional", False))
+        if problem:
+            raise ValueError(f"the checkpoint was {problem}")
+        if self.ema is not None and checkpoint.get("ema") is not None:
+            self.ema.load_state_dict(checkpoint["ema"])
+        # The networks come from the checkpoint; the metric networks (if this module has them) stay the
+        # ones read from the Inception weights file, whatever the checkpoint holds or lacks.
+        state = network_state(checkpoint["state_dict"])
+        state.update(metric_state(self.state_dict()))
+        checkpoint["state_dict"] = state
+
+    @classmethod
+    def load_from_checkpoint(
+        cls,
+        checkpoint_path: str | os.PathLike,
+        map_location: Any = None,
+        hparams_file: str | os.PathLike | None = None,
+        strict: bool | None = True,
+        **overrides: Any,
+    ):
+        """Rebuild a model from a Lightning checkpoint (ours or the official one), safely.
+
+        As Lightning's: `map_location` None keeps the tensors on the device they were saved from when it
+        exists here (else the CPU) and puts the model there; `hparams_file` (.yaml or .csv) replaces the
+        checkpoint's hyper-parameters; keyword arguments override them. The MMSE network is rebuilt from
+        the checkpoint itself (`mmse_model_ckpt_path` is ignored unless overridden); the metric networks
+        (`fid.*`, `inception_score.*`) are not loaded.
+        """
+        return load_lightning_checkpoint(
+            cls, checkpoint_path, map_location, strict is not False, hparams_file=hparams_file, **overrides
+        )
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        map_location: str | torch.device = "cpu",
+        *,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        local_files_only: bool = False,
+        token: str | bool | None = None,
+        force_download: bool = False,
+        strict: bool = True,
+        **overrides: Any,
+    ):
+        """Load the Hugging Face layout (config.json + model.safetensors) from the Hub or a local folder.
+
+        `overrides` replace constructor arguments of the saved config (e.g. `num_flow_steps=25`); any
+        other keyword is a TypeError. `strict=False` lets weights be missing from (or extra in) the file.
+        The weights there already are the EMA weights, so the loaded model keeps no separate EMA.
+        """
+        unknown = sorted(set(overrides) - cls.constructor_arguments())
+        if unknown:
+            raise TypeError(f"from_pretrained() got an unexpected keyword argument {unknown[0]!r}; it takes the "
+                            "Hugging Face Hub arguments, map_location, strict and constructor arguments")
+        hub = dict(revision=revision, cache_dir=cache_dir, local_files_only=local_files_only or None,
+                   token=token, force_download=force_download or None)
+        return load_pretrained(cls, pretrained_model_name_or_path, map_location, hub, strict, **overrides)
+
+    @classmethod
+    def constructor_arguments(cls) -> set[str]:
+        """The keywords the constructor takes (its own, `colorization` and the alias `source_noise_std`)."""
+        import inspect
+
+        names = set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"}
+        return names | {"colorization", "source_noise_std"}
+
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        use_ema: bool = True,
+        *,
+        config: dict | None = None,
+        push_to_hub: bool = False,
+        repo_id: str | None = None,
+        model_card_kwargs: dict | None = None,
+        **push_to_hub_kwargs: Any,
+    ) -> Path | str:
+        """Write config.json and model.safetensors (the EMA weights in place of the raw ones, like the
+        official repo), and a model card; with `push_to_hub`, upload the folder (PyTorchModelHubMixin)."""
+        from safetensors.torch import save_file
+
+        from utils.images import write_atomic
+
+        directory = Path(save_directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        config = config or pretrained_config(self.hparams)
+        state = dict(self.state_dict())
+        if use_ema and self.ema is not None:
+            for (name, _), average in zip(self.model.named_parameters(), self.ema.shadow_params, strict=True):
+                state[f"model.{name}"] = average
+        state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
+        write_atomic(directory / HF_CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2)))
+        write_atomic(directory / HF_WEIGHTS_NAME, lambda tmp: save_file(state, tmp))
+        if not (directory / "README.md").exists():
+            self.generate_model_card(**(model_card_kwargs or {})).save(directory / "README.md")
+        if push_to_hub:
+            return self.push_to_hub(repo_id=repo_id or directory.name, config=config,
+                                    model_card_kwargs=model_card_kwargs, **push_to_hub_kwargs)
+        return directory
+
+    def _save_pretrained(self, save_directory: Path) -> None:  # PyTorchModelHubMixin's hook
+        self.save_pretrained(save_directory)

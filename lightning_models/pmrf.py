@@ -59,6 +59,12 @@ METHODS = {
 STAGES = ("mmse", "flow", "naive_flow")
 
 
+def condition_channels(method: Method, measurement_channels: int = 3, channels: int = 3) -> int:
+    """Channels the velocity network takes besides x_t: those of f(y) (x's `channels`), of y
+    (`measurement_channels`: 1 for colorization's gray y) or none."""
+    return {"posterior_mean": channels, "measurement": measurement_channels, None: 0}[method.condition]
+
+
 def method_for(stage: str, conditional: bool, has_posterior_mean: bool) -> Method:
     """The method a (stage, conditional, posterior-mean network given) combination trains."""
     if stage not in STAGES:

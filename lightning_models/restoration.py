@@ -1,10 +1,12 @@
 """Using a trained model: loading it ready for inference, and restoring aligned faces with it.
 
-* `load_model` (inference.py, test.py, app.py) and `prepare_for_inference` (attention kernel, compile);
-* `FaceRestorer`: the callable the whole-photo pipeline and the web demo hand their aligned faces to;
+* `load_model` (inference.py, test.py, app.py) and `prepare_for_inference` (attention kernel, compile:
+  `restorer.set_up_networks`);
+* `FaceRestorer`: the `Restorer` the whole-photo pipeline, videos and the web demo hand their aligned faces
+  to (its `bf16` is precision 'bf16-mixed');
 * `restore_aligned`: a folder (or one file) of aligned faces, the fast way: DataLoader workers decode
-  into pinned memory, the GPU restores batch after batch, and background threads encode and write the
-  results, so the GPU never waits on a file;
+  into pinned memory, the restorer restores batch after batch on the GPU, and background threads encode
+  and write the results, so the GPU never waits on a file;
 * `read_model_config` and `input_size_problem`: whether the model can take an input size, told from
   the checkpoint's recorded configuration before the model is loaded.
 """
@@ -13,7 +15,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from utils.cli import HF_REPO
+from utils import registry
 from utils.images import (
     ImageReadError,
     ImageWriter,
@@ -35,11 +36,16 @@ from utils.images import (
     output_stems,
     read_rgb,
 )
+from utils.precision import bf16_flag
 
-# Image size each named architecture was trained at: aligned inputs are resized to it.
-NATIVE_SIZES = {"hdit_ImageNet256Sp4": 512, "swinir_L": 512, "hdit_XL2": 256, "swinir_M": 256}
+from .restorer import Restoration, Restorer, set_up_networks
+
+__all__ = ["FaceRestorer", "Restoration", "Restorer", "load_model", "prepare_for_inference", "restore_aligned"]
+
 # Aligned inputs larger than this many times the native size are refused (a whole photo, most likely).
 MAX_ALIGNED_SCALE = 2
+# Chooses the attention kernel and compiles a loaded model's networks (restorer.set_up_networks).
+prepare_for_inference = set_up_networks
 
 
 def load_model(
@@ -62,31 +68,15 @@ def load_model(
         model = MMSERectifiedFlow.from_pretrained(str(ckpt_path), **overrides)
     else:
         if not path.is_file():
+            hub_id = registry.weights_entry("pmrf_blind_face").hub_id
             raise FileNotFoundError(
                 f"checkpoint {ckpt_path} not found. Put the official checkpoint there, or use "
-                f"--ckpt_path {HF_REPO} --ckpt_path_is_huggingface"
+                f"--ckpt_path {hub_id} --ckpt_path_is_huggingface"
             )
         model = MMSERectifiedFlow.load_from_checkpoint(path, map_location="cpu", **overrides)
         if use_ema:
             model.copy_ema_to_model()
     return model.eval().requires_grad_(False).to(device)
-
-
-def prepare_for_inference(
-    model, attention_backend: str | None = None, compile: bool | str = False, compile_mmse: bool = False
-):
-    """Choose the neighbourhood-attention kernel and compile the networks in place (state-dict keys and
-    types are kept). Compiling the HDiT compiles its attention too. `compile` is a decision, or a
-    --compile value ("auto" counts as an open-ended job: see utils.auto_compile)."""
-    from utils.auto_compile import should_compile
-
-    if attention_backend is not None and hasattr(model.model, "set_neighborhood_backend"):
-        model.model.set_neighborhood_backend(attention_backend)
-    if should_compile(compile, next(model.parameters()).device):
-        model.model.compile()
-    if compile_mmse and model.mmse_model is not None:
-        model.mmse_model.compile()
-    return model
 
 
 def read_model_config(ckpt_path: str | os.PathLike, huggingface: bool = False) -> dict[str, Any] | None:
@@ -133,23 +123,7 @@ def input_size_problem(config: Mapping[str, Any] | None, size: int) -> str | Non
 
 def native_size(model) -> int | None:
     """The image size the model was trained at (512 for the blind-face model), if known."""
-    arch = model.hparams.get("arch") if hasattr(model, "hparams") else None
-    return NATIVE_SIZES.get(arch) if isinstance(arch, str) else None
-
-
-def precision_context(device: torch.device | str, bf16: bool):
-    """bfloat16 autocast on CUDA when asked for; nothing otherwise (float32, TF32 matmuls where enabled)."""
-    device = torch.device(device)
-    if bf16 and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
-
-
-def seeded_generator(seed: int | None, device: torch.device) -> torch.Generator | None:
-    """A generator on the device the noise is drawn on (no host round trip), or None for fresh noise."""
-    if seed is None:
-        return None
-    return torch.Generator(device=device).manual_seed(seed)
+    return registry.native_size(model.hparams.get("arch") if hasattr(model, "hparams") else None)
 
 
 NON_FINITE_OUTPUT = ("the model's output holds NaN or infinite values (its weights or the precision cannot "
@@ -163,16 +137,9 @@ def finite_images(*batches: torch.Tensor) -> list[bool]:
     return flags.tolist()
 
 
-@dataclass
-class Restoration:
-    """A batch restored: PMRF's estimate and, when the model has one, the posterior mean (float, CPU)."""
-
-    xhat: torch.Tensor
-    posterior_mean: torch.Tensor | None = None
-
-
-class FaceRestorer:
-    """Restores batches of aligned faces (N, C, H, W) in [0, 1] with a loaded model, on its device.
+class FaceRestorer(Restorer):
+    """The restorer of aligned faces (N, C, H, W) in [0, 1] that whole photos, videos and the app use:
+    a `Restorer` whose `bf16` is precision 'bf16-mixed'.
 
     `seed` makes the source noise reproducible (one generator, advanced batch after batch).
     `fidelity_weight` w gives (1 − w)·PMRF + w·posterior mean (0: PMRF, 1: the posterior mean).
@@ -181,47 +148,7 @@ class FaceRestorer:
     def __init__(
         self, model, num_flow_steps: int = 25, seed: int | None = None, bf16: bool = False, fidelity_weight: float = 0.0
     ):
-        self.model = model
-        self.num_flow_steps = int(num_flow_steps)
-        self.bf16 = bf16
-        self.fidelity_weight = float(fidelity_weight)
-        if self.fidelity_weight:
-            model.pmrf.check_fidelity_weight(self.fidelity_weight)
-        self.generator = seeded_generator(seed, self.device)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def has_posterior_mean(self) -> bool:
-        return getattr(self.model, "mmse_model", None) is not None
-
-    def draw_noise(self, count: int, size: int) -> torch.Tensor:
-        """Source noise n for `count` faces of size×size, from this restorer's generator, to hand back to
-        `restore(..., noise=...)` (a video restores each face with one n in every frame)."""
-        like = torch.empty(count, 1, size, size, device=self.device)  # only its shape and device are read
-        return self.model.pmrf.noise(like, self.generator)
-
-    @torch.no_grad()
-    def restore(self, images: torch.Tensor, noise: torch.Tensor | None = None) -> Restoration:
-        device = self.device
-        with precision_context(device, self.bf16):
-            sample = self.model.pmrf.sample(
-                images.to(device), self.num_flow_steps, self.generator, fidelity_weight=self.fidelity_weight,
-                noise=noise,
-            )
-        mean = sample.posterior_mean
-        return Restoration(sample.xhat.float().cpu(), None if mean is None else mean.float().cpu())
-
-    def __call__(self, images: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
-        return self.restore(images, noise).xhat
-
-
-def make_face_restorer(
-    model, num_flow_steps: int, seed: int | None = None, bf16: bool = False, fidelity_weight: float = 0.0
-) -> FaceRestorer:
-    return FaceRestorer(model, num_flow_steps, seed, bf16, fidelity_weight)
+        super().__init__(model, num_flow_steps, seed, bf16_flag(bf16), fidelity_weight)
 
 
 # ----------------------------------------------------------------------------- aligned folders
@@ -232,7 +159,7 @@ class AlignedOptions:
     num_flow_steps: int = 25
     batch_size: int = 64
     seed: int | None = 0
-    bf16: bool = False
+    precision: str = "32"  # utils.precision's names: '32', 'bf16-mixed' (inference.py --bf16), '16-mixed'
     num_workers: int = 0
     input_size: int | None = None  # None: the model's native size; 0: no resizing
     suffix: str | None = None
@@ -335,11 +262,11 @@ def restore_aligned(model, paths: list[Path], output_dir: Path, options: Aligned
     Ctrl-C raises `RunInterrupted` once the images already restored are written (whole files; a second
     Ctrl-C drops those not started); its message says how many files were written.
     """
-    model.pmrf.check_fidelity_weight(options.fidelity_weight)
-    device = next(model.parameters()).device
+    restorer = Restorer(model, options.num_flow_steps, options.seed, options.precision, options.fidelity_weight)
+    device = restorer.device
     size = native_size(model) if options.input_size is None else options.input_size
     folders = {"xhat": output_dir / "restored_images"}
-    if getattr(model, "mmse_model", None) is not None:
+    if restorer.has_posterior_mean:
         folders["posterior_mean"] = output_dir / "restored_images_posterior_mean"
     names = aligned_output_names(paths, options)
     renamed = {name: out for name, out in names.items() if out != output_name(name, options.suffix, options.ext)}
@@ -359,7 +286,6 @@ def restore_aligned(model, paths: list[Path], output_dir: Path, options: Aligned
         pin_memory=device.type == "cuda",
         persistent_workers=False,
     )
-    generator = seeded_generator(options.seed, device)
     writer = ImageWriter(options.jpeg_quality)
     try:
         with torch.no_grad():
@@ -371,9 +297,7 @@ def restore_aligned(model, paths: list[Path], output_dir: Path, options: Aligned
                 count = y.shape[0]
                 if options.pad_batches and count < options.batch_size:
                     y = torch.cat([y, y[-1:].expand(options.batch_size - count, -1, -1, -1)])
-                with precision_context(device, options.bf16):
-                    sample = model.pmrf.sample(y, options.num_flow_steps, generator,
-                                               fidelity_weight=options.fidelity_weight)
+                sample = restorer.sample(y)
                 outputs = {key: images[:count].float().cpu() for key, images in
                            (("xhat", sample.xhat), ("posterior_mean", sample.posterior_mean))
                            if images is not None and key in folders}

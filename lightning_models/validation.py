@@ -2,37 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
-INCEPTION_WEIGHTS_NAME = "weights-inception-2015-12-05-6726825d.pth"
-INCEPTION_ENV_VAR = "PMRF_INCEPTION_WEIGHTS"
 _warned: set[str] = set()
-
-
-def inception_weights_path() -> Path:
-    """Where the FID Inception weights are read from: $PMRF_INCEPTION_WEIGHTS or torch's hub cache."""
-    if os.environ.get(INCEPTION_ENV_VAR):
-        return Path(os.environ[INCEPTION_ENV_VAR])
-    return Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS_NAME
-
-
-def fetch_inception_weights(path: Path) -> None:
-    """Download the Inception weights into torch's hub cache, as torchmetrics would when online; offline
-    (or with PMRF_OFFLINE / HF_HUB_OFFLINE set) nothing happens."""
-    if os.environ.get("PMRF_OFFLINE") or os.environ.get("HF_HUB_OFFLINE"):
-        return
-    from utils.registry import WEIGHTS
-
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.hub.download_url_to_file(WEIGHTS["inception"].url, str(path), progress=False)
-    except Exception:  # noqa: BLE001 (offline, proxy, disk: validation goes on without FID)
-        pass
 
 
 def _warn_once(message: str) -> None:
@@ -53,23 +29,22 @@ class ValidationMetrics:
         self.fid, self.inception_score = fid, inception_score
 
     @classmethod
-    def create(cls) -> ValidationMetrics | None:
-        """The metrics, or None (with one warning) when the Inception weights are not available.
+    def create(cls, offline: bool = True) -> ValidationMetrics | None:
+        """The metrics, or None (with one warning) when the Inception weights are not available: found
+        where `utils.registry` looks for them (``$PMRF_INCEPTION_WEIGHTS``, evaluation/metrics_ckpt/,
+        torch's hub cache), downloaded into the cache unless `offline`.
 
         The weights are read by the project (tensors only, `utils.inception`) and handed to torchmetrics,
         which would otherwise unpickle the file itself.
         """
         from utils.inception import torchmetrics_inception
+        from utils.registry import find_weights
         from utils.weights import MissingWeightsError, WeightsReadError
 
-        weights = inception_weights_path()
-        if not weights.is_file() and not os.environ.get(INCEPTION_ENV_VAR):
-            fetch_inception_weights(weights)
-        if not weights.is_file():
-            _warn_once(
-                f"validation FID and Inception Score skipped: Inception weights not found at {weights} "
-                f"(download {INCEPTION_WEIGHTS_NAME} there or set {INCEPTION_ENV_VAR})"
-            )
+        try:
+            weights = find_weights("inception", offline=offline)
+        except MissingWeightsError as error:
+            _warn_once(f"validation FID and Inception Score skipped: {error}")
             return None
         try:
             from torchmetrics.image.fid import FrechetInceptionDistance

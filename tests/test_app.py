@@ -23,10 +23,12 @@ import torch
 from PIL import Image
 
 import app
-from utils.cli import DEFAULT_CKPT
 from utils.images import read_image, read_rgb
+from utils.registry import default_path
 from whole_image.align import FFHQ_TEMPLATE_512
 from whole_image.detect import DetectedFace, MTCNNDetector
+
+DEFAULT_CKPT = str(default_path("pmrf_blind_face"))  # --ckpt_path's default: the official checkpoint
 
 gr = pytest.importorskip("gradio")
 

@@ -38,7 +38,7 @@ def node_environment(node_rank: int, port: int) -> dict:
     env = {k: v for k, v in os.environ.items()
            if k not in CLUSTER_VARIABLES and not k.startswith(("SLURM_", "OMPI_", "PMI_", "LSB_"))}
     env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), NODE_RANK=str(node_rank), WORLD_SIZE="2",
-               GLOO_SOCKET_IFNAME="lo", PMRF_OFFLINE="1", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+               GLOO_SOCKET_IFNAME="lo", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     return env
 
 

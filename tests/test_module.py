@@ -117,23 +117,36 @@ def test_pmrf_without_mmse_model_is_a_clear_error():
         build_method("pmrf", None)
 
 
-def test_testing_runs_the_raw_weights_unless_use_ema_and_restores_them(mmse_ckpt, tmp_path):
+def test_testing_runs_the_raw_weights_unless_use_ema_and_never_swaps_them(mmse_ckpt, tmp_path, monkeypatch):
+    """With use_ema, testing runs the EMA copy itself: the raw weights stay in `model` throughout."""
+    from lightning_models.pmrf import PMRF
+
     model = build_method("pmrf", mmse_ckpt, ema_decay=0.5)
-    model.test_results_path = tmp_path
+    model.test_results_path, model.num_test_flow_steps = tmp_path, [1]
     raw = [p.detach().clone() for p in model.model.parameters()]
     with torch.no_grad():
         for shadow in model.ema.shadow_params:
             shadow.add_(1.0)
+    ran, real_sample = [], PMRF.sample
+
+    def recording(self, *args, **kwargs):
+        ran.append(([p.detach().clone() for p in self.model.parameters()],
+                    all(torch.equal(p, r) for p, r in zip(model.model.parameters(), raw))))
+        return real_sample(self, *args, **kwargs)
+
+    monkeypatch.setattr(PMRF, "sample", recording)
     assert model.use_ema is False  # the reference's numbers: raw weights
-    model.on_test_epoch_start()
-    assert all(torch.equal(p, r) for p, r in zip(model.model.parameters(), raw))
-    model.on_test_epoch_end()
-    model.use_ema = True  # test.py --use_ema, train.py --use_ema
-    model.on_test_epoch_start()
-    assert all(torch.equal(p, s) for p, s in zip(model.model.parameters(), model.ema.shadow_params))
-    model.on_test_epoch_end()
-    assert all(torch.equal(p, r) for p, r in zip(model.model.parameters(), raw))
-    assert model.ema.collected_params is None  # the raw weights were kept aside, not in torch-ema
+    batch = {"y": torch.rand(2, 3, 16, 16), "img_file_name": ["a.png", "b.png"]}
+    for use_ema in (False, True):  # True: test.py --use_ema, train.py --use_ema
+        model.use_ema = use_ema
+        model.on_test_epoch_start()
+        model.test_step(batch, 0)
+        model.on_test_epoch_end()
+    (raw_run, raw_kept), (ema_run, ema_kept) = ran
+    assert all(torch.equal(p, r) for p, r in zip(raw_run, raw, strict=True))
+    assert all(torch.equal(p, s) for p, s in zip(ema_run, model.ema.shadow_params, strict=True))
+    assert raw_kept and ema_kept and all(torch.equal(p, r) for p, r in zip(model.model.parameters(), raw))
+    assert model.ema.collected_params is None  # no second copy of the weights kept anywhere
 
 
 def test_restore_runs_the_mmse_network_once(mmse_ckpt):
@@ -165,8 +178,9 @@ def test_missing_inception_weights_skip_fid_with_one_warning(monkeypatch, tmp_pa
     import warnings
 
     from lightning_models import validation
+    from utils.registry import weights_entry
 
-    monkeypatch.setenv(validation.INCEPTION_ENV_VAR, str(tmp_path / "absent.pth"))
+    monkeypatch.setenv(weights_entry("inception").env, str(tmp_path / "absent.pth"))
     monkeypatch.setattr(validation, "_warned", set())
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -45,7 +45,8 @@ def train_args(work, stage, arch, out, *extra):
     return ["train.py", "--stage", stage, "--arch", arch, "--degradation", "gaussian_noise_035",
             "--train_data_root", work / "train", "--val_data_root", work / "val", "--img_size", 16,
             "--train_batch_size", 2, "--val_batch_size", 2, "--num_workers", 0, "--precision", "32",
-            "--accelerator", "cpu", "--num_flow_steps", 2, "--log_every_n_steps", 1, "--output_dir", out, *extra]
+            "--accelerator", "cpu", "--num_flow_steps", 2, "--log_every_n_steps", 1, "--offline", "--output_dir", out,
+            *extra]
 
 
 def write_data(work):

@@ -418,17 +418,17 @@ def test_testing_and_validation_run_the_raw_weights_and_inference_the_ema(ema_ch
     import train
     from data import ImageFolderDataset, make_transform
     from degradations import create_degradation
+    from lightning_models.pmrf import PMRF
 
     checkpoint, seen = ema_checkpoint, {}
     monkeypatch.setenv("PMRF_INCEPTION_WEIGHTS", str(tmp_path / "absent.pth"))  # no FID here, no download
-    for hook in ("test_step", "validation_step"):
-        real = getattr(MMSERectifiedFlow, hook)
+    real_sample = PMRF.sample
 
-        def recording(self, batch, batch_idx, _real=real):
-            seen[seen["now"]] = weights_in(self, checkpoint)
-            return _real(self, batch, batch_idx)
+    def recording(self, *args, **kwargs):  # the weights test_step and validation_step restore with
+        seen[seen["now"]] = weights_in(self, checkpoint)
+        return real_sample(self, *args, **kwargs)
 
-        monkeypatch.setattr(MMSERectifiedFlow, hook, recording)
+    monkeypatch.setattr(PMRF, "sample", recording)
 
     test_program = load_test_program()
     for flags in ([], ["--use_ema"], ["--use_raw_weights"]):
@@ -617,7 +617,7 @@ def test_every_training_script_carries_the_references_arguments():
 # ------------------------------------------------------------------------- the module's API
 
 
-def test_test_step_writes_the_results_of_every_k_itself(ema_checkpoint, tmp_path):
+def test_test_step_writes_the_results_of_every_k_itself(ema_checkpoint, tmp_path, monkeypatch):
     """A script written against the reference: load, set test_results_path and num_test_flow_steps,
     trainer.test. The model writes the reference's layout with those K."""
     import lightning as L
@@ -625,14 +625,16 @@ def test_test_step_writes_the_results_of_every_k_itself(ema_checkpoint, tmp_path
 
     from data import ImageFolderDataset, make_transform
     from degradations import create_degradation
+    from lightning_models.pmrf import PMRF
 
     model = MMSERectifiedFlow.load_from_checkpoint(ema_checkpoint.path)
     assert model.test_results_path is None  # the reference's attribute, set by its test.py
     model.test_results_path = tmp_path / "results"
     model.num_test_flow_steps = [1, 3]
     steps_run = []
-    real_sample = model.pmrf.sample
-    model.pmrf.sample = lambda y, steps, *a, **k: steps_run.append(steps) or real_sample(y, steps, *a, **k)
+    real_sample = PMRF.sample
+    monkeypatch.setattr(PMRF, "sample", lambda self, y, steps, *a, **k: steps_run.append(steps)
+                        or real_sample(self, y, steps, *a, **k))
     loader = DataLoader(ImageFolderDataset(ema_checkpoint.images, create_degradation("gaussian_noise_035"),
                                            make_transform(16)), batch_size=2)
     L.Trainer(accelerator="cpu", devices=1, default_root_dir=tmp_path, logger=False, enable_progress_bar=False,
@@ -707,6 +709,7 @@ def test_load_from_checkpoint_honours_hparams_file_and_lightnings_map_location(e
 
 
 def test_validation_panels_are_five_images_unpadded_and_every_trajectory_state(tmp_path, monkeypatch):
+    from lightning_models.pmrf import PMRF
     from utils.images import read_rgb
 
     monkeypatch.setenv("PMRF_INCEPTION_WEIGHTS", str(tmp_path / "absent.pth"))
@@ -718,22 +721,21 @@ def test_validation_panels_are_five_images_unpadded_and_every_trajectory_state(t
     gen = torch.Generator().manual_seed(0)
     x, y = torch.rand(8, 3, 16, 16, generator=gen), torch.rand(8, 3, 16, 16, generator=gen)
     states = []
-    real_sample = model.pmrf.sample
+    real_sample = PMRF.sample
 
-    def sample(*args, callback=None, **kwargs):
+    def sample(self, *args, callback=None, **kwargs):
         def record(state):
             states.append(state["x"][0].clone())
             if callback is not None:
                 callback(state)
-        out = real_sample(*args, callback=record, **kwargs)
+        out = real_sample(self, *args, callback=record, **kwargs)
         states.insert(0, out.source[0].clone())
         return out
 
-    model.pmrf.sample = sample
+    monkeypatch.setattr(PMRF, "sample", sample)
     model.on_validation_epoch_start()
     model.validation_step({"x": x, "y": y}, 0)
     model._validation_images.save(tmp_path, epoch=0)
-    model._ema_stack.close()
     folder = tmp_path / "epoch=0000"
     panel = {name: read_rgb(folder / f"{name}.png") for name in ("x", "y", "xhat", "x_t_seq", "source_distribution_samples")}
     assert panel["x"].shape == panel["y"].shape == panel["xhat"].shape == (16, 5 * 16, 3)  # no padding
@@ -850,7 +852,7 @@ def test_train_py_checkpoints_hold_the_reference_keys_and_load_both_ways(incepti
 
     # Without them (offline): the checkpoint says so, and the reference loads it with strict=False
     monkeypatch.setenv("PMRF_INCEPTION_WEIGHTS", str(tmp_path / "absent.pth"))
-    path, offline = train_flow(tmp_path / "offline")
+    path, offline = train_flow(tmp_path / "offline", "--offline")
     assert offline["hyper_parameters"]["inception_weights_saved"] is False
     missing, unexpected = reference_keyed_module().load_state_dict(offline["state_dict"], strict=False, assign=True)
     assert not unexpected and {key.split(".")[0] for key in missing} == {"fid", "inception_score"}

@@ -42,7 +42,7 @@ DEGRADATION = "gaussian_noise_035"
 
 def run(*args, umask=None, env=None, timeout=300):
     """A program as a user runs it, offline."""
-    return run_program(*args, umask=umask, env={"PMRF_OFFLINE": "1", "HF_HUB_OFFLINE": "1", **(env or {})},
+    return run_program(*args, umask=umask, env={"HF_HUB_OFFLINE": "1", **(env or {})},
                        timeout=timeout)
 
 
@@ -690,23 +690,20 @@ def test_short_options_suffix_and_ext_name_the_outputs(ext, suffix, work, tmp_pa
     assert Image.open(tmp_path / "out" / "restored_images" / wanted[0]).format == {"png": "PNG", "jpg": "JPEG"}[ext]
 
 
-def test_pad_batches_gives_the_model_full_batches_and_one_output_per_input(pmrf_model, tmp_path):
+def test_pad_batches_gives_the_model_full_batches_and_one_output_per_input(pmrf_model, tmp_path, monkeypatch):
+    from lightning_models.pmrf import PMRF
     from lightning_models.restoration import AlignedOptions, restore_aligned
 
     lq = write_images(tmp_path / "lq", 3, (16, 16))
-    core = pmrf_model.pmrf
-    real_sample, seen = core.sample, []
+    real_sample, seen = PMRF.sample, []
 
-    def recording_sample(y, *args, **kwargs):
+    def recording_sample(self, y, *args, **kwargs):
         seen.append(y.shape[0])
-        return real_sample(y, *args, **kwargs)
+        return real_sample(self, y, *args, **kwargs)
 
-    core.sample = recording_sample
-    try:
-        report = restore_aligned(pmrf_model, sorted(lq.iterdir()), tmp_path / "out",
-                                 AlignedOptions(num_flow_steps=1, batch_size=2, pad_batches=True))
-    finally:
-        del core.sample
+    monkeypatch.setattr(PMRF, "sample", recording_sample)
+    report = restore_aligned(pmrf_model, sorted(lq.iterdir()), tmp_path / "out",
+                             AlignedOptions(num_flow_steps=1, batch_size=2, pad_batches=True))
     assert seen == [2, 2]
     assert report.written == 3 and not report.skipped
     assert outputs(tmp_path / "out" / "restored_images") == ["000.png", "001.png", "002.png"]
@@ -965,24 +962,21 @@ def test_21_2_loading_a_checkpoint_with_non_finite_weights_is_refused_with_one_l
     assert not (tmp_path / "weights" / "restored_images").exists()
 
 
-def test_21_2_aligned_inference_never_writes_a_non_finite_restoration(pmrf_model, tmp_path):
+def test_21_2_aligned_inference_never_writes_a_non_finite_restoration(pmrf_model, tmp_path, monkeypatch):
+    from lightning_models.pmrf import PMRF
     from lightning_models.restoration import AlignedOptions, restore_aligned
 
     lq = write_images(tmp_path / "lq", 3, (16, 16))
-    core = pmrf_model.pmrf
-    real_sample = core.sample
+    real_sample = PMRF.sample
 
-    def nan_for_the_second_image(y, *args, **kwargs):
-        sample = real_sample(y, *args, **kwargs)
+    def nan_for_the_second_image(self, y, *args, **kwargs):
+        sample = real_sample(self, y, *args, **kwargs)
         sample.xhat[1:2] = float("nan")
         return sample
 
-    core.sample = nan_for_the_second_image
-    try:
-        report = restore_aligned(pmrf_model, sorted(lq.iterdir()), tmp_path / "out",
-                                 AlignedOptions(num_flow_steps=1, batch_size=3))
-    finally:
-        del core.sample
+    monkeypatch.setattr(PMRF, "sample", nan_for_the_second_image)
+    report = restore_aligned(pmrf_model, sorted(lq.iterdir()), tmp_path / "out",
+                             AlignedOptions(num_flow_steps=1, batch_size=3))
     assert report.written == 2
     assert [name for name, _ in report.skipped] == ["001.png"] and "NaN" in report.skipped[0][1]
     assert outputs(tmp_path / "out" / "restored_images") == ["000.png", "002.png"]
@@ -1266,7 +1260,7 @@ def test_r2_16_ctrl_c_in_a_real_process_ends_with_one_line_and_whole_files(work,
     command = [sys.executable, "inference.py", *map(str, inference_argv(work, lq, out, "--batch_size", 1,
                                                                           "--num_flow_steps", 40))]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "PMRF_OFFLINE": "1", "HF_HUB_OFFLINE": "1"})
+                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
     try:
         deadline = time.monotonic() + 240
         while not list((out / "restored_images").glob("*.png")) and time.monotonic() < deadline:

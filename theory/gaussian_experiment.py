@@ -2,8 +2,8 @@
 against the closed forms of `theory.gaussian`.
 
 Every method is a `lightning_models.pmrf.PMRF` row of `METHODS` over small MLPs: trained with
-`PMRF.loss` on stratified times (`flow.sample_times`), an EMA of the weights kept by torch-ema as the
-trainer keeps it, and sampled with `PMRF.sample` (Euler). The knob `fidelity_weight` is
+`PMRF.loss` on stratified times (`flow.sample_times`), an EMA of the weights kept as the trainer keeps
+it (`lightning_models.ema`), and sampled by a `Restorer` (`PMRF.sample`, Euler). The knob `fidelity_weight` is
 `Sample.with_fidelity_weight`, as inference uses it.
 """
 
@@ -19,8 +19,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from lightning_models.ema import EMA
 from lightning_models.flow import sample_times
-from lightning_models.pmrf import METHODS, PMRF, Sample
+from lightning_models.pmrf import METHODS, PMRF, Sample, condition_channels
+from lightning_models.restorer import Restorer
 
 from .gaussian import (
     ExactRectifiedFlow,
@@ -96,8 +98,7 @@ def build_method(name: str, problem: LinearGaussianProblem, settings: Experiment
     if method.stage == "mmse":
         model: nn.Module = MLP(m, d, settings.hidden)
     else:
-        condition = {"posterior_mean": d, "measurement": m, None: 0}[method.condition]
-        model = VelocityMLP(d + condition, d, settings.hidden)
+        model = VelocityMLP(d + condition_channels(method, m, d), d, settings.hidden)
     noise_std = settings.source_noise_std if method.source in ("posterior_mean", "measurement") else 0.0
     return PMRF(method, model, mmse_model if method.uses_posterior_mean else None, noise_std, channels=d, clip=False)
 
@@ -107,12 +108,10 @@ def build_method(name: str, problem: LinearGaussianProblem, settings: Experiment
 
 def train(pmrf: PMRF, problem: LinearGaussianProblem, settings: ExperimentSettings, generator: torch.Generator,
           progress: bool = True) -> None:
-    """AdamW on fresh (x, y) batches and stratified times, torch-ema's EMA copied in at the end."""
-    from torch_ema import ExponentialMovingAverage
-
+    """AdamW on fresh (x, y) batches and stratified times, the EMA copied in at the end."""
     parameters = list(pmrf.model.parameters())
     optimizer = torch.optim.AdamW(parameters, lr=settings.lr, betas=(0.9, 0.95), weight_decay=0.0)
-    ema = ExponentialMovingAverage(parameters, decay=settings.ema_decay)
+    ema = EMA(pmrf.model, decay=settings.ema_decay)
     pmrf.model.train()
     for _ in tqdm(range(settings.train_steps), desc=f"training {pmrf.method.name}", leave=False, disable=not progress):
         x, y = problem.sample(settings.batch_size, generator)
@@ -121,7 +120,7 @@ def train(pmrf: PMRF, problem: LinearGaussianProblem, settings: ExperimentSettin
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        ema.update(parameters)
+        ema.update(pmrf.model)
     ema.copy_to(parameters)
     pmrf.model.eval().requires_grad_(False)
 
@@ -129,9 +128,10 @@ def train(pmrf: PMRF, problem: LinearGaussianProblem, settings: ExperimentSettin
 @torch.no_grad()
 def sample_all(pmrf: PMRF, y: torch.Tensor, num_flow_steps: int, generator: torch.Generator, chunk: int = 5_000,
                progress: bool = True) -> Sample:
-    """PMRF.sample over y in chunks (small ones run faster on a CPU), joined."""
+    """The method's samples of y in chunks (small ones run faster on a CPU), joined."""
+    restorer = Restorer(pmrf, num_flow_steps, generator=generator)
     chunks = tqdm(y.split(chunk), desc=f"sampling {pmrf.method.name}", leave=False, disable=not progress)
-    parts = [pmrf.sample(part, num_flow_steps, generator) for part in chunks]
+    parts = [restorer.sample(part) for part in chunks]
     join = lambda key: None if getattr(parts[0], key) is None else torch.cat([getattr(p, key) for p in parts])  # noqa: E731
     return Sample(join("xhat"), join("posterior_mean"), join("source"))
 

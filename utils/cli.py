@@ -17,9 +17,6 @@ import torch
 
 from utils.images import InputError, writable_folder
 
-DEFAULT_CKPT = "./checkpoints/blind_face_restoration_pmrf.ckpt"
-HF_REPO = "ohayonguy/PMRF_blind_face_image_restoration"
-
 # ------------------------------------------------------------------------------------ checked types
 
 
@@ -121,12 +118,16 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser, required: bool = F
     with `raw_by_default` (test.py, as the reference's testing) the raw ones unless --use_ema, and
     --use_raw_weights is accepted and changes nothing.
     """
+    from utils import registry
+
+    official = registry.weights_entry("pmrf_blind_face")
+    default = str(registry.default_path("pmrf_blind_face"))
     parser.add_argument(
         "--ckpt_path",
         required=required,
-        default=None if required else DEFAULT_CKPT,
+        default=None if required else default,
         help="Lightning .ckpt, save_pretrained folder, or Hub id with --ckpt_path_is_huggingface"
-        + ("" if required else f" (default {DEFAULT_CKPT}; the Hub id is {HF_REPO})"),
+        + ("" if required else f" (default: the {official.what}, {default}; its Hub id is {official.hub_id})"),
     )
     parser.add_argument("--ckpt_path_is_huggingface", action="store_true", help="--ckpt_path is a Hugging Face Hub id")
     if raw_by_default:
@@ -139,12 +140,19 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser, required: bool = F
 
 def add_runtime_arguments(parser: argparse.ArgumentParser, compile_help: str | None = None) -> None:
     """--device, --bf16, --compile and --attention_backend (inference.py, app.py)."""
-    from arch.attention import BACKENDS
     from utils.auto_compile import add_compile_argument
 
     parser.add_argument("--device", default=None, help="auto (default: CUDA, else MPS, else CPU), cpu, cuda, cuda:1, ...")
-    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CUDA; about 1.3-2x faster)")
+    parser.add_argument("--bf16", action="store_true",
+                        help="bfloat16 autocast, precision bf16-mixed (CUDA; about 1.3-2x faster)")
     add_compile_argument(parser, compile_help)
+    add_attention_backend_argument(parser)
+
+
+def add_attention_backend_argument(parser: argparse.ArgumentParser) -> None:
+    """--attention_backend (inference.py, app.py, train.py): the neighbourhood-attention kernel."""
+    from arch.attention import BACKENDS
+
     parser.add_argument(
         "--attention_backend",
         choices=BACKENDS,
@@ -224,17 +232,6 @@ def resolve_devices(accelerator: str, devices: int | None, num_gpus: int) -> tup
     if num_gpus > available:
         print(f"warning: --num_gpus {num_gpus} but only {available} GPU(s) visible; using {available}")
     return accelerator, max(1, min(num_gpus, available))
-
-
-def configure_torch() -> None:
-    """TF32 matmuls (the reference's setting) and no OpenCV thread pools inside DataLoader workers."""
-    torch.set_float32_matmul_precision("high")
-    try:
-        import cv2
-
-        cv2.setNumThreads(0)
-    except ImportError:
-        pass
 
 
 # ------------------------------------------------------------------------------------------ output

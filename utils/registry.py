@@ -145,6 +145,13 @@ def candidates(name: str, dirs: Iterable[str | os.PathLike | None] = ()) -> list
     return places
 
 
+def default_path(name: str) -> Path:
+    """Where weights file `name` goes when no folder is named: its download folder, else its first folder."""
+    entry = weights_entry(name)
+    folder = entry.downloads_to or (entry.folders[0] if entry.folders else None)
+    return _folder(folder) / entry.file if folder is not None else Path(entry.file)
+
+
 def weights_entry(name: str) -> WeightsFile:
     try:
         return WEIGHTS[name]
@@ -162,7 +169,7 @@ def find_weights(name: str, dirs: Iterable[str | os.PathLike | None] = (), offli
             return path
     target = places[0] if places and (dirs or (entry.env and os.environ.get(entry.env))) else None
     if target is None:
-        target = _folder(entry.downloads_to or entry.folders[0]) / entry.file if entry.folders else Path(entry.file)
+        target = default_path(name)
     if entry.url and not offline:
         return download(entry, target)
     source = f" (download it from {entry.url})" if entry.url else (f" (from the Hub: {entry.hub_id})" if entry.hub_id else "")
