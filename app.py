@@ -58,7 +58,15 @@ from whole_image.cli import add_photo_model_arguments
 from whole_image.detect import FaceDetector
 from whole_image.options import ToolOptions
 from whole_image.paste import FaceParser
-from whole_image.pipeline import NoFaceWarning, RestoreFaces, as_rgb, restore_crops, restore_photo, to_gray
+from whole_image.pipeline import (
+    NoFaceWarning,
+    NonFiniteFacesError,
+    RestoreFaces,
+    as_rgb,
+    restore_crops,
+    restore_photo,
+    to_gray,
+)
 from whole_image.tools import load_background_for, load_detector_for, load_parser_for
 from whole_image.upsample import MAX_OUTPUT_SIDE, BackgroundUpsampler, OutputTooLarge, output_scale, resize
 from whole_image.video import VideoOptions, restore_video
@@ -349,6 +357,23 @@ def restore_image(
         detector = store.detector()  # before the model: a missing detector file is said at once
     if restore_faces is None:
         restore_faces = store.restorer(steps, seed, fidelity_weight)
+    try:
+        before, after, download, gallery, status = _restore_for_page(
+            image, mode, steps, upscale, seed, restore_faces, detector, store
+        )
+    except NonFiniteFacesError:
+        raise user_error(
+            "The model returned NaN or infinite values for this photo, so nothing was written: its checkpoint "
+            "is probably damaged (a diverged training run). Load another checkpoint."
+        ) from None
+    handle, path = tempfile.mkstemp(prefix="pmrf_restored_", suffix=".png", dir=results_dir())
+    os.close(handle)
+    save_rgb(download, path)  # atomic replace of the empty placeholder
+    return (before, after), gallery, path, status
+
+
+def _restore_for_page(image, mode, steps, upscale, seed, restore_faces, detector, store):
+    """restore_image's work: (before, after, the image to download, the gallery, the status line)."""
     if mode == ALIGNED:
         face = square_face(as_rgb(image))
         restored = restore_crops([face], restore_faces)[0]
@@ -386,10 +411,7 @@ def restore_image(
             )
         detector_name = f" ({store.detector_name.split(' (')[0].removeprefix('face detector: ')})" if store.detector_name else ""
         status = f"Restored {count} face(s) with {steps} flow steps, seed {seed}{detector_name}."
-    handle, path = tempfile.mkstemp(prefix="pmrf_restored_", suffix=".png", dir=results_dir())
-    os.close(handle)
-    save_rgb(download, path)  # atomic replace of the empty placeholder
-    return (before, after), gallery, path, status
+    return before, after, download, gallery, status
 
 
 def restore_from_page(upload, mode, steps, upscale, seed, fidelity_weight=0.0):

@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> None:
     check_writable_folder(args.results_path, "--results_path")
     overrides = {"mmse_model_arch": args.mmse_model_arch} if args.mmse_model_arch else {}
     try:
-        model = load_model(args.ckpt_path, args.ckpt_path_is_huggingface, "cpu", use_ema=False, **overrides)
+        model = load_model(args.ckpt_path, args.ckpt_path_is_huggingface, "cpu", use_ema=False, keep_ema=True,
+                           **overrides)
     except (FileNotFoundError, ValueError, RuntimeError) as error:
         fail(str(error))
     # What the reference's test.py sets: test_step writes the outputs itself.

@@ -53,13 +53,15 @@ def load_model(
     huggingface: bool = False,
     device: str | torch.device = "cpu",
     use_ema: bool = True,
+    keep_ema: bool = False,
     **overrides,
 ):
     """A model in eval mode on `device`, from a Lightning .ckpt, a save_pretrained folder or a Hub id.
 
     With `use_ema` the EMA weights of a Lightning checkpoint become the model's weights (Hub and saved
-    folders already hold EMA weights). Raises FileNotFoundError / ValueError / RuntimeError with a
-    message that names the file.
+    folders already hold EMA weights). The separate EMA copy is then dropped, so inference holds one set
+    of weights, unless `keep_ema` (test.py chooses raw or EMA weights later). Raises FileNotFoundError /
+    ValueError / RuntimeError with a message that names the file.
     """
     from lightning_models.mmse_rectified_flow import MMSERectifiedFlow
 
@@ -76,6 +78,8 @@ def load_model(
         model = MMSERectifiedFlow.load_from_checkpoint(path, map_location="cpu", **overrides)
         if use_ema:
             model.copy_ema_to_model()
+        if not keep_ema:
+            model.ema = None
     return model.eval().requires_grad_(False).to(device)
 
 

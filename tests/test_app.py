@@ -666,3 +666,16 @@ def test_in_a_browser_upload_click_and_see_the_slider_and_the_faces(tmp_path, se
             assert fake.restorers == [(25, 42, False)]
         finally:
             browser.close()
+
+
+@pytest.mark.parametrize("mode", [app.ALIGNED, app.WHOLE_PHOTO])
+def test_a_model_giving_nan_is_a_readable_page_error_and_nothing_is_written(tmp_path, mode):
+    import gradio as gr
+
+    upload = saved(tmp_path, photo(120, 100))
+    before = set(Path(app.results_dir()).iterdir())
+    with pytest.raises(gr.Error, match="NaN or infinite values") as caught:
+        app.restore_image(upload, mode, 2, 1, 0, restore_faces=lambda faces: faces * float("nan"),
+                          detector=OneFace(), store=store_for(tmp_path))
+    assert "\n" not in str(caught.value)
+    assert set(Path(app.results_dir()).iterdir()) == before

@@ -1441,3 +1441,14 @@ def test_r2_16_whole_photo_ctrl_c_and_skip_existing(tmp_path, capsys):
     assert [p.name for p in written] == ["2.png", "3.png"]
     assert outputs(out / "restored_imgs") == [f"{i}.png" for i in range(4)]
     assert "left 2 photo(s)" in capsys.readouterr().out
+
+
+def test_inference_holds_one_set_of_weights_and_test_py_keeps_the_ema(work):
+    """load_model drops the EMA copy once its weights are in the model (inference needs one set);
+    test.py, which picks raw or EMA weights afterwards, keeps it."""
+    from lightning_models.restoration import load_model
+
+    assert load_model(str(work / "pmrf.ckpt"), device="cpu").ema is None
+    assert load_model(str(work / "pmrf.ckpt"), device="cpu", use_ema=False).ema is None
+    kept = load_model(str(work / "pmrf.ckpt"), device="cpu", use_ema=False, keep_ema=True)
+    assert kept.ema is not None and len(kept.ema.shadow_params) == len(list(kept.model.parameters()))
