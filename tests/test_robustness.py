@@ -230,10 +230,10 @@ def test_1_no_pickle_runs_from_the_validation_inception_weights(tmp_path, monkey
     from lightning_models.validation import ValidationMetrics
 
     marker = tmp_path / "pwned"
-    monkeypatch.setenv("PMRF_INCEPTION_WEIGHTS", str(plant_pickle(tmp_path / "inception.pth", marker)))
+    planted = plant_pickle(tmp_path / "inception.pth", marker)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        metrics = ValidationMetrics.create()
+        metrics = ValidationMetrics.create(metrics_ckpt_dir=planted)  # train.py --metrics_ckpt_dir
     assert not marker.exists(), "the pickle ran"
     assert metrics is None
     messages = [str(w.message) for w in caught if "inception.pth" in str(w.message)]

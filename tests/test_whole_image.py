@@ -609,8 +609,7 @@ def test_auto_detector_is_retinaface_when_its_weights_are_on_disk(tmp_path, caps
     tools = load_tools(options, "cpu")
     assert isinstance(tools.detector, StubDetector) and loaded == [weights]
     assert "face detector: RetinaFace" in capsys.readouterr().out
-    monkeypatch.setenv("PMRF_FACE_WEIGHTS", str(weights))  # the folder may also come from the environment
-    assert detect.resolve_detector_choice("auto")[0] == "retinaface"
+    assert detect.resolve_detector_choice("auto", weights)[0] == "retinaface"
     assert detect.resolve_detector_choice("mtcnn", weights)[0] == "mtcnn"
 
 
@@ -646,12 +645,6 @@ def test_retinaface_loads_from_a_local_file(tmp_path):
     found = detector.detect(textured_photo(64, 80))
     assert all(isinstance(face, DetectedFace) and face.landmarks.shape == (5, 2) for face in found)
     assert all(face.score > 0.5 for face in found)
-
-
-def test_face_weights_folder_from_the_environment(tmp_path, monkeypatch):
-    save_random_state(build_retinaface("cpu"), tmp_path / DETECTOR_FILE)
-    monkeypatch.setenv("PMRF_FACE_WEIGHTS", str(tmp_path))
-    assert isinstance(load_retinaface(None, device="cpu"), RetinaFaceDetector)
 
 
 def test_mtcnn_weights_come_from_the_package_through_utils_weights(monkeypatch):

@@ -57,7 +57,7 @@ def add_photo_model_arguments(group: argparse._ArgumentGroup) -> None:
         "--face_weights_dir",
         default=None,
         help="folder of facexlib weights (detection_Resnet50_Final.pth, parsing_parsenet.pth); "
-        "default $PMRF_FACE_WEIGHTS, else checkpoints/facexlib/",
+        "default checkpoints/facexlib/",
     )
     group.add_argument(
         "--realesrgan_weights_dir",
