@@ -888,13 +888,15 @@ def test_21_2_skipping_stops_when_every_step_is_bad(work, tmp_path, capsys, monk
     all_checkpoints_finite(out / "checkpoints")  # the unchanged first weights, saved at each epoch's end
 
 
-def test_21_2_a_checkpoint_with_non_finite_weights_is_never_written(work, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("weights", ["model", "ema"])
+def test_21_2_a_checkpoint_with_non_finite_weights_is_never_written(weights, work, tmp_path, capsys, monkeypatch):
     from lightning_models.mmse_rectified_flow import MMSERectifiedFlow
 
     def poison_after_step_4(self, outputs, batch, batch_idx):  # weights break, the loss had been finite
         if self.global_step == 4:
+            network = self.model if weights == "model" else self.ema.network  # the EMA copy alone, too
             with torch.no_grad():
-                next(self.model.parameters()).fill_(float("inf"))
+                next(network.parameters()).fill_(float("inf"))
 
     monkeypatch.setattr(MMSERectifiedFlow, "on_train_batch_end", poison_after_step_4, raising=False)
     out = tmp_path / "out"
