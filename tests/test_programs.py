@@ -7,6 +7,7 @@ through SystemExit and anything else (what a traceback would show) fails the tes
 
 import ast
 import csv
+import re
 import subprocess
 from pathlib import Path
 
@@ -216,6 +217,22 @@ def test_the_library_never_ends_the_program_or_reads_argv():
                 if (relative, None) not in PROGRAM_PARTS and (relative, function) not in PROGRAM_PARTS:
                     offences.append(f"{relative}:{line} {what}")
     assert not offences, "only programs end the program or read argv:\n" + "\n".join(offences)
+
+
+ENVIRONMENT_READ = re.compile(r"""(?:environ\.get\(|getenv\(|environ\[)\s*["']([A-Z][A-Z0-9_]*)["']""")
+ENVIRONMENT_CONSTANT = re.compile(r"""^[A-Z_]*ENV_VAR\s*=\s*["']([A-Z][A-Z0-9_]*)["']""", re.MULTILINE)
+
+
+def test_every_environment_variable_the_code_reads_is_in_the_readme():
+    root = Path(inference.__file__).resolve().parent
+    read = set()
+    for path in root.rglob("*.py"):
+        if not {"tests", ".venv", ".git"} & set(path.relative_to(root).parts):
+            text = path.read_text()
+            read |= set(ENVIRONMENT_READ.findall(text)) | set(ENVIRONMENT_CONSTANT.findall(text))
+    assert "PMRF_MAX_IMAGE_PIXELS" in read and "GRADIO_TEMP_DIR" in read  # the scan finds what it should
+    table = (root / "README.md").read_text().split("## Environment variables", 1)[1].split("\n## ", 1)[0]
+    assert not sorted(name for name in read if f"`{name}`" not in table)
 
 
 def test_whole_image_flag_hands_the_model_to_the_photo_pipeline(trained, tmp_path, monkeypatch):
