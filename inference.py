@@ -55,6 +55,7 @@ from utils.images import (
     refuse_writing_into_inputs,
 )
 from utils.precision import bf16_flag, configure_torch
+from utils.weights import MissingWeightsError, WeightsReadError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -137,9 +138,9 @@ def main(argv: list[str] | None = None) -> None:
     previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
     try:
         run(args)
-    except InputError as error:  # the inputs or the output folder (utils.images), before any work
+    except (InputError, MissingWeightsError, WeightsReadError, WriteError) as error:  # what the library raises
         fail(str(error))
-    except RunInterrupted as interrupted:
+    except RunInterrupted as interrupted:  # Ctrl-C or SIGTERM after whole files; says how many
         fail(str(interrupted), code=130)
     except KeyboardInterrupt:
         fail("interrupted before any image was written", code=130)
@@ -177,7 +178,7 @@ def run(args: argparse.Namespace) -> None:
 
         restorer = FaceRestorer(model, args.num_flow_steps, args.seed, args.bf16, args.fidelity_weight)
         options = WholeImageOptions.from_args(args)
-        has_photos, videos = photos_and_videos(lq_path)  # these three end the program on bad input
+        has_photos, videos = photos_and_videos(lq_path)  # these three raise; main() says it in one line
         if has_photos:
             run_whole_image(options, restorer, device)
         if videos:
@@ -190,10 +191,7 @@ def run(args: argparse.Namespace) -> None:
         jpeg_quality=args.jpeg_quality, pad_batches=compiled, fidelity_weight=args.fidelity_weight,
         skip_existing=args.skip_existing,
     )
-    try:
-        report = restore_aligned(model, inputs, output_dir, options)
-    except WriteError as error:
-        fail(str(error))
+    report = restore_aligned(model, inputs, output_dir, options)
     report_renamed(report.renamed)
     if report.existing:
         print(f"left {report.existing} image(s) whose outputs exist already (--skip_existing)")

@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="at a NaN or infinite loss or gradient: stop (default) or skip that step")
     p.add_argument("--offline", action="store_true",
                    help="never download: validation skips FID and IS (one warning) when the Inception weights are not here")
+    p.add_argument("--metrics_ckpt_dir", default=None,
+                   help="folder (or file) of the Inception weights for validation's FID and IS, looked in first "
+                        "(then evaluation/metrics_ckpt/ and torch's hub cache; as the evaluation programs' option)")
     return p
 
 
@@ -320,7 +323,8 @@ def main(argv: list[str] | None = None) -> None:
     set_up_networks(model, args.attention_backend, compiles(args.compile, accelerator, args.stage))
     train_loader, val_loader = make_loaders(args, processes)
     if val_loader is not None:
-        model.attach_validation_metrics(args.offline)  # the reference's fid / inception_score, in every checkpoint
+        # the reference's fid / inception_score, in every checkpoint
+        model.attach_validation_metrics(args.offline, args.metrics_ckpt_dir)
     logger = make_logger(args, output_dir, logger_kind)
     trainer = L.Trainer(
         accelerator=accelerator,

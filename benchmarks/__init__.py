@@ -12,6 +12,7 @@ Peak memory is the memory a case adds on top of what was live before its timed c
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import datetime
 import gc
@@ -36,26 +37,38 @@ MIB = 2**20
 
 
 def parse_ints(text: str) -> list[int]:
-    """'1,2,4' -> [1, 2, 4]."""
+    """An argparse type: '1,2,4' -> [1, 2, 4]."""
     try:
         return [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise SystemExit(f"expected comma-separated integers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def parse_names(text: str, allowed: Sequence[str]) -> list[str]:
+    """'a,b' -> ['a', 'b'], each one of `allowed` (argparse.ArgumentTypeError otherwise)."""
     names = [part.strip() for part in text.split(",") if part.strip()]
     unknown = [name for name in names if name not in allowed]
     if unknown:
-        raise SystemExit(f"unknown choice(s) {unknown}; choose from {list(allowed)}")
+        raise argparse.ArgumentTypeError(f"unknown choice(s) {unknown}; choose from {list(allowed)}")
     return names
 
 
-def resolve_device(requested: str) -> torch.device:
+def names_in(allowed: Sequence[str]) -> Callable[[str], list[str]]:
+    """An argparse type: a comma-separated list of names from `allowed`."""
+
+    def parse(text: str) -> list[str]:
+        return parse_names(text, allowed)
+
+    parse.__name__ = "names"
+    return parse
+
+
+def device_argument(requested: str) -> torch.device:
+    """An argparse type: a device name, or auto (CUDA when there is one, else the CPU; never MPS)."""
     try:
         return cli.resolve_device(requested, prefer_mps=False)
-    except ValueError as error:
-        raise SystemExit(str(error)) from None
+    except ValueError as error:  # its message starts with "--device NAME: ", which argparse says already
+        raise argparse.ArgumentTypeError(str(error).removeprefix(f"--device {requested}: ")) from None
 
 
 # ------------------------------------------------------------------------------------------ memory

@@ -44,12 +44,13 @@ from arch import attention, create_arch, last_backend, natten_available, neighbo
 from arch.attention import window_starts
 from benchmarks import (
     describe_machine,
+    device_argument,
     environment,
     format_table,
     measure,
+    names_in,
     parse_ints,
     parse_names,
-    resolve_device,
     run_case,
     save_json,
     set_threads,
@@ -395,6 +396,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--device",
+        type=device_list,
         default="auto",
         help="cpu, cuda, cuda:N, a comma-separated list, or auto (default: cpu, plus cuda if present)",
     )
@@ -404,7 +406,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=parse_ints("32,64,96,128"),
         help="token-grid sides for the kernels (default 32,64,96,128)",
     )
-    parser.add_argument("--backends", default="torch,flex,natten,dense", help="subset of torch,flex,natten,dense")
+    parser.add_argument("--backends", type=names_in(KERNEL_BACKENDS), default="torch,flex,natten,dense",
+                        help="subset of torch,flex,natten,dense")
     parser.add_argument("--kernel", type=int, default=7)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--d_head", type=int, default=64)
@@ -424,6 +427,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--tilings",
+        type=tilings_argument,
         default=None,
         help="token orders to time the flex kernel in on CUDA: 'all', or a comma-separated list of rows and "
         f"{', '.join(attention.TILINGS)} (default: the automatic order only)",
@@ -467,14 +471,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
     )
     parser.add_argument("--output_json", default=None, help="also save the tables here")
-    args = parser.parse_args(argv)
-    args.backends = parse_names(args.backends, KERNEL_BACKENDS)
+    return parser.parse_args(argv)
+
+
+def tilings_argument(text: str) -> list[str]:
+    """An argparse type: 'all', or a comma-separated list of token orders."""
     orders = [attention.ROW_MAJOR, *attention.TILINGS]
-    if args.tilings == "all":
-        args.tilings = orders
-    elif args.tilings:
-        args.tilings = parse_names(args.tilings, orders)
-    return args
+    return orders if text == "all" else parse_names(text, orders)
 
 
 def settings_for(args: argparse.Namespace, device: torch.device) -> argparse.Namespace:
@@ -501,11 +504,12 @@ def settings_for(args: argparse.Namespace, device: torch.device) -> argparse.Nam
     return args
 
 
-def resolve_devices(requested: str) -> list[torch.device]:
-    """'auto': the CPU, and the GPU too when there is one; otherwise a comma-separated list."""
+def device_list(requested: str) -> list[torch.device]:
+    """An argparse type. 'auto': the CPU, and the GPU too when there is one; otherwise a comma-separated
+    list of devices."""
     if requested == "auto":
         return [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
-    return [resolve_device(name.strip()) for name in requested.split(",") if name.strip()]
+    return [device_argument(name.strip()) for name in requested.split(",") if name.strip()]
 
 
 def run_device(args: argparse.Namespace, device: torch.device) -> dict:
@@ -567,7 +571,7 @@ def run_device(args: argparse.Namespace, device: torch.device) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     set_threads(args.threads)
-    runs = [run_device(settings_for(args, device), device) for device in resolve_devices(args.device)]
+    runs = [run_device(settings_for(args, device), device) for device in args.device]
     payload = {"benchmark": "attention", "runs": runs}
     if args.output_json:
         save_json(args.output_json, payload)

@@ -52,12 +52,12 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
 from benchmarks import (
     compile_options,
     describe_machine,
+    device_argument,
     environment,
     format_table,
     measure,
-    parse_names,
+    names_in,
     release,
-    resolve_device,
     run_case,
     save_json,
     set_threads,
@@ -91,18 +91,19 @@ MODES = {
     "bf16+cudagraphs": Mode("high", bf16=True, compile="reduce-overhead"),
     "bf16+max-autotune": Mode("high", bf16=True, compile="max-autotune"),
 }
+BACKENDS = ("torch", "flex", "natten")
 FULL = {"image_size": 512, "num_flow_steps": 25, "batch": 16}
 CUDA_MODES = "reference,reference-eager,default,default-eager,fp32,tf32,bf16,bf16+compile,cudagraphs,bf16+cudagraphs"
 CPU = {"image_size": 128, "num_flow_steps": 2, "batch": 2, "modes": "reference,default,fp32", "backends": "torch"}
 
 
 def parse_modes(text: str) -> list[tuple[str, int | None]]:
-    """'reference,default@64' -> [('reference', None), ('default', 64)]."""
+    """An argparse type: 'reference,default@64' -> [('reference', None), ('default', 64)]."""
     entries = []
     for part in (p.strip() for p in text.split(",") if p.strip()):
         name, _, batch = part.partition("@")
         if name not in MODES or (batch and not batch.isdigit()):
-            raise SystemExit(f"unknown mode {part!r}; choose from {list(MODES)}, optionally with @BATCH")
+            raise argparse.ArgumentTypeError(f"unknown mode {part!r}; choose from {list(MODES)}, optionally with @BATCH")
         entries.append((name, int(batch) if batch else None))
     return entries
 
@@ -360,19 +361,21 @@ COLUMNS = [
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    parser.add_argument("--device", type=device_argument, default="auto", help="cpu, cuda, cuda:N or auto (default)")
     parser.add_argument("--batch", type=int, default=None, help=f"default CUDA {FULL['batch']}, CPU {CPU['batch']}")
     parser.add_argument("--image_size", type=int, default=None, help=f"default CUDA {FULL['image_size']}, CPU {CPU['image_size']}")
     parser.add_argument("--num_flow_steps", type=int, default=None, help=f"K; default CUDA {FULL['num_flow_steps']}, CPU {CPU['num_flow_steps']}")
-    parser.add_argument("--modes", default=None, help=f"subset of {','.join(MODES)}, each optionally @BATCH "
+    parser.add_argument("--modes", type=parse_modes, default=None,
+                        help=f"subset of {','.join(MODES)}, each optionally @BATCH "
                         f"(default CUDA {CUDA_MODES}, CPU {CPU['modes']})")
     parser.add_argument("--job_images", type=int, default=512,
                         help="images of the job that `default` decides --compile auto for and that 'job img/s' "
                         "counts the first call against (default 512)")
     parser.add_argument("--tiling", default=None, help="PMRF_NA_TILING for every case but the reference's "
                         "(auto, rows, or a tiling of arch.attention.TILINGS; default: the environment's)")
-    parser.add_argument("--backends", default=None, help="neighbourhood-attention backends for the per-backend modes "
-                        "(default: every one that can run here; natten only with fused kernels)")
+    parser.add_argument("--backends", type=names_in(BACKENDS), default=None,
+                        help="neighbourhood-attention backends for the per-backend modes (default: every one that "
+                        "can run here; natten only with fused kernels)")
     parser.add_argument("--memory_batch", type=int, default=0, help="also measure the peak memory of this batch (K=1)")
     parser.add_argument("--compile_mmse", action="store_true", help="in compiled modes, compile SwinIR too")
     parser.add_argument("--repeats", type=int, default=None, help="timed calls (default CPU 1, CUDA 2)")
@@ -389,8 +392,8 @@ def fill_device_defaults(args, device: torch.device) -> list[str]:
     args.batch = args.batch or defaults["batch"]
     args.image_size = args.image_size or defaults["image_size"]
     args.num_flow_steps = args.num_flow_steps or defaults["num_flow_steps"]
-    args.modes = parse_modes(args.modes or defaults.get("modes", CUDA_MODES))
-    args.backends = parse_names(args.backends or ",".join(available_backends(device)), ["torch", "flex", "natten"])
+    args.modes = args.modes or parse_modes(defaults.get("modes", CUDA_MODES))
+    args.backends = args.backends or available_backends(device)
     args.repeats = args.repeats or (2 if device.type == "cuda" else 1)
     if args.image_size % 16 or args.image_size < 64:
         raise SystemExit(f"--image_size must be a multiple of 16 and at least 64, got {args.image_size}")
@@ -403,7 +406,7 @@ def fill_device_defaults(args, device: torch.device) -> list[str]:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    device = resolve_device(args.device)
+    device = args.device
     set_threads(args.threads)
     reduced = fill_device_defaults(args, device)
     isolate = device.type == "cpu" and not args.in_process

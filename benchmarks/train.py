@@ -31,20 +31,22 @@ from arch.attention import TILINGS
 from benchmarks import (
     compile_options,
     describe_machine,
+    device_argument,
     environment,
     format_table,
     measure,
+    names_in,
     parse_ints,
     parse_names,
     release,
-    resolve_device,
     run_case,
     save_json,
     set_threads,
     time_call,
 )
-from benchmarks.inference import FLOW_ARCH, MMSE_ARCH, available_backends, card
+from benchmarks.inference import BACKENDS, FLOW_ARCH, MMSE_ARCH, available_backends, card
 
+COMPILE_MODES = ("eager", "compile")
 FULL = {"image_size": 512, "batches": "16", "compile": "compile"}
 CPU = {"image_size": 64, "batches": "2", "compile": "eager"}
 
@@ -141,13 +143,17 @@ COLUMNS = [
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", type=device_argument, default="auto")
     parser.add_argument("--image_size", type=int, default=None)
-    parser.add_argument("--batches", default=None, help=f"per-GPU batch sizes (default CUDA {FULL['batches']})")
-    parser.add_argument("--backends", default=None, help="default: every backend that can run here")
-    parser.add_argument("--compile", default=None, help="eager,compile (default CUDA compile, CPU eager)")
-    parser.add_argument("--tilings", default="auto", help="token orders of the flex levels: auto (what train.py "
-                        "does), rows, or tilings of arch.attention.TILINGS, comma-separated (default auto)")
+    parser.add_argument("--batches", type=parse_ints, default=None,
+                        help=f"per-GPU batch sizes (default CUDA {FULL['batches']})")
+    parser.add_argument("--backends", type=names_in(BACKENDS), default=None,
+                        help="default: every backend that can run here")
+    parser.add_argument("--compile", type=names_in(COMPILE_MODES), default=None,
+                        help="eager,compile (default CUDA compile, CPU eager)")
+    parser.add_argument("--tilings", type=names_in(["auto", "rows", *TILINGS]), default="auto",
+                        help="token orders of the flex levels: auto (what train.py does), rows, or tilings of "
+                        "arch.attention.TILINGS, comma-separated (default auto)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=None, help="timed steps (default CUDA 5, CPU 1)")
     parser.add_argument("--time_budget_s", type=float, default=0, help="skip the remaining cases after this long")
@@ -159,13 +165,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    device = resolve_device(args.device)
+    device = args.device
     defaults = FULL if device.type == "cuda" else CPU
     args.image_size = args.image_size or defaults["image_size"]
-    args.batches = parse_ints(args.batches or defaults["batches"])
-    args.backends = parse_names(args.backends or ",".join(available_backends(device)), ["torch", "flex", "natten"])
-    args.compile = parse_names(args.compile or defaults["compile"], ["eager", "compile"])
-    args.tilings = parse_names(args.tilings, ["auto", "rows", *TILINGS])
+    args.batches = args.batches or parse_ints(defaults["batches"])
+    args.backends = args.backends or available_backends(device)
+    args.compile = args.compile or parse_names(defaults["compile"], COMPILE_MODES)
     args.repeats = args.repeats or (5 if device.type == "cuda" else 1)
     info = environment(device)
     print(f"PMRF blind-face training step ({FLOW_ARCH}, frozen {MMSE_ARCH}, bf16 autocast on CUDA, AdamW) on "

@@ -98,7 +98,9 @@ class FiniteGuard(L.Callback):
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         named = list(checkpoint.get("state_dict", {}).items())
-        shadows = (checkpoint.get("ema") or {}).get("shadow_params") or []
+        # Lightning calls the callbacks' hook before the module's, which adds the `ema` entry: read the copy
+        ema = getattr(pl_module, "ema", None)
+        shadows = (checkpoint.get("ema") or {}).get("shadow_params") or (ema.shadow_params if ema is not None else [])
         named += [(f"ema.shadow_params[{i}]", t) for i, t in enumerate(shadows)]
         bad = non_finite_tensors(named)
         if bad:

@@ -171,16 +171,17 @@ class MMSERectifiedFlow(CheckpointIO, ReferenceAPI, L.LightningModule):
 
     # ------------------------------------------------------------------------------ validation
 
-    def attach_validation_metrics(self, offline: bool = True) -> bool:
+    def attach_validation_metrics(self, offline: bool = True, metrics_ckpt_dir: str | os.PathLike | None = None) -> bool:
         """Create FID and Inception Score as the submodules `fid` and `inception_score` (flow stages), as
         the reference does, so that checkpoints hold `fid.inception.*` and `inception_score.inception.*`.
 
-        Tried once; False (after one warning) when the Inception weights are not available (downloaded
-        unless `offline`). train.py calls it before training; otherwise the first validation does, offline.
+        Tried once; False (after one warning) when the Inception weights are not available (looked for in
+        `metrics_ckpt_dir` first, then where utils.registry looks; downloaded unless `offline`). train.py
+        calls it before training; otherwise the first validation does, offline, in the default folders.
         """
         if self.stage != "mmse" and self.fid is None and not self._metrics_tried:
             self._metrics_tried = True
-            metrics = ValidationMetrics.create(offline)
+            metrics = ValidationMetrics.create(offline, metrics_ckpt_dir)
             if metrics is not None:
                 self.fid, self.inception_score = metrics.fid.to(self.device), metrics.inception_score.to(self.device)
         return self.fid is not None

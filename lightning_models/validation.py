@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -29,10 +30,10 @@ class ValidationMetrics:
         self.fid, self.inception_score = fid, inception_score
 
     @classmethod
-    def create(cls, offline: bool = True) -> ValidationMetrics | None:
+    def create(cls, offline: bool = True, metrics_ckpt_dir: str | os.PathLike | None = None) -> ValidationMetrics | None:
         """The metrics, or None (with one warning) when the Inception weights are not available: found
-        where `utils.registry` looks for them (``$PMRF_INCEPTION_WEIGHTS``, evaluation/metrics_ckpt/,
-        torch's hub cache), downloaded into the cache unless `offline`.
+        where `utils.registry` looks for them (`metrics_ckpt_dir` (train.py's --metrics_ckpt_dir) first,
+        then evaluation/metrics_ckpt/ and torch's hub cache), downloaded into the cache unless `offline`.
 
         The weights are read by the project (tensors only, `utils.inception`) and handed to torchmetrics,
         which would otherwise unpickle the file itself.
@@ -42,7 +43,7 @@ class ValidationMetrics:
         from utils.weights import MissingWeightsError, WeightsReadError
 
         try:
-            weights = find_weights("inception", offline=offline)
+            weights = find_weights("inception", [metrics_ckpt_dir], offline)
         except MissingWeightsError as error:
             _warn_once(f"validation FID and Inception Score skipped: {error}")
             return None

@@ -178,13 +178,13 @@ def test_missing_inception_weights_skip_fid_with_one_warning(monkeypatch, tmp_pa
     import warnings
 
     from lightning_models import validation
-    from utils.registry import weights_entry
 
-    monkeypatch.setenv(weights_entry("inception").env, str(tmp_path / "absent.pth"))
     monkeypatch.setattr(validation, "_warned", set())
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))  # no Inception file in torch's hub cache
+    absent = tmp_path / "absent.pth"  # train.py --metrics_ckpt_dir may name the file
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert validation.ValidationMetrics.create() is None
-        assert validation.ValidationMetrics.create() is None
+        assert validation.ValidationMetrics.create(metrics_ckpt_dir=absent) is None
+        assert validation.ValidationMetrics.create(metrics_ckpt_dir=absent) is None
     messages = [str(w.message) for w in caught if "Inception" in str(w.message)]
     assert len(messages) == 1 and "absent.pth" in messages[0]

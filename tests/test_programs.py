@@ -5,8 +5,11 @@ the other checks call the programs' `main(argv)` in the test's process, which a 
 through SystemExit and anything else (what a traceback would show) fails the test.
 """
 
+import ast
 import csv
+import re
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +20,8 @@ from PIL import Image
 
 import inference
 import train
+from utils.images import InputError, RunInterrupted, WriteError
+from utils.weights import MissingWeightsError, WeightsReadError
 
 test_program = load_test_program()
 PROGRAMS = {"train.py": train.main, "test.py": test_program.main, "inference.py": inference.main}
@@ -152,6 +157,82 @@ def test_bad_input_gives_a_one_line_error(args, message, tmp_path, capsys):
     result = call(*[str(places.get(a, a)) for a in args], capsys=capsys)
     errors = [line for line in result.stderr.splitlines() if "error:" in line]  # argparse: "prog: error:"
     assert result.returncode != 0 and len(errors) == 1 and message in errors[0], result.stderr
+
+
+@pytest.mark.parametrize(
+    "error,code",
+    [
+        (InputError("--lq_data_path in: no images or videos"), 2),
+        (InputError("no photo was restored (see the skipped photos above)"), 2),
+        (MissingWeightsError("RealESRGAN_x2plus.pth is not in w/; download it from ..."), 2),
+        (WeightsReadError("w/parsing_parsenet.pth: not a weights file"), 2),
+        (WriteError("writing out/a.png failed: No space left on device; 3 image file(s) were written"), 2),
+        (RunInterrupted("interrupted: 2 video(s) were written; run again with --skip_existing"), 130),
+    ],
+)
+def test_inference_ends_what_the_library_raises_with_its_one_line(error, code, tmp_path, monkeypatch, capsys):
+    def run(args):  # the library never ends the program: it raises, and inference.main says it
+        raise error
+
+    monkeypatch.setattr(inference, "run", run)
+    result = call("inference.py", "--lq_data_path", tmp_path, "--output_dir", tmp_path / "out", capsys=capsys)
+    assert (result.returncode, result.stderr) == (code, f"error: {error}\n")
+
+
+LIBRARY = ("arch", "compat", "data", "degradations", "evaluation", "lightning_models", "theory", "utils", "whole_image")
+PROGRAM_PARTS = {  # where a program's own code lives inside a library package: (file, function or None for all)
+    ("utils/cli.py", None),  # fail(), the programs' one-line exit
+    ("evaluation/run_as_module.py", None),  # an evaluation program started as a file hands over to its module
+    ("evaluation/cli.py", "run_program"),  # the evaluation programs' shared main()
+    ("evaluation/compute_metrics_blind.py", None),
+    ("evaluation/compute_metrics_controlled_experiments.py", None),
+}
+
+
+def program_calls(tree: ast.AST) -> list[tuple[str | None, int, str]]:
+    """(enclosing top-level function, line, what) of every way `tree` ends a program or reads argv."""
+    found = []
+    for top in tree.body:
+        name = top.name if isinstance(top, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) else None
+        for node in ast.walk(top):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "fail":
+                found.append((name, node.lineno, "fail()"))
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "parse_args":
+                found.append((name, node.lineno, "parse_args()"))
+            elif isinstance(node, ast.Name) and node.id == "SystemExit":
+                found.append((name, node.lineno, "SystemExit"))
+            elif (isinstance(node, ast.Attribute) and node.attr in ("exit", "argv")
+                  and isinstance(node.value, ast.Name) and node.value.id == "sys"):
+                found.append((name, node.lineno, f"sys.{node.attr}"))
+    return found
+
+
+def test_the_library_never_ends_the_program_or_reads_argv():
+    root = Path(inference.__file__).resolve().parent
+    offences = []
+    for package in LIBRARY:
+        for path in sorted((root / package).rglob("*.py")):
+            relative = path.relative_to(root).as_posix()
+            for function, line, what in program_calls(ast.parse(path.read_text())):
+                if (relative, None) not in PROGRAM_PARTS and (relative, function) not in PROGRAM_PARTS:
+                    offences.append(f"{relative}:{line} {what}")
+    assert not offences, "only programs end the program or read argv:\n" + "\n".join(offences)
+
+
+ENVIRONMENT_READ = re.compile(r"""(?:environ\.get\(|getenv\(|environ\[)\s*["']([A-Z][A-Z0-9_]*)["']""")
+ENVIRONMENT_CONSTANT = re.compile(r"""^[A-Z_]*ENV_VAR\s*=\s*["']([A-Z][A-Z0-9_]*)["']""", re.MULTILINE)
+
+
+def test_every_environment_variable_the_code_reads_is_in_the_readme():
+    root = Path(inference.__file__).resolve().parent
+    read = set()
+    for path in root.rglob("*.py"):
+        if not {"tests", ".venv", ".git"} & set(path.relative_to(root).parts):
+            text = path.read_text()
+            read |= set(ENVIRONMENT_READ.findall(text)) | set(ENVIRONMENT_CONSTANT.findall(text))
+    assert "PMRF_MAX_IMAGE_PIXELS" in read and "GRADIO_TEMP_DIR" in read  # the scan finds what it should
+    table = (root / "README.md").read_text().split("## Environment variables", 1)[1].split("\n## ", 1)[0]
+    assert not sorted(name for name in read if f"`{name}`" not in table)
 
 
 def test_whole_image_flag_hands_the_model_to_the_photo_pipeline(trained, tmp_path, monkeypatch):

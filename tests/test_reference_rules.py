@@ -421,7 +421,6 @@ def test_testing_and_validation_run_the_raw_weights_and_inference_the_ema(ema_ch
     from lightning_models.pmrf import PMRF
 
     checkpoint, seen = ema_checkpoint, {}
-    monkeypatch.setenv("PMRF_INCEPTION_WEIGHTS", str(tmp_path / "absent.pth"))  # no FID here, no download
     real_sample = PMRF.sample
 
     def recording(self, *args, **kwargs):  # the weights test_step and validation_step restore with
@@ -712,8 +711,6 @@ def test_validation_panels_are_five_images_unpadded_and_every_trajectory_state(t
     from lightning_models.pmrf import PMRF
     from utils.images import read_rgb
 
-    monkeypatch.setenv("PMRF_INCEPTION_WEIGHTS", str(tmp_path / "absent.pth"))
-
     model = MMSERectifiedFlow(stage="naive_flow", arch=TINY_HDIT, ema_decay=-1, mmse_noise_std=0.1, num_flow_steps=4)
     with torch.no_grad():
         for p in model.model.parameters():
@@ -822,9 +819,9 @@ def test_train_py_checkpoints_hold_the_reference_keys_and_load_both_ways(incepti
         path = out / "checkpoints" / "last.ckpt"
         return path, torch.load(path, weights_only=True)
 
-    # With the Inception weights: the reference's key set, the same Inception weights, no second copy
-    monkeypatch.setenv("PMRF_INCEPTION_WEIGHTS", str(inception_weights))
-    path, checkpoint = train_flow(tmp_path / "online")
+    # With the Inception weights (--metrics_ckpt_dir may name the file): the reference's key set, the same
+    # Inception weights, no second copy
+    path, checkpoint = train_flow(tmp_path / "online", "--metrics_ckpt_dir", inception_weights)
     state = checkpoint["state_dict"]
     assert {key.split(".")[0] for key in state} == {"model", "mmse_model", "fid", "inception_score"}
     inception = torch.load(inception_weights, weights_only=True)
@@ -846,12 +843,12 @@ def test_train_py_checkpoints_hold_the_reference_keys_and_load_both_ways(incepti
     loaded = MMSERectifiedFlow.load_from_checkpoint(path)
     assert loaded.fid is None and {k.split(".")[0] for k in loaded.state_dict()} == {"model", "mmse_model"}
     _, resumed = train_flow(tmp_path / "online", "--resume_from_ckpt", "last", "--max_steps", 3,
-                            "--check_val_every_n_epoch", 9)
+                            "--check_val_every_n_epoch", 9, "--metrics_ckpt_dir", inception_weights)
     assert resumed["global_step"] == 3 and resumed["state_dict"].keys() == state.keys()
     assert resumed["ema"]["collected_params"] is None
 
     # Without them (offline): the checkpoint says so, and the reference loads it with strict=False
-    monkeypatch.setenv("PMRF_INCEPTION_WEIGHTS", str(tmp_path / "absent.pth"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))  # no Inception file in torch's hub cache
     path, offline = train_flow(tmp_path / "offline", "--offline")
     assert offline["hyper_parameters"]["inception_weights_saved"] is False
     missing, unexpected = reference_keyed_module().load_state_dict(offline["state_dict"], strict=False, assign=True)

@@ -18,8 +18,6 @@ def test_every_named_architecture_has_a_native_size():
 @pytest.mark.parametrize("name", sorted(registry.WEIGHTS))
 def test_a_missing_file_is_one_line_naming_the_file_and_where_it_goes(name, tmp_path, monkeypatch):
     entry = registry.WEIGHTS[name]
-    if entry.env:
-        monkeypatch.delenv(entry.env, raising=False)
     monkeypatch.setattr(registry, "CHECKPOINTS", tmp_path)  # nothing is found in the repository's folders
     with pytest.raises(MissingWeightsError) as caught:
         registry.find_weights(name, [tmp_path / "given"], offline=True)
@@ -29,18 +27,19 @@ def test_a_missing_file_is_one_line_naming_the_file_and_where_it_goes(name, tmp_
 
 
 @pytest.mark.parametrize("name", sorted(registry.WEIGHTS))
-def test_files_are_found_in_the_given_folder_then_the_environment_then_the_defaults(name, tmp_path, monkeypatch):
+def test_files_are_found_in_the_given_folder_then_the_defaults_and_never_through_the_environment(
+    name, tmp_path, monkeypatch
+):
     entry = registry.WEIGHTS[name]
     given, from_env = tmp_path / "given", tmp_path / "env"
     for folder in (given, from_env):
         folder.mkdir()
         (folder / entry.file).write_bytes(b"x")
     assert registry.find_weights(name, [None, given]) == given / entry.file
-    if entry.env:
-        monkeypatch.setenv(entry.env, str(from_env))
-        assert registry.find_weights(name) == from_env / entry.file
-        monkeypatch.setenv(entry.env, str(from_env / entry.file))  # the variable may name the file itself
-        assert registry.find_weights(name) == from_env / entry.file
+    assert registry.find_weights(name, [given / entry.file]) == given / entry.file  # a file is taken as it is
+    for variable in ("PMRF_FACE_WEIGHTS", "PMRF_INCEPTION_WEIGHTS"):  # read no more: the options are the switch
+        monkeypatch.setenv(variable, str(from_env))
+    assert registry.candidates(name) == [registry._folder(folder) / entry.file for folder in entry.folders]
 
 
 def test_offline_never_downloads_and_online_downloads_to_the_cache(tmp_path, monkeypatch):
@@ -53,7 +52,6 @@ def test_offline_never_downloads_and_online_downloads_to_the_cache(tmp_path, mon
 
     monkeypatch.setattr("torch.hub.download_url_to_file", fake_download)
     monkeypatch.setattr("torch.hub.get_dir", lambda: str(tmp_path / "hub"))
-    monkeypatch.delenv("PMRF_INCEPTION_WEIGHTS", raising=False)
     monkeypatch.setattr(registry, "METRICS_CKPT", tmp_path / "none")
     with pytest.raises(MissingWeightsError):
         registry.find_weights("vgg16", offline=True)

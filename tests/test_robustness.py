@@ -230,10 +230,10 @@ def test_1_no_pickle_runs_from_the_validation_inception_weights(tmp_path, monkey
     from lightning_models.validation import ValidationMetrics
 
     marker = tmp_path / "pwned"
-    monkeypatch.setenv("PMRF_INCEPTION_WEIGHTS", str(plant_pickle(tmp_path / "inception.pth", marker)))
+    planted = plant_pickle(tmp_path / "inception.pth", marker)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        metrics = ValidationMetrics.create()
+        metrics = ValidationMetrics.create(metrics_ckpt_dir=planted)  # train.py --metrics_ckpt_dir
     assert not marker.exists(), "the pickle ran"
     assert metrics is None
     messages = [str(w.message) for w in caught if "inception.pth" in str(w.message)]
@@ -888,13 +888,15 @@ def test_21_2_skipping_stops_when_every_step_is_bad(work, tmp_path, capsys, monk
     all_checkpoints_finite(out / "checkpoints")  # the unchanged first weights, saved at each epoch's end
 
 
-def test_21_2_a_checkpoint_with_non_finite_weights_is_never_written(work, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("weights", ["model", "ema"])
+def test_21_2_a_checkpoint_with_non_finite_weights_is_never_written(weights, work, tmp_path, capsys, monkeypatch):
     from lightning_models.mmse_rectified_flow import MMSERectifiedFlow
 
     def poison_after_step_4(self, outputs, batch, batch_idx):  # weights break, the loss had been finite
         if self.global_step == 4:
+            network = self.model if weights == "model" else self.ema.network  # the EMA copy alone, too
             with torch.no_grad():
-                next(self.model.parameters()).fill_(float("inf"))
+                next(network.parameters()).fill_(float("inf"))
 
     monkeypatch.setattr(MMSERectifiedFlow, "on_train_batch_end", poison_after_step_4, raising=False)
     out = tmp_path / "out"

@@ -20,7 +20,7 @@ import pytest
 import torch
 from PIL import Image
 
-from utils.images import read_image, read_rgb
+from utils.images import InputError, read_image, read_rgb
 from utils.registry import WEIGHTS
 from utils.weights import MissingWeightsError, WeightsReadError
 from whole_image.align import (
@@ -514,19 +514,28 @@ def test_save_mmse_with_a_model_without_posterior_mean_says_so(tmp_path, capsys)
     assert not (tmp_path / "o" / "restored_imgs_posterior_mean").exists()
 
 
-def test_cli_never_writes_into_the_input_folder(tmp_path, capsys):
+def test_cli_never_writes_into_the_input_folder(tmp_path):
     inputs = tmp_path / "restored_imgs"
     inputs.mkdir()
     Image.fromarray(textured_photo(32, 32)).save(inputs / "a.png")
     before = (inputs / "a.png").read_bytes()
     options = parse_cli(["--lq_data_path", str(inputs), "--output_dir", str(tmp_path), "--face_mask", "ellipse"])
-    with pytest.raises(SystemExit):
+    with pytest.raises(InputError, match="holds the inputs"):  # inference.py: one line, status 2
         run_whole_image(options, PaintGreen(), "cpu", detector=StubDetector([]))
-    assert "holds the inputs" in capsys.readouterr().err
     assert (inputs / "a.png").read_bytes() == before
 
 
-def test_cli_single_file_and_same_stems(tmp_path, capsys):
+def test_a_folder_where_no_photo_could_be_restored_is_an_error(tmp_path, capsys):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "broken.png").write_bytes(b"not a png")
+    options = parse_cli(["--lq_data_path", str(inputs), "--output_dir", str(tmp_path / "o"), "--face_mask", "ellipse"])
+    with pytest.raises(InputError, match="no photo was restored"):  # inference.py: one line, status 2
+        run_whole_image(options, PaintGreen(), "cpu", detector=StubDetector([]))
+    assert "broken.png" in capsys.readouterr().out  # the report, with the reason, came first
+
+
+def test_cli_single_file_and_same_stems(tmp_path):
     inputs = tmp_path / "in"
     inputs.mkdir()
     for name in ("x.png", "x.bmp"):
@@ -541,19 +550,18 @@ def test_cli_single_file_and_same_stems(tmp_path, capsys):
         "x.png"
     ]
     assert sorted(p.name for p in (tmp_path / "one").iterdir()) == ["cmp", "restored_imgs"]
-    # A file that is not an image, nothing at all, or an output folder that is a file: one line, no traceback.
+    # A file that is not an image, nothing at all, or an output folder that is a file: one line naming it
+    # (inference.py prints it after "error: " and ends with status 2).
     (tmp_path / "notes.txt").write_text("hello")
-    capsys.readouterr()
     for path, output, named in (
         (tmp_path / "notes.txt", tmp_path / "never", tmp_path / "notes.txt"),
         (tmp_path / "absent", tmp_path / "never", tmp_path / "absent"),
         (inputs / "x.png", tmp_path / "notes.txt", tmp_path / "notes.txt"),
     ):
         argv = ["--lq_data_path", str(path), "--output_dir", str(output)]
-        with pytest.raises(SystemExit):
+        with pytest.raises(InputError) as refused:
             run_whole_image(parse_cli(argv), PaintGreen(), "cpu", detector=StubDetector([]))
-        error = capsys.readouterr().err
-        assert error.startswith("error: ") and error.count("\n") == 1 and str(named) in error
+        assert "\n" not in str(refused.value) and str(named) in str(refused.value)
 
 
 def test_rgba_photo_keeps_its_alpha_in_restored_imgs(tmp_path):
@@ -601,8 +609,7 @@ def test_auto_detector_is_retinaface_when_its_weights_are_on_disk(tmp_path, caps
     tools = load_tools(options, "cpu")
     assert isinstance(tools.detector, StubDetector) and loaded == [weights]
     assert "face detector: RetinaFace" in capsys.readouterr().out
-    monkeypatch.setenv("PMRF_FACE_WEIGHTS", str(weights))  # the folder may also come from the environment
-    assert detect.resolve_detector_choice("auto")[0] == "retinaface"
+    assert detect.resolve_detector_choice("auto", weights)[0] == "retinaface"
     assert detect.resolve_detector_choice("mtcnn", weights)[0] == "mtcnn"
 
 
@@ -638,12 +645,6 @@ def test_retinaface_loads_from_a_local_file(tmp_path):
     found = detector.detect(textured_photo(64, 80))
     assert all(isinstance(face, DetectedFace) and face.landmarks.shape == (5, 2) for face in found)
     assert all(face.score > 0.5 for face in found)
-
-
-def test_face_weights_folder_from_the_environment(tmp_path, monkeypatch):
-    save_random_state(build_retinaface("cpu"), tmp_path / DETECTOR_FILE)
-    monkeypatch.setenv("PMRF_FACE_WEIGHTS", str(tmp_path))
-    assert isinstance(load_retinaface(None, device="cpu"), RetinaFaceDetector)
 
 
 def test_mtcnn_weights_come_from_the_package_through_utils_weights(monkeypatch):
@@ -712,7 +713,7 @@ def test_missing_parser_weights_fall_back_to_the_ellipse(tmp_path, capsys):
     assert printed.startswith("warning: ") and printed.count("\n") == 1 and PARSER_FILE in printed
 
 
-def test_missing_realesrgan_weights_end_the_program(tmp_path, capsys):
+def test_missing_realesrgan_weights_are_one_line_before_any_photo(tmp_path):
     options = parse_cli(
         ["--bg_upsampler", "realesrgan", "--realesrgan_weights_dir", str(tmp_path), "--face_mask", "ellipse"]
     )
@@ -720,10 +721,9 @@ def test_missing_realesrgan_weights_end_the_program(tmp_path, capsys):
         load_tools(options, "cpu", detector=StubDetector([]))
     options = parse_cli(["--lq_data_path", str(inputs_with_one_photo(tmp_path)), "--output_dir", str(tmp_path / "o"),
                          "--bg_upsampler", "realesrgan", "--realesrgan_weights_dir", str(tmp_path), "--face_mask", "ellipse"])
-    with pytest.raises(SystemExit):  # the program's run ends with one line
+    with pytest.raises(MissingWeightsError, match=REALESRGAN_FILE) as missing:  # inference.py: one line, status 2
         run_whole_image(options, PaintGreen(), "cpu", detector=StubDetector([]))
-    error = capsys.readouterr().err
-    assert REALESRGAN_FILE in error and error.count("\n") == 1
+    assert "\n" not in str(missing.value) and not (tmp_path / "o" / "restored_imgs").exists()
 
 
 def inputs_with_one_photo(tmp_path: Path) -> Path:

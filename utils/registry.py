@@ -4,9 +4,10 @@ Each entry says what a file is, its name on disk, where to get it (a URL or a Hu
 folders it is looked for in, and its checksum where known; each named network says the image size it
 was trained at. Every program finds a weights file through `find_weights(name, dirs, offline)`:
 
-* it looks in `dirs` (folders the user named, e.g. ``--face_weights_dir``; a file path is taken as it is),
-  then in the folder or file named by the entry's environment variable, then in the entry's default
-  folders (``checkpoints/…``, ``evaluation/metrics_ckpt/``, torch's hub cache);
+* it looks in `dirs` (folders the user named, e.g. ``--face_weights_dir`` or ``--metrics_ckpt_dir``; a
+  file path is taken as it is), then in the entry's default folders (``checkpoints/…``,
+  ``evaluation/metrics_ckpt/``, torch's hub cache); no environment variable names a weights folder (the
+  options do);
 * a file that is not there is downloaded into the entry's cache folder when the entry has a URL and
   `offline` is false (and checked against its checksum), else it is a `MissingWeightsError` whose one
   line names the file, the folder it goes in and where to get it.
@@ -48,7 +49,6 @@ class WeightsFile:
     url: str | None = None  # direct download, if there is one
     hub_id: str | None = None  # Hugging Face Hub repository, if the weights live there
     folders: tuple[str | Path, ...] = ()  # where it is looked for, in order (HUB_CACHE: torch's cache)
-    env: str | None = None  # an environment variable naming a folder (or the file itself)
     sha256_prefix: str | None = None  # leading hex digits of the file's SHA-256, where known
     hint: str = ""  # appended to the "not found" message
     downloads_to: str | Path | None = None  # where a download goes (default: the first folder)
@@ -96,10 +96,9 @@ for entry in (
     # whole photos
     WeightsFile("retinaface", "RetinaFace face detector", "detection_Resnet50_Final.pth",
                 url=f"{FACEXLIB}/v0.1.0/detection_Resnet50_Final.pth", folders=(CHECKPOINTS / "facexlib",),
-                env="PMRF_FACE_WEIGHTS", hint="; or use --detector mtcnn, which needs no download"),
+                hint="; or use --detector mtcnn, which needs no download"),
     WeightsFile("parsenet", "ParseNet face parsing", "parsing_parsenet.pth",
-                url=f"{FACEXLIB}/v0.2.2/parsing_parsenet.pth", folders=(CHECKPOINTS / "facexlib",),
-                env="PMRF_FACE_WEIGHTS"),
+                url=f"{FACEXLIB}/v0.2.2/parsing_parsenet.pth", folders=(CHECKPOINTS / "facexlib",)),
     WeightsFile("realesrgan_x2plus", "Real-ESRGAN background", "RealESRGAN_x2plus.pth",
                 url="https://github.com/xinntao/Real-ESRGAN/releases/download/v0.2.1/RealESRGAN_x2plus.pth",
                 folders=(CHECKPOINTS / "realesrgan",)),
@@ -107,7 +106,7 @@ for entry in (
     WeightsFile("inception", "Inception (FID, KID, IS, precision/recall)", "weights-inception-2015-12-05-6726825d.pth",
                 url="https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
                     "weights-inception-2015-12-05-6726825d.pth",
-                folders=(METRICS_CKPT, HUB_CACHE), env="PMRF_INCEPTION_WEIGHTS", sha256_prefix="6726825d",
+                folders=(METRICS_CKPT, HUB_CACHE), sha256_prefix="6726825d",
                 downloads_to=HUB_CACHE),
     WeightsFile("vgg16", "VGG16 (LPIPS)", "vgg16-397923af.pth", url="https://download.pytorch.org/models/vgg16-397923af.pth",
                 folders=(METRICS_CKPT, HUB_CACHE), sha256_prefix="397923af", downloads_to=HUB_CACHE),
@@ -137,7 +136,7 @@ def candidates(name: str, dirs: Iterable[str | os.PathLike | None] = ()) -> list
     """Every path `find_weights` looks at for `name`, in order."""
     entry = weights_entry(name)
     places: list[Path] = []
-    for where in [*dirs, os.environ.get(entry.env) if entry.env else None]:
+    for where in dirs:
         if where:
             where = Path(where).expanduser()
             places.append(where if where.suffix and not where.is_dir() else where / entry.file)
@@ -167,9 +166,7 @@ def find_weights(name: str, dirs: Iterable[str | os.PathLike | None] = (), offli
     for path in places:
         if path.is_file():
             return path
-    target = places[0] if places and (dirs or (entry.env and os.environ.get(entry.env))) else None
-    if target is None:
-        target = default_path(name)
+    target = places[0] if dirs else default_path(name)
     if entry.url and not offline:
         return download(entry, target)
     source = f" (download it from {entry.url})" if entry.url else (f" (from the Hub: {entry.hub_id})" if entry.hub_id else "")

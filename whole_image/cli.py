@@ -1,5 +1,5 @@
 """Command-line side of whole-photo restoration (inference.py --whole_image): the options, and the run
-that prints the batch's report and turns its errors into one-line messages and exit codes.
+that prints the batch's report.
 
     parser = argparse.ArgumentParser(...)
     add_whole_image_arguments(parser)                 # also --suffix/--ext/--jpeg_quality unless told not to
@@ -8,8 +8,9 @@ that prints the batch's report and turns its errors into one-line messages and e
     run_whole_image(options, restorer, device)        # device resolved by the caller
 
 The work itself is the library's: whole_image.photo_batch.restore_photos (outputs and naming are
-described there), which never ends the program. Here a bad input, output folder or weights file, or a
-failed write, ends it with status 2 and one line; Ctrl-C (RunInterrupted) is left to the program.
+described there). Nothing here ends the program either: a bad input, output folder or weights file, a
+failed write or Ctrl-C raise the library's errors (InputError, MissingWeightsError, WeightsReadError,
+WriteError, RunInterrupted), which the program (inference.py) turns into one line and an exit status.
 """
 
 from __future__ import annotations
@@ -19,9 +20,8 @@ from pathlib import Path
 
 import torch
 
-from utils.cli import add_output_arguments, fail, float_range, int_range, positive_int, probability
-from utils.images import InputError, WriteError
-from utils.weights import MissingWeightsError, WeightsReadError
+from utils.cli import add_output_arguments, float_range, int_range, positive_int, probability
+from utils.images import InputError
 from whole_image.detect import DETECTORS, FaceDetector
 from whole_image.options import BG_UPSAMPLERS, FACE_MASKS, MAX_UPSCALE, WholeImageOptions
 from whole_image.photo_batch import PhotoReport, restore_photos
@@ -57,7 +57,7 @@ def add_photo_model_arguments(group: argparse._ArgumentGroup) -> None:
         "--face_weights_dir",
         default=None,
         help="folder of facexlib weights (detection_Resnet50_Final.pth, parsing_parsenet.pth); "
-        "default $PMRF_FACE_WEIGHTS, else checkpoints/facexlib/",
+        "default checkpoints/facexlib/",
     )
     group.add_argument(
         "--realesrgan_weights_dir",
@@ -145,16 +145,12 @@ def run_whole_image(
     device: str | torch.device = "cpu",
     detector: FaceDetector | None = None,
 ) -> list[Path]:
-    """restore_photos for the program: its report printed, and one line with status 2 for a bad input,
-    output folder or weights file, a failed write, or a folder where no photo could be restored.
-    Returns the restored photos' paths."""
-    try:
-        report = restore_photos(options, restore_faces, device, detector)
-    except (InputError, MissingWeightsError, WeightsReadError, WriteError) as error:
-        fail(str(error))
+    """restore_photos with its report printed; returns the restored photos' paths. Raises what
+    restore_photos raises, and InputError when every photo failed (none was restored)."""
+    report = restore_photos(options, restore_faces, device, detector)
     print_photo_report(report, options.output_dir)
     if report.nothing_restored:
-        fail("no photo was restored (see the skipped photos above)")
+        raise InputError("no photo was restored (see the skipped photos above)")
     return report.written
 
 

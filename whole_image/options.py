@@ -38,7 +38,7 @@ class ToolOptions:
     face_mask: str = "parsing"
     bg_upsampler: str = "none"
     bg_tile: int = 400
-    face_weights_dir: Path | None = None  # None: $PMRF_FACE_WEIGHTS, else checkpoints/facexlib (registry)
+    face_weights_dir: Path | None = None  # None: checkpoints/facexlib (registry)
     realesrgan_weights_dir: Path | None = None  # None: checkpoints/realesrgan (registry)
 
     def __post_init__(self):

@@ -1,5 +1,6 @@
 """A folder of photos (or one photo) restored into an output folder: the library side of
-`inference.py --whole_image` (whole_image.cli prints the report and turns errors into exit codes).
+`inference.py --whole_image` (whole_image.cli prints the report; inference.py turns the errors into one
+line and an exit status).
 
     report = restore_photos(WholeImageOptions(lq_data_path, output_dir), restore_faces, device)
 

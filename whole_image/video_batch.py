@@ -1,6 +1,6 @@
 """A folder of videos (or one video) restored into an output folder: the library side of
-`inference.py --whole_image` with videos (whole_image.video_cli prints the table and turns errors into
-exit codes).
+`inference.py --whole_image` with videos (whole_image.video_cli prints the table; inference.py turns
+the errors into one line and an exit status).
 
     report = restore_videos(WholeImageOptions(lq_data_path, output_dir), VideoOptions(), restore_faces)
 

@@ -1,14 +1,15 @@
 """Command-line side of video restoration (inference.py --whole_image with videos): the options, what a
-path holds, and the run that prints the results table and turns errors into one-line messages and exit
-codes.
+path holds, and the run that prints the results table.
 
     add_video_arguments(parser)                                   # --crf, --temporal_smoothing
     has_photos, videos = photos_and_videos(args.lq_data_path)
     run_videos(WholeImageOptions.from_args(args), VideoOptions.from_args(args), restorer, device, videos)
 
 The work itself is the library's: whole_image.video_batch.restore_videos (outputs and naming are
-described there), which never ends the program. Here a bad input, output folder or weights file, or a
-failed write, ends it with status 2 and one line; Ctrl-C or SIGTERM with status 130.
+described there). Nothing here ends the program either: a bad input, output folder or weights file, a
+failed write, Ctrl-C or SIGTERM raise the library's errors (InputError, MissingWeightsError,
+WeightsReadError, WriteError, RunInterrupted), which the program (inference.py) turns into one line and
+an exit status (2, or 130 for an interruption).
 """
 
 from __future__ import annotations
@@ -18,16 +19,8 @@ from pathlib import Path
 
 import torch
 
-from utils.cli import fail, int_range
-from utils.images import (
-    VIDEO_EXTENSIONS,
-    InputError,
-    RunInterrupted,
-    WriteError,
-    collect_inputs,
-    is_video_file,
-)
-from utils.weights import MissingWeightsError, WeightsReadError
+from utils.cli import int_range
+from utils.images import VIDEO_EXTENSIONS, collect_inputs, is_video_file
 from whole_image.cli import print_skipped
 from whole_image.options import WholeImageOptions
 from whole_image.pipeline import RestoreFaces
@@ -57,11 +50,8 @@ def add_video_arguments(parser: argparse.ArgumentParser) -> None:
 
 def photos_and_videos(path: str | Path) -> tuple[bool, list[Path]]:
     """What `inference.py --whole_image` has to do for `path`: (photos to restore?, the videos). A folder
-    with neither, or a file that is neither, ends the program with one line (utils.images.collect_inputs)."""
-    try:
-        inputs = collect_inputs(path, videos=True)
-    except InputError as error:
-        fail(str(error))
+    with neither, or a file that is neither, raises utils.images.InputError (collect_inputs)."""
+    inputs = collect_inputs(path, videos=True)
     videos = [item for item in inputs if is_video_file(item)]
     return len(videos) < len(inputs), videos
 
@@ -95,15 +85,10 @@ def run_videos(
     videos: list[Path] | None = None,
     tools: WholeImageTools | None = None,
 ) -> list[Path]:
-    """restore_videos for the program: the results printed as a table (and saved in
-    video_results.json); one line with status 2 for a bad input, output folder or weights file or a
-    failed write, status 130 for Ctrl-C (no partial video is left). Returns the restored videos' paths."""
-    try:
-        report = restore_videos(options, video_options, restore_faces, device, videos, tools)
-    except (InputError, MissingWeightsError, WeightsReadError, WriteError) as error:
-        fail(str(error))
-    except RunInterrupted as interrupted:
-        fail(str(interrupted), code=130)
+    """restore_videos with its results printed as a table (and saved in video_results.json); returns the
+    restored videos' paths. Raises what restore_videos raises (RunInterrupted for Ctrl-C or SIGTERM, with
+    no partial video left)."""
+    report = restore_videos(options, video_options, restore_faces, device, videos, tools)
     print_video_report(report, Path(options.output_dir))
     return [Path(result.output) for result in report.results]
 

@@ -1,7 +1,7 @@
 """How the detector, parser and background-upsampler weights are found and read.
 
 Their files are `utils.registry` entries ("retinaface", "parsenet", "realesrgan_x2plus": file name,
-download address, default folder, $PMRF_FACE_WEIGHTS), found with
+download address, default folder), found with
 `find_weights(name, [the user's folder], offline=True)`: nothing is downloaded, and a file that is not
 on disk is the registry's one-line MissingWeightsError naming it, where it goes and where to get it.
 Every file is read through `utils.weights` (tensors only, never arbitrary pickles). MTCNN's three small
@@ -26,7 +26,7 @@ __all__ = ["find_tool_weights", "load_weights_into", "mtcnn_weights_dir"]
 
 def find_tool_weights(name: str, weights_dir: str | os.PathLike | None = None) -> Path:
     """The registry's file `name`: in `weights_dir` (--face_weights_dir, --realesrgan_weights_dir), else
-    in the entry's environment variable's folder, else in its default folder; never downloaded."""
+    in its default folder; never downloaded."""
     return find_weights(name, [weights_dir], offline=True)
 
 
