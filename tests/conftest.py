@@ -1,25 +1,44 @@
-import json
+"""Fixtures and pytest hooks shared by every test module.
+
+Where shared test code lives:
+
+* here: fixtures (`one_torch_thread`, `offline`, `free_port`, `planted_code`, `mmse_ckpt`,
+  `arch_manifest`) and the xdist grouping; a module turns a fixture on for all its tests with
+  `pytestmark = pytest.mark.usefixtures("one_torch_thread")`;
+* helpers.py: plain code the tests import (`from helpers import build_method, write_images, …`): tiny
+  networks, the methods built from `lightning_models.pmrf.METHODS`, stand-ins with known answers, files,
+  and the programs run in-process or as subprocesses.
+
+No test module imports another test module, and none imports this one.
+
+Parameter lists come from the project's registries, as timm's tests/test_models.py does, so that a new
+entry is tested without editing a test: `lightning_models.pmrf.METHODS` (and `STAGES`),
+`degradations.DEGRADATION_NAMES`, `arch.NAMED_CONFIGS`, `utils.registry.WEIGHTS` and `NETWORKS`.
+
+The reference's test.py keeps its name, which the standard library's regression-test package `test`
+also has: `import test` gives whichever Python finds first (one already in sys.modules, or the first on
+sys.path). Tests never import it by name; they load it by path, once per process, with
+`helpers.load_program("test.py")` (the module `pmrf_test_program`), as they load every program file
+they call in-process without importing it by name (scripts/gaussian_experiment.py too).
+
+Tests that take more than about 8 s alone on a 2-core CPU are marked `@pytest.mark.slow`:
+`make test-fast` leaves them out (`-m "not slow"`), `make test` runs everything.
+"""
+
 import os
+import socket
 from pathlib import Path
 
 import pytest
 import torch
 
-# Manifests of the official checkpoints' state-dict keys and shapes (copied from the project spec).
-_HERE = Path(__file__).resolve().parent
-MANIFEST_DIRS = [_HERE / "data" / "checkpoint_keys"]
-
-
-def load_manifest(name: str) -> dict:
-    for folder in MANIFEST_DIRS:
-        path = folder / name
-        if path.is_file():
-            return json.loads(path.read_text())
-    raise FileNotFoundError(f"{name} not found in {[str(p) for p in MANIFEST_DIRS]}")
+# The fixtures import helpers when they run: the xdist controller, which runs no test, loads this file too.
 
 
 @pytest.fixture(scope="session")
 def arch_manifest() -> dict:
+    from helpers import load_manifest
+
     return load_manifest("architectures.json")
 
 
@@ -29,29 +48,51 @@ def _deterministic_cpu():
     yield
 
 
-TINY_HDIT = {
-    "type": "hdit",
-    "patch_size": [2, 2],
-    "widths": [16, 32],
-    "depths": [1, 1],
-    "self_attns": [
-        {"type": "neighborhood", "d_head": 8, "kernel_size": 3},
-        {"type": "global", "d_head": 8},
-    ],
-    "mapping_width": 16,
-    "mapping_depth": 1,
-}
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for a module's tests: their tensors are tiny, and on a small, busy machine
+    several threads mostly wait for each other (a two-point training takes ten times longer with two)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
-TINY_SWINIR = {
-    "type": "swinir",
-    "embed_dim": 12,
-    "depths": [2],
-    "num_heads": [2],
-    "window_size": 4,
-    "sf": 2,
-    "img_size": 8,
-}
 
+@pytest.fixture
+def offline(monkeypatch):
+    """No test may reach the network: the download helpers of torch and facexlib all fail."""
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a test tried to download something")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", fail)
+    monkeypatch.setattr("facexlib.utils.load_file_from_url", fail)
+    monkeypatch.setattr("facexlib.utils.misc.load_file_from_url", fail)
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def planted_code(tmp_path):
+    """A payload to pickle into a weights file or cache (`torch.save({"weight": planted_code}, path)`);
+    `planted_code.ran` tells whether reading the file ran it (helpers.PlantedCode)."""
+    from helpers import PlantedCode
+
+    return PlantedCode(tmp_path / "code_ran")
+
+
+@pytest.fixture(scope="session")
+def mmse_ckpt(tmp_path_factory) -> Path:
+    """A tiny MMSE checkpoint as our MMSE stage writes it (helpers.save_lightning_mmse_checkpoint, seed 0)."""
+    from helpers import save_lightning_mmse_checkpoint
+
+    return save_lightning_mmse_checkpoint(tmp_path_factory.mktemp("mmse") / "mmse.ckpt")
 
 
 # --- pytest-xdist: `make test` runs `pytest -n auto --dist loadgroup` -------------------------------

@@ -11,7 +11,6 @@ from __future__ import annotations
 import ast
 import os
 import shutil
-import socket
 import sys
 import types
 import warnings
@@ -34,13 +33,8 @@ gr = pytest.importorskip("gradio")
 
 
 @pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    def fail(*args, **kwargs):
-        raise AssertionError("a test tried to download something")
-
-    monkeypatch.setattr(torch.hub, "download_url_to_file", fail)
-    monkeypatch.setattr("facexlib.utils.load_file_from_url", fail)
-    monkeypatch.setattr("facexlib.utils.misc.load_file_from_url", fail)
+def no_running_demo(offline, monkeypatch):
+    """Offline (conftest.py), and no model store left from another test."""
     monkeypatch.setattr(app, "STORE", None)
 
 
@@ -437,32 +431,43 @@ def _leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.startswith(("pmrf_", "gradio")))
 
 
-@pytest.mark.slow
-def test_sigterm_removes_every_file_the_app_made(tmp_path):
-    """app.py stopped by SIGTERM (as a service manager stops it) leaves no results and no Gradio upload
-    cache behind; its temporary folder is the test's own (TMPDIR)."""
+def start_app(port: int, ckpt_path: Path, env: dict, timeout: float):
+    """`python app.py` as a user starts it, once it has printed its local address (it is killed if it does
+    not within `timeout` seconds), and the lines it printed until then."""
     import queue
-    import signal
     import subprocess
     import threading
 
-    from gradio_client import Client, handle_file
-
-    temp = tmp_path / "tmp"
-    temp.mkdir()
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "GRADIO_TEMP_DIR"}
-    env.update(TMPDIR=str(temp), GRADIO_ANALYTICS_ENABLED="False")
-    process = subprocess.Popen(
-        [sys.executable, "app.py", "--server_port", str(port), "--device", "cpu", "--ckpt_path", str(tmp_path / "no.ckpt")],
-        cwd=Path(app.__file__).parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-    )
+    command = [sys.executable, "app.py", "--server_port", str(port), "--device", "cpu", "--ckpt_path", str(ckpt_path)]
+    process = subprocess.Popen(command, cwd=Path(app.__file__).parent, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, env=env)
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True).start()
     seen = []
     try:
         while not any(f"http://127.0.0.1:{port}" in line for line in seen):
-            seen.append(lines.get(timeout=120))
+            seen.append(lines.get(timeout=timeout))
+    except BaseException:
+        process.kill()
+        raise
+    return process, seen
+
+
+@pytest.mark.slow
+def test_sigterm_removes_every_file_the_app_made(tmp_path, free_port):
+    """app.py stopped by SIGTERM (as a service manager stops it) leaves no results and no Gradio upload
+    cache behind; its temporary folder is the test's own (TMPDIR)."""
+    import signal
+
+    from gradio_client import Client, handle_file
+
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    port = free_port
+    env = {k: v for k, v in os.environ.items() if k != "GRADIO_TEMP_DIR"}
+    env.update(TMPDIR=str(temp), GRADIO_ANALYTICS_ENABLED="False")
+    process, _ = start_app(port, tmp_path / "no.ckpt", env, timeout=120)
+    try:
         client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=str(tmp_path / "downloads"))
         shown = client.predict(handle_file(saved(tmp_path, photo(64, 64))), api_name="/preview")
         assert read_rgb(shown).shape == (64, 64, 3)
@@ -479,21 +484,15 @@ def test_sigterm_removes_every_file_the_app_made(tmp_path):
 # ------------------------------------------------------------------------------ the served page
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
-def served(tmp_path, monkeypatch):
+def served(tmp_path, monkeypatch, free_port):
     """The real Blocks app on a local port, with the stub model; yields (url, fake restoration module)."""
     fake = FakeRestoration()
     monkeypatch.setitem(sys.modules, "lightning_models.restoration", fake)
     monkeypatch.setattr(app, "STORE", store_for(tmp_path))
     demo = app.build_demo()
     demo.queue(default_concurrency_limit=1)
-    port = free_port()
+    port = free_port
     demo.launch(
         server_name="127.0.0.1",
         server_port=port,
@@ -530,29 +529,14 @@ def test_the_served_page_restores_through_the_gradio_api(tmp_path, served):
 
 
 @pytest.mark.slow
-def test_running_app_py_prints_the_local_address(tmp_path):
+def test_running_app_py_prints_the_local_address(tmp_path, free_port):
     """`python app.py` serves the page and says where, without touching the checkpoint."""
-    import queue
-    import subprocess
-    import threading
     import urllib.request
 
-    port = free_port()
-    command = [sys.executable, "app.py", "--server_port", str(port), "--device", "cpu", "--ckpt_path", str(tmp_path / "absent.ckpt")]
-    process = subprocess.Popen(
-        command,
-        cwd=Path(app.__file__).parent,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"},
-    )
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True).start()
-    seen = []
+    port = free_port
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
+    process, seen = start_app(port, tmp_path / "absent.ckpt", env, timeout=90)
     try:
-        while not any(f"http://127.0.0.1:{port}" in line for line in seen):
-            seen.append(lines.get(timeout=90))
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as response:
             assert response.status == 200 and b"<html" in response.read(2000).lower()
     finally:

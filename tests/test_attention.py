@@ -3,27 +3,10 @@ rule `auto` follows."""
 
 import pytest
 import torch
+from helpers import TILED_CASES, brute_force_neighborhood, from_tiles, to_tiles
 
 from arch import attention
 from arch.attention import neighborhood_attention, shifted_window_attention, window_starts
-
-
-def brute_force_neighborhood(q, k, v, kernel_size):
-    """Dense attention over all H·W keys with a mask built straight from NATTEN's window definition."""
-    n, h, w, heads, d = q.shape
-    mask = torch.zeros(h, w, h, w, dtype=torch.bool)
-    r = kernel_size // 2
-    for i in range(h):
-        top = min(max(i - r, 0), h - kernel_size)
-        for j in range(w):
-            left = min(max(j - r, 0), w - kernel_size)
-            mask[i, j, top : top + kernel_size, left : left + kernel_size] = True
-    mask = mask.reshape(h * w, h * w).to(q.device)
-    qf, kf, vf = (t.permute(0, 3, 1, 2, 4).reshape(n, heads, h * w, d) for t in (q, k, v))
-    logits = qf @ kf.transpose(-1, -2)
-    logits = logits.masked_fill(~mask, float("-inf"))
-    out = logits.softmax(-1) @ vf
-    return out.reshape(n, heads, h, w, d).permute(0, 2, 3, 1, 4)
 
 
 def random_qkv(h, w, heads=2, d=8, n=2, requires_grad=False):
@@ -204,24 +187,6 @@ def test_shifted_window_attention_masks_wrapped_regions():
 
 
 # ------------------------------------------------------------------ the tile order and its block masks
-
-TILED_CASES = [  # (h, w, k, tiling): square and non-square grids, every kernel, borders included
-    (h, w, k, tiling)
-    for tiling, grids in [("8x8/4x8", [(8, 8), (16, 16), (16, 24), (24, 8)]), ("8x16/4x8", [(16, 32), (8, 16)]),
-                          ("4x8/4x8", [(12, 16)]), ("8x8/4x4", [(16, 8)])]
-    for h, w in grids
-    for k in (3, 5, 7)
-]
-
-
-def to_tiles(grid, t):
-    """(n, h, w, heads, d) -> (n, 1, h·w, heads, d) in the grid's tile order."""
-    return grid.to_tiles(t.flatten(-2)).unflatten(-1, t.shape[-2:])
-
-
-def from_tiles(grid, t):
-    return grid.from_tiles(t.flatten(-2)).unflatten(-1, t.shape[-2:])
-
 
 @pytest.mark.parametrize("tiling", list(attention.TILINGS))
 def test_tile_order_round_trips_and_positions_name_each_token(tiling):

@@ -8,7 +8,7 @@ import types
 
 import pytest
 import torch
-from helpers import build_method, load_test_program
+from helpers import build_method, load_program, randomize_
 
 import app
 import inference
@@ -40,7 +40,7 @@ def test_the_threshold_is_about_350_faces_at_25_steps_and_counts_pixels():
 
 @pytest.mark.parametrize("parse", [
     lambda argv: inference.build_parser().parse_args(["-i", ".", "-o", "out", *argv]),
-    lambda argv: load_test_program().build_parser().parse_args(
+    lambda argv: load_program("test.py").build_parser().parse_args(
         ["--degradation", "difface", "--test_data_root", ".", "--ckpt_path", "x", "--results_path", "r",
          "--num_flow_steps", "1", *argv]),
     lambda argv: app.parse_args(argv),
@@ -110,9 +110,7 @@ def test_compiling_with_inductor_on_cpu_reproduces_the_eager_output():
     same restoration as the eager network, at the default precision."""
     torch.manual_seed(0)
     eager = build_method("naive_flow", None).eval().requires_grad_(False)
-    with torch.no_grad():
-        for p in eager.model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
+    randomize_(eager.model)
     compiled = copy.deepcopy(eager)
     prepare_for_inference(compiled, "torch", compile="auto")  # auto on CPU: not compiled
     assert compiled.model._compiled_call_impl is None

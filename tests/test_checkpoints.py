@@ -6,8 +6,14 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_HDIT, TINY_SWINIR
-from helpers import build_method, save_lightning_mmse_checkpoint, write_images
+from helpers import (
+    TINY_HDIT,
+    TINY_SWINIR,
+    build_method,
+    randomize_,
+    save_lightning_mmse_checkpoint,
+    write_images,
+)
 from PIL import Image
 from torch.utils.data import DataLoader
 
@@ -27,19 +33,11 @@ SPEC_HPARAMS = dict(  # the official blind-face hyper-parameters
 )
 
 
-def perturb_(module, scale=0.05, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * scale)
-    return module
-
-
 # ------------------------------------------------------------------------------------ MMSE checkpoints
 
 def tiny_swinir_state(seed=1):
     torch.manual_seed(seed)
-    return perturb_(create_arch(TINY_SWINIR)).state_dict()
+    return randomize_(create_arch(TINY_SWINIR), 0.05, torch.Generator().manual_seed(0)).state_dict()
 
 
 @pytest.mark.parametrize("layout", ["params_ema", "params", "state_dict_module", "state_dict_model_module", "raw"])
@@ -78,15 +76,12 @@ def test_mismatched_mmse_checkpoint_is_a_clear_error(tmp_path):
                           mmse_model_arch=dict(TINY_SWINIR, embed_dim=16))
 
 
-class Evil:
-    """Any class: weights_only loading must refuse to rebuild it."""
-
-
-def test_pickled_objects_are_refused(tmp_path):
-    torch.save({"params_ema": {}, "payload": Evil()}, tmp_path / "evil.pth")
+def test_pickled_objects_are_refused(tmp_path, planted_code):
+    torch.save({"params_ema": {}, "payload": planted_code}, tmp_path / "evil.pth")
     with pytest.raises(WeightsReadError, match="refused") as error:
         read_checkpoint(tmp_path / "evil.pth")
     assert "weights_only=False" not in str(error.value)  # never the unsafe advice
+    assert not planted_code.ran
 
 
 # ---------------------------------------------------------------------------------- Lightning round trip
@@ -100,11 +95,6 @@ def tiny_loader(tmp_path, count=4, batch_size=2):
     dataset = ImageFolderDataset(write_images(tmp_path / "train", count, (16, 16)), create_degradation("gaussian_noise_035"),
                                  make_transform(16))
     return DataLoader(dataset, batch_size=batch_size)
-
-
-@pytest.fixture(scope="module")
-def mmse_ckpt(tmp_path_factory):
-    return save_lightning_mmse_checkpoint(tmp_path_factory.mktemp("mmse") / "mmse.ckpt")
 
 
 def test_lightning_checkpoint_round_trip(tmp_path, mmse_ckpt):

@@ -8,23 +8,13 @@ shapes and order, and register its parameters in that order (torch-ema stores it
 
 import pytest
 import torch
-from conftest import load_manifest
+from helpers import load_manifest, manifest_network
 
-from arch import NAMED_CONFIGS, create_arch
+from arch import NAMED_CONFIGS
 
 MANIFEST = load_manifest("architectures.json")
 # the state-dict entries that are buffers, not parameters
 BUFFER_SUFFIXES = ("time_emb.weight", "aug_emb.weight", "pos_emb.freqs", "relative_position_index", "attn_mask")
-
-
-def build(entry: str):
-    """The network of a manifest entry: `name+condN` (N condition channels), `name+inN` (N input channels)."""
-    name, suffix = entry.split("+")
-    if suffix.startswith("cond"):
-        return create_arch(name, int(suffix[4:]))
-    if suffix.startswith("in"):  # a network whose input has this many channels
-        return create_arch({**NAMED_CONFIGS[name], "in_channels": int(suffix[2:])})
-    raise AssertionError(f"unknown manifest entry {entry}")
 
 
 def test_manifest_covers_every_named_config():
@@ -35,7 +25,7 @@ def test_manifest_covers_every_named_config():
 @pytest.mark.parametrize("entry", list(MANIFEST))
 def test_state_dict_keys_shapes_order_and_parameter_order(entry):
     with torch.device("meta"):
-        net = build(entry)
+        net = manifest_network(entry)
     got = [(k, list(v.shape)) for k, v in net.state_dict().items()]
     assert got == list(MANIFEST[entry].items())
     assert [k for k, _ in net.named_parameters()] == [k for k in MANIFEST[entry] if not k.endswith(BUFFER_SUFFIXES)]

@@ -4,8 +4,15 @@ force (row-major and in the tile order), the backends' agreement on a full-size 
 
 import pytest
 import torch
-from conftest import TINY_HDIT
-from test_attention import TILED_CASES, brute_force_neighborhood, from_tiles, to_tiles
+from helpers import (
+    TILED_CASES,
+    TINY_HDIT,
+    brute_force_neighborhood,
+    build_method,
+    from_tiles,
+    randomize_,
+    to_tiles,
+)
 
 from arch import attention, create_arch
 from arch.attention import neighborhood_attention
@@ -21,19 +28,15 @@ def strict_fp32():
     torch.set_float32_matmul_precision(previous)
 
 
-def randomize_(net, scale=0.05):
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(torch.randn_like(p) * scale)
-    return net
-
-
-@pytest.mark.parametrize("h,w,kernel_size", [(16, 16, 7), (13, 20, 5)])
-def test_compiled_flex_forward_and_backward_match_brute_force(h, w, kernel_size):
+def cuda_qkv(h: int, w: int):
+    """q, k, v (with gradients) and an upstream gradient on an h×w grid: 4 heads of 64 channels."""
     gen = torch.Generator(device="cuda").manual_seed(0)
     q, k, v = (torch.randn(2, h, w, 4, 64, device="cuda", generator=gen).requires_grad_() for _ in range(3))
-    upstream = torch.randn(2, h, w, 4, 64, device="cuda", generator=gen)
-    out = neighborhood_attention(q, k, v, kernel_size, backend="flex")
+    return q, k, v, torch.randn(2, h, w, 4, 64, device="cuda", generator=gen)
+
+
+def assert_flex_matches_brute_force(out, q, k, v, upstream, kernel_size):
+    """`out` came from the flex backend, and it and its gradients equal brute force's."""
     assert attention.last_backend() == "flex"
     grads = torch.autograd.grad((out * upstream).sum(), (q, k, v))
     ref = brute_force_neighborhood(q, k, v, kernel_size)
@@ -41,6 +44,13 @@ def test_compiled_flex_forward_and_backward_match_brute_force(h, w, kernel_size)
     torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
     for got, want in zip(grads, ref_grads):
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("h,w,kernel_size", [(16, 16, 7), (13, 20, 5)])
+def test_compiled_flex_forward_and_backward_match_brute_force(h, w, kernel_size):
+    q, k, v, upstream = cuda_qkv(h, w)
+    out = neighborhood_attention(q, k, v, kernel_size, backend="flex")
+    assert_flex_matches_brute_force(out, q, k, v, upstream, kernel_size)
 
 
 # square and non-square grids, k = 3, 5, 7, borders included (each case compiles FlexAttention once)
@@ -54,18 +64,10 @@ def test_compiled_flex_in_tile_order_forward_and_backward_match_brute_force(h, w
     """Square and non-square grids, k = 3, 5, 7, borders included: the tile-ordered block mask's small
     blocks run forward and backward in float32 (the kernel tiles follow the mask's blocks)."""
     grid = attention.TiledGrid(h, w, attention.TILINGS[tiling])
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    q, k, v = (torch.randn(2, h, w, 4, 64, device="cuda", generator=gen).requires_grad_() for _ in range(3))
-    upstream = torch.randn(2, h, w, 4, 64, device="cuda", generator=gen)
+    q, k, v, upstream = cuda_qkv(h, w)
     out = from_tiles(grid, neighborhood_attention(*(to_tiles(grid, t) for t in (q, k, v)), kernel_size,
                                                   backend="flex", grid=grid))
-    assert attention.last_backend() == "flex"
-    grads = torch.autograd.grad((out * upstream).sum(), (q, k, v))
-    ref = brute_force_neighborhood(q, k, v, kernel_size)
-    ref_grads = torch.autograd.grad((ref * upstream).sum(), (q, k, v))
-    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
-    for got, want in zip(grads, ref_grads):
-        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    assert_flex_matches_brute_force(out, q, k, v, upstream, kernel_size)
 
 
 def test_block_masks_on_cuda_equal_the_cpu_ones():
@@ -83,7 +85,7 @@ def test_auto_never_picks_natten_without_fused_kernels():
 
 def test_backends_agree_on_the_full_size_hdit():
     torch.manual_seed(0)
-    net = randomize_(create_arch("hdit_ImageNet256Sp4").cuda()).eval()
+    net = randomize_(create_arch("hdit_ImageNet256Sp4").cuda(), 0.05).eval()
     x, t = torch.randn(2, 3, 128, 128, device="cuda"), torch.rand(2, device="cuda")
     outputs = {}
     with torch.no_grad():
@@ -99,7 +101,7 @@ def test_whole_compiled_hdit_with_flex_matches_eager_forward_and_backward():
     torch.manual_seed(0)
     config = dict(TINY_HDIT, widths=[64, 128], self_attns=[{"type": "neighborhood", "d_head": 32, "kernel_size": 7},
                                                             {"type": "global", "d_head": 32}])
-    eager = randomize_(create_arch(config).cuda())
+    eager = randomize_(create_arch(config).cuda(), 0.05)
     eager.set_neighborhood_backend("flex")
     compiled = create_arch(config).cuda()
     compiled.load_state_dict(eager.state_dict())
@@ -116,8 +118,6 @@ def test_whole_compiled_hdit_with_flex_matches_eager_forward_and_backward():
 
 
 def test_bf16_restore_of_a_pmrf_batch():
-    from helpers import build_method
-
     model = build_method("naive_flow", None, ema_decay=-1).cuda().eval()  # no torch-ema on the GPU image
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
         sample = model.pmrf.sample(torch.rand(2, 3, 32, 32, device="cuda"), 4)

@@ -61,7 +61,8 @@ def messy_folder(tmp_path):
     return folder, expected
 
 
-def write_images(folder, names, seed=0, height=SIZE, width=SIZE):
+def write_named_images(folder, names, seed=0, height=SIZE, width=SIZE):
+    """Images named `names`, each `random_rgb(seed + i)` (helpers.write_images writes smooth numbered ones)."""
     folder.mkdir(parents=True, exist_ok=True)
     for i, name in enumerate(names):
         Image.fromarray(random_rgb(seed + i, height, width)).save(folder / name)
@@ -97,7 +98,7 @@ def test_messy_folder_gives_sorted_8bit_rgb(messy_folder):
 
 
 def test_transform_resizes_shorter_side_like_pil(tmp_path):
-    folder = write_images(tmp_path / "wide", ["a.png"], height=16, width=32)
+    folder = write_named_images(tmp_path / "wide", ["a.png"], height=16, width=32)
     item = ImageFolderDataset(folder, transform=make_transform(8))[0]
     assert item["x"].shape == (3, 8, 16)
     pil = Image.fromarray(random_rgb(0, 16, 32)).resize((16, 8), Image.BILINEAR)
@@ -108,7 +109,7 @@ def test_transform_resizes_shorter_side_like_pil(tmp_path):
 
 
 def test_degradation_and_x_override(tmp_path):
-    folder = write_images(tmp_path / "imgs", ["a.png"])
+    folder = write_named_images(tmp_path / "imgs", ["a.png"])
     x = as_tensor(random_rgb(0))
 
     def half_and_flip(image):
@@ -124,7 +125,7 @@ def test_degradation_and_x_override(tmp_path):
 
 
 def test_unreadable_image_raises_naming_the_file(tmp_path):
-    folder = write_images(tmp_path / "imgs", ["a.png", "c.png"])
+    folder = write_named_images(tmp_path / "imgs", ["a.png", "c.png"])
     (folder / "b.png").write_bytes(truncated_png_bytes())
     dataset = ImageFolderDataset(folder)
     assert len(dataset) == 3
@@ -134,7 +135,7 @@ def test_unreadable_image_raises_naming_the_file(tmp_path):
 
 
 def test_unreadable_images_are_skipped_and_listed(tmp_path):
-    folder = write_images(tmp_path / "imgs", ["a.png", "d.png"])
+    folder = write_named_images(tmp_path / "imgs", ["a.png", "d.png"])
     (folder / "b.png").write_bytes(truncated_png_bytes())
     (folder / "c.jpg").write_bytes(b"definitely not a jpeg" * 10)
     with pytest.warns(UserWarning, match="skipped 2"):
@@ -169,8 +170,8 @@ def test_empty_folder_is_a_clear_error(tmp_path):
 
 def test_source_samples(tmp_path):
     names = ["00001.png", "00002.png", "00003.png"]
-    images = write_images(tmp_path / "images", names, seed=0)
-    sources = write_images(tmp_path / "sources", names, seed=10)
+    images = write_named_images(tmp_path / "images", names, seed=0)
+    sources = write_named_images(tmp_path / "sources", names, seed=10)
     (sources / "Thumbs.db").write_bytes(bytes(8))
     dataset = ImageFolderDataset(images, source_samples_root=sources, transform=make_transform(8))
     item = dataset[1]
@@ -181,16 +182,16 @@ def test_source_samples(tmp_path):
 
 
 def test_source_samples_name_mismatch(tmp_path):
-    images = write_images(tmp_path / "images", ["a.png", "b.png", "c.png"])
-    sources = write_images(tmp_path / "sources", ["a.png", "c.png", "x.png"])
+    images = write_named_images(tmp_path / "images", ["a.png", "b.png", "c.png"])
+    sources = write_named_images(tmp_path / "sources", ["a.png", "c.png", "x.png"])
     with pytest.raises(ValueError, match=r"missing \['b.png'\], unexpected \['x.png'\]"):
         ImageFolderDataset(images, source_samples_root=sources)
 
 
 def test_skip_keeps_sources_aligned(tmp_path):
     names = ["a.png", "b.png", "c.png"]
-    images = write_images(tmp_path / "images", names)
-    sources = write_images(tmp_path / "sources", names, seed=10)
+    images = write_named_images(tmp_path / "images", names)
+    sources = write_named_images(tmp_path / "sources", names, seed=10)
     (images / "b.png").write_bytes(truncated_png_bytes())
     with pytest.warns(UserWarning):
         dataset = ImageFolderDataset(images, source_samples_root=sources, on_error="skip")
@@ -201,8 +202,8 @@ def test_skip_keeps_sources_aligned(tmp_path):
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_dataloader_batches(tmp_path, num_workers):
     names = [f"{i:05d}.png" for i in range(6)]
-    images = write_images(tmp_path / "images", names)
-    sources = write_images(tmp_path / "sources", names, seed=10)
+    images = write_named_images(tmp_path / "images", names)
+    sources = write_named_images(tmp_path / "sources", names, seed=10)
     dataset = ImageFolderDataset(
         images,
         degradation=create_degradation("gaussian_noise_035"),

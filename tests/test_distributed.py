@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,19 +18,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_SWINIR
-from helpers import write_arch_json, write_images
+from helpers import TINY_SWINIR, write_arch_json, write_images
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 420  # seconds for both nodes together; the test kills them both after that
 CLUSTER_VARIABLES = ("LOCAL_RANK", "GLOBAL_RANK", "RANK", "GROUP_RANK", "NODE_RANK", "WORLD_SIZE",
                      "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID", "PL_GLOBAL_SEED")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def node_environment(node_rank: int, port: int) -> dict:
@@ -74,7 +66,7 @@ def tail(log_dir: Path) -> str:
 
 
 @pytest.mark.slow
-def test_two_nodes_split_the_global_batch(tmp_path):
+def test_two_nodes_split_the_global_batch(tmp_path, free_port):
     write_images(tmp_path / "train", 8, (16, 16))
     arch = write_arch_json(tmp_path / "swinir.json", TINY_SWINIR)
     out = tmp_path / "out"
@@ -83,7 +75,7 @@ def test_two_nodes_split_the_global_batch(tmp_path):
             "--num_workers", "0", "--precision", "32", "--accelerator", "cpu", "--devices", "1",
             "--num_nodes", "2", "--max_epochs", "1", "--log_every_n_steps", "1", "--logger", "csv",
             "--output_dir", str(out), "--seed", "0"]
-    codes = run_nodes(argv, free_port(), tmp_path)
+    codes = run_nodes(argv, free_port, tmp_path)
     assert codes == [0, 0], f"exit codes {codes}\n{tail(tmp_path)}"
     checkpoint = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
     # 8 images over 2 processes, 2 per process per step: 2 steps (an undivided batch of 4 would give 1)

@@ -11,14 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import bomb_png, random_inception
 from PIL import Image
-from test_evaluation_inputs import bomb_png, one_torch_thread  # noqa: F401  (autouse fixture)
-from test_inception import random_inception
 
 from evaluation import compute_metrics_blind, compute_metrics_controlled_experiments
 from evaluation.arcface_arch import resnet_face18
 from evaluation.landmarks import build_fan
 from utils.images import FILE_MODE
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 INCEPTION = "weights-inception-2015-12-05-6726825d.pth"
 
@@ -190,20 +191,10 @@ def test_the_programs_leave_sys_path_alone(program):
     assert touched == []
 
 
-class PlantedCode:
-    """Unpickling this creates the marker file: proof that pickled code ran."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
-def plant(path, marker, kind):
+def plant(path, planted_code, kind):
     path.parent.mkdir(parents=True, exist_ok=True)
     if kind == "pickle":
-        torch.save({"conv1.weight": PlantedCode(marker)}, path)
+        torch.save({"conv1.weight": planted_code}, path)
     else:  # a truncated download
         torch.save({"weight": torch.zeros(1000)}, path)
         path.write_bytes(path.read_bytes()[:300])
@@ -215,11 +206,12 @@ def skip_lines(err, metric):
 
 
 @pytest.mark.parametrize("kind", ["pickle", "truncated"])
-def test_blind_unsafe_or_corrupt_weights_skip_their_metric_and_keep_the_rest(folders, tmp_path, capsys, kind):
+def test_blind_unsafe_or_corrupt_weights_skip_their_metric_and_keep_the_rest(folders, tmp_path, capsys, kind,
+                                                                           planted_code):
     root, pairs = folders
-    ckpt, marker = tmp_path / "ckpt", tmp_path / "code_ran"
+    ckpt = tmp_path / "ckpt"
     for name in ("resnet18_110.pth", "alignment_WFLW_4HG.pth", "vgg16-397923af.pth", INCEPTION):
-        plant(ckpt / name, marker, kind)
+        plant(ckpt / name, planted_code, kind)
     output = root / "planted.json"
     status = compute_metrics_blind.main(argv(
         rec_path=root / "rec", gt_path=root / "gt", parent_ffhq_512_path=root / "ffhq",
@@ -227,7 +219,7 @@ def test_blind_unsafe_or_corrupt_weights_skip_their_metric_and_keep_the_rest(fol
         offline=True,
     ))  # fmt: skip
     err = capsys.readouterr().err
-    assert not marker.exists()
+    assert not planted_code.ran
     assert status == 3
     assert json.loads(output.read_text()) == {"mse": pytest.approx(expected_mse_psnr(pairs)[0])}
     reason = "refused" if kind == "pickle" else "not a readable checkpoint"
@@ -238,16 +230,16 @@ def test_blind_unsafe_or_corrupt_weights_skip_their_metric_and_keep_the_rest(fol
 
 
 @pytest.mark.parametrize("planted", ["vgg16-397923af.pth", "lpips_weights.pt", INCEPTION])
-def test_controlled_unsafe_weights_never_run(folders, tmp_path, capsys, planted):
+def test_controlled_unsafe_weights_never_run(folders, tmp_path, capsys, planted, planted_code):
     from torchvision.models.vgg import cfgs, make_layers
 
     root, pairs = folders
-    ckpt, marker = tmp_path / "ckpt", tmp_path / "code_ran"
+    ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
     vgg = {f"features.{k}": v for k, v in make_layers(cfgs["D"]).state_dict().items()}
     torch.save(vgg, ckpt / "vgg16-397923af.pth")
     torch.save([torch.rand(1, c, 1, 1) for c in (64, 128, 256, 512, 512)], ckpt / "lpips_weights.pt")
-    plant(ckpt / planted, marker, "pickle")
+    plant(ckpt / planted, planted_code, "pickle")
     status = compute_metrics_controlled_experiments.main(argv(
         rec_path=root / "rec", gt_path=root / "gt", parent_ffhq_256_path=root / "ffhq",
         metrics="mse,lpips,fid" if planted == INCEPTION else "mse,lpips", metrics_ckpt_dir=ckpt,
@@ -255,7 +247,7 @@ def test_controlled_unsafe_weights_never_run(folders, tmp_path, capsys, planted)
     ))  # fmt: skip
     err = capsys.readouterr().err
     results = json.loads((root / "c.json").read_text())
-    assert not marker.exists() and status == 3
+    assert not planted_code.ran and status == 3
     skipped = "fid" if planted == INCEPTION else "lpips"
     assert len(skip_lines(err, skipped)) == 1 and "refused" in skip_lines(err, skipped)[0]
     assert results["mse"] == pytest.approx(expected_mse_psnr(pairs)[0])

@@ -6,9 +6,8 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import load_manifest
+from helpers import load_manifest
 from PIL import Image
-from test_evaluation_inputs import one_torch_thread  # noqa: F401  (autouse fixture)
 
 from evaluation.arcface_arch import resnet_face18
 from evaluation.identity import (
@@ -29,6 +28,8 @@ from evaluation.landmarks import (
 )
 from utils.images import read_rgb
 from utils.weights import WeightsReadError
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def shapes(state_dict):

@@ -14,7 +14,6 @@ import pytest
 import torch
 import torch_fidelity
 from PIL import Image
-from test_evaluation_inputs import one_torch_thread  # noqa: F401  (autouse fixture)
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 
@@ -22,6 +21,8 @@ from evaluation import fidelity as fidelity_module
 from evaluation.fidelity import FeatureExtractor, calculate_fidelity_metrics, folder_cache_path
 from evaluation.inputs import ImageListDataset, forget_unreadable, image_files, unreadable_images
 from utils.weights import MissingWeightsError
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 STUB = "pmrf-test-table-features"
 NUM_ROWS, DIM = 40, 6
@@ -169,26 +170,18 @@ def test_reference_features_are_cached_safely_and_per_folder_contents(tmp_path):
     assert TableFeatures.calls == 6 and len(list(cache.iterdir())) == 2
 
 
-class PlantedCode:
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
-def test_a_pickle_planted_in_the_cache_never_runs(tmp_path, capsys):
+def test_a_pickle_planted_in_the_cache_never_runs(tmp_path, capsys, planted_code):
     rec = write_coded_images(tmp_path / "rec", 1)
     reference = write_coded_images(tmp_path / "ffhq", 0)
-    cache, marker = tmp_path / "cache", tmp_path / "code_ran"
+    cache = tmp_path / "cache"
     expected = fidelity(rec, reference, tmp_path / "clean_cache", metrics=["fid"])
     planted = folder_cache_path(reference, image_files(reference), STUB, cache)
     planted.parent.mkdir(parents=True)
     with open(planted, "wb") as file:
-        pickle.dump(PlantedCode(marker), file)
-    torch.save({"features": PlantedCode(marker)}, cache / "ffhq-as-torch-save.pt")
+        pickle.dump(planted_code, file)
+    torch.save({"features": planted_code}, cache / "ffhq-as-torch-save.pt")
     assert fidelity(rec, reference, cache, metrics=["fid"]) == expected
-    assert not marker.exists() and "not used" in capsys.readouterr().err
+    assert not planted_code.ran and "not used" in capsys.readouterr().err
     assert fidelity(rec, reference, cache, metrics=["fid"]) == expected  # rewritten as safetensors
 
 

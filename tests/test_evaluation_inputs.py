@@ -3,20 +3,13 @@
 import numpy as np
 import pytest
 import torch
+from helpers import bomb_png
 from PIL import Image
 
 from evaluation.distortion import calculate_psnr_ssim_mse
 from evaluation.inputs import ImageListDataset, check_sizes, image_files, paired_files
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One intra-op thread: on a small, busy machine several threads mostly wait for each other.
-    (The other evaluation test modules import this fixture.)"""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def save(path, array, mode=None):
@@ -75,21 +68,6 @@ def test_empty_folder_is_an_error(tmp_path):
     (tmp_path / "rec").mkdir()
     with pytest.raises(ValueError, match="no image files"):
         image_files(tmp_path / "rec", "--rec_path")
-
-
-def bomb_png(path, width=20000, height=20000):
-    """A PNG whose header claims width x height pixels (far above the decompression-bomb limit)."""
-    import struct
-    import zlib
-
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + data)
-    return path
 
 
 def test_unreadable_files_are_left_out_of_the_pairs_and_listed(tmp_path, capsys):

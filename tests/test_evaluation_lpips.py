@@ -14,11 +14,12 @@ import pytest
 import torch
 import torchvision
 from PIL import Image
-from test_evaluation_inputs import one_torch_thread  # noqa: F401  (autouse fixture)
 
 from evaluation.lpips_vgg import build_lpips_vgg, calculate_lpips
 from evaluation.piq_metrics import build_piq_lpips, calculate_piq_lpips
 from utils.weights import MissingWeightsError, WeightsReadError
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 CHANNELS = (64, 128, 256, 512, 512)
 
@@ -99,19 +100,11 @@ def test_missing_vgg_weights_offline_name_the_file(tmp_path, monkeypatch):
         calculate_lpips(folder, folder, ckpt_dir=tmp_path / "ckpt", offline=True)
 
 
-class PlantedCode:
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
 @pytest.mark.parametrize("planted", ["trunk", "heads", "piq_head"])
-def test_planted_pickles_in_lpips_weights_never_run(vgg, tmp_path, planted):
+def test_planted_pickles_in_lpips_weights_never_run(vgg, tmp_path, planted, planted_code):
     _, vgg_path = vgg
-    marker, evil = tmp_path / "code_ran", tmp_path / "evil.pth"
-    torch.save({"lin0.model.1.weight": PlantedCode(marker)}, evil)
+    evil = tmp_path / "evil.pth"
+    torch.save({"lin0.model.1.weight": planted_code}, evil)
     with pytest.raises(WeightsReadError, match="refused"):
         if planted == "trunk":
             build_lpips_vgg(evil)
@@ -119,4 +112,4 @@ def test_planted_pickles_in_lpips_weights_never_run(vgg, tmp_path, planted):
             build_lpips_vgg(vgg_path, heads_path=evil)
         else:
             build_piq_lpips(vgg_path, evil)
-    assert not marker.exists()
+    assert not planted_code.ran

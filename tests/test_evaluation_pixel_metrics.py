@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 from PIL import Image
 from skimage.metrics import structural_similarity
-from test_evaluation_inputs import one_torch_thread  # noqa: F401  (autouse fixture)
 
 from evaluation.distortion import calculate_psnr_ssim_mse
 from evaluation.ind_rmse import calculate_ind_rmse
 from evaluation.piq_metrics import calculate_piq_distortion
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def write_folder(folder, images):
@@ -50,20 +51,17 @@ def folders(tmp_path):
     return recs, gts, write_folder(tmp_path / "rec", recs), write_folder(tmp_path / "gt", gts)
 
 
-def test_blind_psnr_ssim_mse_match_independent_formulas(folders):
+@pytest.mark.parametrize("calculate,batch_size,ssim_tolerance", [
+    (calculate_psnr_ssim_mse, 2, 1e-6),  # the blind-face program's
+    (calculate_piq_distortion, 3, 1e-5),  # the controlled experiments' (piq)
+], ids=["blind", "controlled_piq"])
+def test_psnr_ssim_mse_match_independent_formulas(folders, calculate, batch_size, ssim_tolerance):
     recs, gts, rec_dir, gt_dir = folders
-    result = calculate_psnr_ssim_mse(rec_dir, gt_dir, batch_size=2)
+    result = calculate(rec_dir, gt_dir, batch_size=batch_size)
     assert result["mse"] == pytest.approx(np.mean([numpy_mse(r, g) for r, g in zip(recs, gts)]), rel=1e-9)
     assert result["psnr"] == pytest.approx(np.mean([numpy_psnr(r, g) for r, g in zip(recs, gts)]), abs=1e-3)
-    assert result["ssim"] == pytest.approx(np.mean([skimage_ssim(g, r) for r, g in zip(recs, gts)]), abs=1e-6)
-
-
-def test_controlled_piq_metrics_match_independent_formulas(folders):
-    recs, gts, rec_dir, gt_dir = folders
-    result = calculate_piq_distortion(rec_dir, gt_dir, batch_size=3)
-    assert result["mse"] == pytest.approx(np.mean([numpy_mse(r, g) for r, g in zip(recs, gts)]), rel=1e-9)
-    assert result["psnr"] == pytest.approx(np.mean([numpy_psnr(r, g) for r, g in zip(recs, gts)]), abs=1e-3)
-    assert result["ssim"] == pytest.approx(np.mean([skimage_ssim(g, r) for r, g in zip(recs, gts)]), abs=1e-5)
+    assert result["ssim"] == pytest.approx(np.mean([skimage_ssim(g, r) for r, g in zip(recs, gts)]),
+                                           abs=ssim_tolerance)
 
 
 def test_mse_is_on_the_0_255_scale(tmp_path):

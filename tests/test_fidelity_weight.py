@@ -8,26 +8,24 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import build_method, load_test_program, save_lightning_mmse_checkpoint, write_images
+from helpers import build_method, call, load_program, randomize_, write_images
 from PIL import Image
 
 import inference
 from lightning_models.restoration import FaceRestorer
 
-test_program = load_test_program()
+test_program = load_program("test.py")
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
+def checkpoints(tmp_path_factory, mmse_ckpt):
     """A PMRF checkpoint (tiny HDiT over a tiny SwinIR, random weights) and a naive_flow one, no posterior mean."""
     root = tmp_path_factory.mktemp("knob")
-    mmse = save_lightning_mmse_checkpoint(root / "mmse.ckpt")
     paths = {}
     for name in ("pmrf", "naive_flow"):
         torch.manual_seed(1)
-        model = build_method(name, mmse, ema_decay=-1)
-        for p in model.model.parameters():  # HDiT's output layer starts at zero: make the flow move
-            p.data.add_(0.05 * torch.randn_like(p))
+        model = build_method(name, mmse_ckpt, ema_decay=-1)
+        randomize_(model.model, 0.05)  # HDiT's output layer starts at zero: make the flow move
         paths[name] = root / f"{name}.ckpt"
         torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams), "global_step": 0},
                    paths[name])
@@ -35,23 +33,14 @@ def checkpoints(tmp_path_factory):
     return root, paths
 
 
-def call(main, argv, capsys) -> tuple[int, str]:
-    capsys.readouterr()
-    code = 0
-    try:
-        main([str(a) for a in argv])
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    return code, capsys.readouterr().err
-
-
 def pixels(path) -> np.ndarray:
     return np.asarray(Image.open(path), dtype=np.float64)
 
 
 def restore(root, ckpt, out, capsys, *extra) -> tuple[int, str]:
-    return call(inference.main, ["--ckpt_path", ckpt, "-i", root / "lq", "-o", out, "--device", "cpu",
-                                 "--num_workers", 0, "--num_flow_steps", 2, *extra], capsys)
+    code, _, err = call(inference.main, ["--ckpt_path", ckpt, "-i", root / "lq", "-o", out, "--device", "cpu",
+                                         "--num_workers", 0, "--num_flow_steps", 2, *extra], capsys)
+    return code, err
 
 
 def test_inference_blends_pmrf_and_the_posterior_mean(checkpoints, tmp_path, capsys):
@@ -119,7 +108,7 @@ def test_test_py_writes_the_blend_in_a_folder_of_its_own(checkpoints, tmp_path, 
             "--results_path", tmp_path, "--img_size", 16, "--batch_size", 2, "--num_workers", 0,
             "--num_flow_steps", 2, "--accelerator", "cpu", "--seed", 0]
     assert call(test_program.main, base, capsys)[0] == 0
-    code, err = call(test_program.main, [*base, "--fidelity_weight", "0.5"], capsys)
+    code, _, err = call(test_program.main, [*base, "--fidelity_weight", "0.5"], capsys)
     assert code == 0, err
     plain = tmp_path / "gaussian_noise_035" / "pmrf"
     knob = tmp_path / "gaussian_noise_035" / "pmrf_fidelity_weight=0.5"
@@ -129,6 +118,6 @@ def test_test_py_writes_the_blend_in_a_folder_of_its_own(checkpoints, tmp_path, 
     expected = (pixels(plain / "num_flow_steps=2" / "xhat" / name) + mean) / 2
     assert np.abs(pixels(knob / "num_flow_steps=2" / "xhat" / name) - expected).max() <= 1.0
     naive = [*base[:5], paths["naive_flow"], *base[6:], "--fidelity_weight", "0.5"]
-    code, err = call(test_program.main, naive, capsys)
+    code, _, err = call(test_program.main, naive, capsys)
     assert code == 2 and "--fidelity_weight 0.5" in err and len(err.strip().splitlines()) == 1, err
 

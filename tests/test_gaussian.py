@@ -4,15 +4,15 @@ by the project's own PMRF code, which must land on the theory."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import FLOW_METHODS, load_program
 
+from lightning_models.pmrf import METHODS
 from theory.gaussian import (
     ExactRectifiedFlow,
     LinearGaussianProblem,
@@ -23,15 +23,6 @@ from theory.gaussian import (
 from theory.gaussian_experiment import QUICK, ExperimentSettings, check_targets
 
 PRIOR, OPERATOR = parse_matrix("1,.8;.8,1"), parse_matrix("1,0;0,.2")
-
-
-def load_program():
-    """scripts/gaussian_experiment.py as a module (loaded by path)."""
-    path = Path(__file__).resolve().parents[1] / "scripts" / "gaussian_experiment.py"
-    spec = importlib.util.spec_from_file_location("gaussian_experiment_program", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +129,7 @@ def test_bad_problems_are_refused_in_one_line():
 
 
 def test_the_program_refuses_a_bad_prior_with_one_line(tmp_path, capsys):
-    program = load_program()
+    program = load_program("scripts/gaussian_experiment.py")
     with pytest.raises(SystemExit) as exit_info:
         program.main(["--prior_cov", "1,2;2,1", "--output_dir", str(tmp_path)])
     assert exit_info.value.code != 0
@@ -155,15 +146,14 @@ def test_the_program_refuses_a_bad_prior_with_one_line(tmp_path, capsys):
 def test_the_quick_experiment_lands_on_the_theory(tmp_path, capsys):
     """scripts/gaussian_experiment.py --quick: the five methods trained and sampled by PMRF's own code,
     each within its target widened by 3 standard errors of its 10 000 test samples."""
-    program = load_program()
+    program = load_program("scripts/gaussian_experiment.py")
     program.main(["--quick", "--output_dir", str(tmp_path)])
     results = json.loads((tmp_path / "results.json").read_text())
     assert (tmp_path / "distortion_perception.png").stat().st_size > 10_000
 
     assert set(results["closed_form"]) >= {"mmse", "posterior_sampling", "w2_squared", "optimal_perfect_perception",
                                            "pmrf_exact_flow"}
-    assert set(results["methods"]) == {"mmse", "pmrf", "naive_flow", "posterior_conditioned_on_y",
-                                       "posterior_conditioned_on_mmse"}
+    assert set(results["methods"]) == set(METHODS)  # every registered method
     for measured in results["methods"].values():
         assert set(measured) >= {"mse", "mse_stderr", "w2_squared_to_prior"}
     assert [p["w"] for p in results["fidelity_weight"]] == [0, 0.25, 0.5, 0.75, 1]
@@ -176,7 +166,7 @@ def test_the_quick_experiment_lands_on_the_theory(tmp_path, capsys):
     assert not missed, missed
     methods = results["methods"]
     # the perception side: the flows' outputs are distributed as the prior, the posterior mean is not
-    for name in ("pmrf", "naive_flow", "posterior_conditioned_on_y", "posterior_conditioned_on_mmse"):
+    for name in FLOW_METHODS:
         assert methods[name]["w2_squared_to_prior"] < 0.01, name
     assert methods["mmse"]["w2_squared_to_prior"] == pytest.approx(results["closed_form"]["w2_squared"], rel=0.15)
     # the knob: w = 0 is PMRF's sample, w = 1 the posterior mean, in between MSE falls as theory says

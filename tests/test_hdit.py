@@ -4,21 +4,14 @@ import json
 
 import pytest
 import torch
-from conftest import TINY_HDIT
-from test_method import one_torch_thread  # noqa: F401  (autouse: one intra-op thread)
+from helpers import TINY_HDIT, randomize_
 
-from arch import attention, create_arch
+from arch import NAMED_CONFIGS, attention, create_arch
 from arch.hdit import HDiT
 
-HDIT_NAMES = ["hdit_XL2", "hdit_ImageNet256Sp4"]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-
-def randomize_(module: torch.nn.Module) -> torch.nn.Module:
-    """Give zero-initialised layers random weights so that every path carries signal."""
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    return module
+HDIT_NAMES = [name for name, config in NAMED_CONFIGS.items() if config["type"] == "hdit"]
 
 
 # (state-dict keys, shapes and order against the official manifest: test_create_arch.py)

@@ -3,27 +3,20 @@
 import subprocess
 import sys
 from pathlib import Path
-from unittest import mock
 
 import pytest
 import torch
 import torch_fidelity.feature_extractor_inceptionv3 as fidelity_inception
-from test_evaluation_inputs import one_torch_thread  # noqa: F401  (autouse fixture)
+from helpers import random_inception
 from torchmetrics.image.fid import FrechetInceptionDistance, NoTrainInceptionV3
 from torchmetrics.image.inception import InceptionScore
 
 from utils.inception import torch_fidelity_inception, torchmetrics_inception
 from utils.weights import MissingWeightsError, WeightsReadError
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def random_inception(features_list, cls=fidelity_inception.FeatureExtractorInceptionV3, **kwargs):
-    """A library InceptionV3 with its random initial weights (nothing loaded, nothing downloaded)."""
-    no_download = mock.patch.object(fidelity_inception, "load_state_dict_from_url", lambda *a, **k: {})
-    no_load = mock.patch.object(torch.nn.Module, "load_state_dict", lambda self, *a, **k: None)
-    with no_download, no_load:
-        return cls("inception-v3-compat", features_list, **kwargs).eval()
 
 
 @pytest.fixture(scope="module")
@@ -37,14 +30,6 @@ def weights(tmp_path_factory):
     path = tmp_path_factory.mktemp("inception") / "weights-inception-2015-12-05-6726825d.pth"
     torch.save(network.state_dict(), path)
     return path, network
-
-
-class PlantedCode:
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
 
 
 def test_torch_fidelity_extractor_from_file_matches_the_library_network(weights):
@@ -77,12 +62,12 @@ def test_torchmetrics_module_works_in_fid_and_inception_score(weights):
 
 
 @pytest.mark.parametrize("build", [torch_fidelity_inception, torchmetrics_inception])
-def test_a_planted_pickle_never_runs(tmp_path, build):
-    marker, path = tmp_path / "code_ran", tmp_path / "weights-inception-2015-12-05-6726825d.pth"
-    torch.save({"Conv2d_1a_3x3.conv.weight": PlantedCode(marker)}, path)
+def test_a_planted_pickle_never_runs(tmp_path, build, planted_code):
+    path = tmp_path / "weights-inception-2015-12-05-6726825d.pth"
+    torch.save({"Conv2d_1a_3x3.conv.weight": planted_code}, path)
     with pytest.raises(WeightsReadError, match="refused"):
         build(path, ["2048"])
-    assert not marker.exists()
+    assert not planted_code.ran
 
 
 def test_missing_corrupt_and_mismatched_files_are_one_line_errors(tmp_path, weights):

@@ -7,57 +7,26 @@ method of the table, the clipped posterior mean, the Euler integrator and its fl
 
 import pytest
 import torch
+from helpers import (
+    FLOW_METHODS,
+    TINY_HDIT,
+    TINY_SWINIR,
+    StubPosteriorMean,
+    StubVelocity,
+    table_condition,
+    table_source,
+)
 from torch import nn
 from torch.nn import functional as F
 
 from lightning_models.flow import euler_times, interpolate, sample_euler, sample_times, time_grid
-from lightning_models.pmrf import METHODS, PMRF, Sample, fidelity_blend, method_for
+from lightning_models.pmrf import METHODS, PMRF, STAGES, Sample, fidelity_blend, method_for
 
 SEED = 11
 B, H, W = 2, 4, 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One intra-op thread: these tensors are tiny, and on a small, busy machine several threads mostly
-    wait for each other (the two-point training takes ten times longer with two)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-# ------------------------------------------------------------------------------------------ stubs
-
-
-class StubVelocity(nn.Module):
-    """A velocity network with a known answer: `fn(x_t, t)`, called as v(x_t, t) like any velocity
-    network. Records every input it sees."""
-
-    def __init__(self, fn=None):
-        super().__init__()
-        self.fn = fn or (lambda x, t: torch.zeros_like(x[:, :3]))
-        self.calls: list[tuple[torch.Tensor, torch.Tensor]] = []
-
-    def forward(self, x, t):
-        self.calls.append((x.detach().clone(), t.detach().clone()))
-        return self.fn(x, t)
-
-
-class StubPosteriorMean(nn.Module):
-    """f(y) = 3·y − 1 on RGB (a gray y is replicated): values well outside [0, 1]. Records its inputs."""
-
-    def __init__(self):
-        super().__init__()
-        self.calls: list[torch.Tensor] = []
-
-    @staticmethod
-    def unclipped(y):
-        return 3 * y.expand(-1, 3, -1, -1) - 1
-
-    def forward(self, y):
-        self.calls.append(y.detach().clone())
-        return self.unclipped(y)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def fixed_tensors(colorization: bool = False):
@@ -85,9 +54,6 @@ def exact_field(x):
     return lambda x_t, t: (x - x_t[:, :3]) / (1 - t.view(-1, 1, 1, 1))
 
 
-FLOWS = ["pmrf", "posterior_conditioned_on_mmse", "posterior_conditioned_on_y", "naive_flow"]
-
-
 def build(name, velocity=None, colorization=False, sigma=0.1, eps=0.0, with_f=True):
     method = METHODS[name]
     f = StubPosteriorMean() if (with_f or method.uses_posterior_mean) else None
@@ -97,7 +63,7 @@ def build(name, velocity=None, colorization=False, sigma=0.1, eps=0.0, with_f=Tr
 # ------------------------------------------------------------------- the flow's target and path
 
 
-@pytest.mark.parametrize("name", FLOWS)
+@pytest.mark.parametrize("name", FLOW_METHODS)
 def test_the_exact_velocity_x_minus_z0_has_zero_loss(name):
     x, y = fixed_tensors()
     pmrf = build(name)
@@ -111,7 +77,7 @@ def test_the_exact_velocity_x_minus_z0_has_zero_loss(name):
     torch.testing.assert_close(pmrf.loss(x, y, t, generator=seeded()), 4 * (x - z0).square().mean())
 
 
-@pytest.mark.parametrize("name", FLOWS)
+@pytest.mark.parametrize("name", FLOW_METHODS)
 def test_the_exact_field_on_the_interpolation_has_zero_loss(name):
     """(x − x_t)/(1 − t) equals x − z0 only where x_t = t·x + (1 − t)·z0: this pins the interpolation
     the loss trains on, not only its target."""
@@ -147,7 +113,7 @@ def test_interpolation_is_z0_at_0_x_at_1_and_linear_in_between():
 
 @pytest.mark.parametrize("eps", [0.0, 0.3])
 @pytest.mark.parametrize("steps", [1, 2, 7])
-@pytest.mark.parametrize("name", FLOWS)
+@pytest.mark.parametrize("name", FLOW_METHODS)
 def test_euler_along_the_exact_field_lands_on_x(name, steps, eps):
     x, y = fixed_tensors()
     pmrf = build(name, StubVelocity(exact_field(x)), eps=eps)
@@ -177,6 +143,8 @@ def test_euler_with_the_constant_target_velocity(steps, eps):
 
 
 def test_methods_table_rows():
+    """The registry against the paper's table (pmrf.py's docstring); the other tests of this module read
+    each method's source and condition from its row (helpers.table_source, table_condition)."""
     rows = {m.name: (m.stage, m.conditional, m.uses_posterior_mean) for m in METHODS.values()}
     assert rows == {
         "pmrf": ("flow", False, True),
@@ -185,29 +153,32 @@ def test_methods_table_rows():
         "naive_flow": ("naive_flow", False, False),
         "mmse": ("mmse", False, False),
     }
+    assert {m.name: (m.source, m.condition) for m in METHODS.values()} == {
+        "pmrf": ("posterior_mean", None),
+        "posterior_conditioned_on_mmse": ("noise", "posterior_mean"),
+        "posterior_conditioned_on_y": ("noise", "measurement"),
+        "naive_flow": ("measurement", None),
+        "mmse": (None, None),
+    }
     for name, (stage, conditional, uses_f) in rows.items():
         assert method_for(stage, conditional, uses_f).name == name
-    for stage in ("mmse", "naive_flow"):
-        with pytest.raises(ValueError, match="conditional"):
-            method_for(stage, True, False)
+    assert {m.stage for m in METHODS.values()} == set(STAGES)  # every stage trains some method
+    for stage in STAGES:
+        if stage != "flow":
+            with pytest.raises(ValueError, match="conditional"):
+                method_for(stage, True, False)
 
 
 @pytest.mark.parametrize("colorization", [False, True], ids=["rgb", "colorization"])
-@pytest.mark.parametrize("name", FLOWS)
+@pytest.mark.parametrize("name", FLOW_METHODS)
 def test_each_method_builds_the_source_condition_and_input_of_the_table(name, colorization):
     x, y = fixed_tensors(colorization)
     sigma = 0.1
     pmrf = build(name, sigma=sigma)
     f = pmrf.mmse_model
-    y3 = y.expand(-1, 3, -1, -1)
     posterior_mean = StubPosteriorMean.unclipped(y).clamp(0, 1)
-    n = noise()
-    want_z0, want_condition = {
-        "pmrf": (posterior_mean + sigma * n, None),
-        "posterior_conditioned_on_mmse": (n, posterior_mean),
-        "posterior_conditioned_on_y": (n, y),
-        "naive_flow": (y3 + sigma * n, None),
-    }[name]
+    want_z0 = table_source(METHODS[name], y, posterior_mean, noise(), sigma)
+    want_condition = table_condition(METHODS[name], y, posterior_mean)
 
     source = pmrf.source(y, seeded())
     torch.testing.assert_close(source.z0, want_z0, rtol=0, atol=1e-7)
@@ -216,7 +187,7 @@ def test_each_method_builds_the_source_condition_and_input_of_the_table(name, co
         assert source.condition is None
     else:
         assert torch.equal(source.condition, want_condition)
-        if name == "posterior_conditioned_on_y":
+        if METHODS[name].condition == "measurement":
             assert source.condition.shape[1] == (1 if colorization else 3)  # the gray y, not expanded
     # f sees y as given (a 1-channel y in colorization) and only in the methods that use it
     if METHODS[name].uses_posterior_mean:
@@ -232,7 +203,7 @@ def test_each_method_builds_the_source_condition_and_input_of_the_table(name, co
     want_input = x_t if want_condition is None else torch.cat([x_t, want_condition], dim=1)
     torch.testing.assert_close(seen, want_input, rtol=0, atol=1e-6)
     assert torch.equal(seen_t, t)
-    if name == "posterior_conditioned_on_y":
+    if METHODS[name].condition == "measurement":
         assert seen.shape[1] == 3 + (1 if colorization else 3)
 
     # sampling feeds the same condition at every step
@@ -252,9 +223,9 @@ def test_naive_flow_without_sigma_starts_exactly_at_y():
     assert torch.equal(pmrf.source(y, seeded()).z0, y.expand(-1, 3, -1, -1))
 
 
-@pytest.mark.parametrize("name", ["pmrf", "naive_flow"])
+@pytest.mark.parametrize("name", [name for name in FLOW_METHODS if METHODS[name].source != "noise"])
 def test_reflow_source_replaces_the_posterior_mean_or_y_and_keeps_the_noise(name):
-    _, y = fixed_tensors(colorization=(name == "naive_flow"))
+    _, y = fixed_tensors(colorization=METHODS[name].source == "measurement")  # a gray y as the source
     given = torch.rand(B, 3, H, W, generator=torch.Generator().manual_seed(4))
     pmrf = build(name, sigma=0.2)
     z0 = pmrf.source(y, seeded(), non_noisy_z0=given).z0
@@ -465,8 +436,6 @@ def test_a_plain_mlp_velocity_receives_t_and_learns_a_field_that_depends_on_it(s
 
 
 def test_a_network_without_a_time_input_is_refused_as_a_velocity():
-    from conftest import TINY_SWINIR
-
     from arch import create_arch
 
     for net in (NoTimeMLP(), create_arch(TINY_SWINIR)):
@@ -486,8 +455,6 @@ def test_a_network_without_a_time_input_is_refused_as_a_velocity():
 
 
 def test_hdit_and_swinir_fit_the_protocol_through_create_arch():
-    from conftest import TINY_HDIT, TINY_SWINIR
-
     from arch import create_arch
 
     velocity, f = create_arch(TINY_HDIT), create_arch(TINY_SWINIR)
@@ -498,7 +465,7 @@ def test_hdit_and_swinir_fit_the_protocol_through_create_arch():
     assert mmse.loss(torch.rand(2, 3, 16, 16), y).ndim == 0
 
 
-@pytest.mark.parametrize("name", FLOWS)
+@pytest.mark.parametrize("name", FLOW_METHODS)
 def test_vectors_n_by_d_go_through_every_method_unclipped(name):
     d = 5
     gen = torch.Generator().manual_seed(6)
@@ -561,7 +528,7 @@ def noisy_velocity(x_t, t):
     return torch.sin(3 * x_t[:, :3] + t.view(-1, 1, 1, 1))
 
 
-@pytest.mark.parametrize("name", ["pmrf", "posterior_conditioned_on_mmse"])
+@pytest.mark.parametrize("name", [name for name, method in METHODS.items() if method.uses_posterior_mean])
 def test_fidelity_weight_zero_is_pmrf_bit_for_bit_and_one_is_the_posterior_mean(name):
     _, y = fixed_tensors()
     pmrf = build(name, StubVelocity(noisy_velocity), sigma=0.3)
@@ -579,10 +546,10 @@ def test_fidelity_weight_zero_is_pmrf_bit_for_bit_and_one_is_the_posterior_mean(
     assert torch.equal(plain.with_fidelity_weight(0.5).xhat, fidelity_blend(plain.xhat, plain.posterior_mean, 0.5))
 
 
-@pytest.mark.parametrize("name", ["posterior_conditioned_on_y", "naive_flow", "mmse"])
+@pytest.mark.parametrize("name", [name for name, method in METHODS.items() if not method.uses_posterior_mean])
 def test_methods_without_a_posterior_mean_refuse_a_fidelity_weight(name):
     _, y = fixed_tensors()
-    pmrf = build(name, with_f=False) if name != "mmse" else PMRF(METHODS["mmse"], StubPosteriorMean())
+    pmrf = build(name, with_f=False) if METHODS[name].stage != "mmse" else PMRF(METHODS[name], StubPosteriorMean())
     assert pmrf.sample(y, 2, seeded(), fidelity_weight=0.0).xhat.shape == (B, 3, H, W)
     with pytest.raises(ValueError, match="has no posterior mean") as caught:
         pmrf.sample(y, 2, seeded(), fidelity_weight=0.5)
@@ -600,8 +567,6 @@ def test_fidelity_weight_outside_zero_one_is_refused():
 
 
 def test_the_trainer_refuses_a_swinir_velocity_at_construction():
-    from conftest import TINY_SWINIR
-
     from lightning_models.mmse_rectified_flow import MMSERectifiedFlow
 
     with pytest.raises(ValueError, match="naive_flow.*takes no time input"):

@@ -6,16 +6,13 @@ import math
 
 import pytest
 import torch
-from helpers import METHODS, build_method, save_lightning_mmse_checkpoint
-from test_method import one_torch_thread  # noqa: F401  (autouse: one intra-op thread)
+from helpers import build_method, randomize_
 
-from degradations import create_degradation
+from degradations import DEGRADATION_NAMES, create_degradation, degradation_channels
 from lightning_models.mmse_rectified_flow import MMSERectifiedFlow
+from lightning_models.pmrf import METHODS
 
-
-@pytest.fixture(scope="module")
-def mmse_ckpt(tmp_path_factory):
-    return save_lightning_mmse_checkpoint(tmp_path_factory.mktemp("mmse") / "mmse.ckpt")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def fixed_batch(channels_y=3, n=4, size=16):
@@ -51,36 +48,26 @@ def test_every_method_learns_on_a_fixed_batch(method, mmse_ckpt):
     assert after < 0.8 * before, (before, after)
 
 
-CONTROLLED = ["sr_bicubic_x8_gaussian_noise_005", "gaussian_noise_035", "colorization_gaussian_noise_025",
-              "random_inpainting_gaussian_noise_01"]
-
-
-@pytest.mark.parametrize("degradation", CONTROLLED)
+@pytest.mark.parametrize("degradation", DEGRADATION_NAMES)
 @pytest.mark.parametrize("method", list(METHODS))
 def test_every_degradation_feeds_every_method(degradation, method, mmse_ckpt):
-    colorization = degradation.startswith("colorization")
+    """Every registered method built, trained one step and sampled on every registered degradation's
+    pairs (the x a degradation replaces, as DifFace's does, is the x trained on)."""
+    colorization = degradation_channels(degradation) == 1  # a gray y
     model = build_method(method, mmse_ckpt, colorization=colorization)
     degrade = create_degradation(degradation)
     pairs = [degrade(torch.rand(3, 32, 32)) for _ in range(2)]
     y = torch.stack([p[0] for p in pairs])
     assert y.shape[1] == (1 if colorization else 3)
-    batch = {"x": torch.rand(2, 3, 32, 32), "y": y}
+    x = torch.stack([p[1] if p[1] is not None else torch.rand(3, 32, 32) for p in pairs])
+    batch = {"x": x, "y": y}
     loss = model.training_loss(batch)
     loss.backward()
     assert math.isfinite(loss.item())
     xhat, trajectory, z0 = model.generate_reconstructions(batch["x"], y, None, 2)
     assert xhat.shape == (2, 3, 32, 32) and 0 <= xhat.min() and xhat.max() <= 1
-    if method == "posterior_conditioned_on_y":
+    if METHODS[method].condition == "measurement":
         assert model.model.in_channels == 3 + y.shape[1]
-
-
-def test_difface_feeds_pmrf(mmse_ckpt):
-    model = build_method("pmrf", mmse_ckpt)
-    degrade = create_degradation("difface")
-    pairs = [degrade(torch.rand(3, 32, 32)) for _ in range(2)]
-    x = torch.stack([p[1] if p[1] is not None else torch.rand(3, 32, 32) for p in pairs])
-    y = torch.stack([p[0] for p in pairs])
-    assert math.isfinite(model.training_loss({"x": x, "y": y}).item())
 
 
 def test_pmrf_source_is_noisy_clipped_posterior_mean(mmse_ckpt):
@@ -159,9 +146,7 @@ def test_restore_runs_the_mmse_network_once(mmse_ckpt):
 
 def test_restore_is_reproducible_with_a_generator(mmse_ckpt):
     model = build_method("pmrf", mmse_ckpt)
-    with torch.no_grad():
-        for p in model.model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
+    randomize_(model.model, 0.05)
     y = torch.rand(1, 3, 16, 16)
     a = model.restore(y, 2, generator=torch.Generator().manual_seed(7))["xhat"]
     b = model.restore(y, 2, generator=torch.Generator().manual_seed(7))["xhat"]

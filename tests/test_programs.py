@@ -11,11 +11,19 @@ import re
 import subprocess
 from pathlib import Path
 
+import helpers
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_HDIT, TINY_SWINIR
-from helpers import load_test_program, run_program, write_arch_json, write_images
+from helpers import (
+    TINY_HDIT,
+    TINY_SWINIR,
+    build_method,
+    load_program,
+    run_program,
+    write_arch_json,
+    write_images,
+)
 from PIL import Image
 
 import inference
@@ -23,7 +31,7 @@ import train
 from utils.images import InputError, RunInterrupted, WriteError
 from utils.weights import MissingWeightsError, WeightsReadError
 
-test_program = load_test_program()
+test_program = load_program("test.py")
 PROGRAMS = {"train.py": train.main, "test.py": test_program.main, "inference.py": inference.main}
 
 
@@ -35,15 +43,8 @@ def run(*args, check=True, timeout=600):
 
 
 def call(program, *args, capsys):
-    """(exit code, stdout, stderr) of `program`'s main() run in this process."""
-    capsys.readouterr()
-    code = 0
-    try:
-        PROGRAMS[program]([str(a) for a in args])
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    out, err = capsys.readouterr()
-    return subprocess.CompletedProcess(program, code, out, err)
+    """(exit code, stdout, stderr) of `program`'s main() run in this process (helpers.call)."""
+    return subprocess.CompletedProcess(program, *helpers.call(PROGRAMS[program], args, capsys))
 
 
 def train_args(work, stage, arch, out, *extra):
@@ -253,13 +254,12 @@ def test_whole_image_flag_hands_the_model_to_the_photo_pipeline(trained, tmp_pat
 
 
 @pytest.mark.slow
-def test_inference_py_restores_a_real_photo_end_to_end(tmp_path):
+def test_inference_py_restores_a_real_photo_end_to_end(tmp_path, mmse_ckpt):
     """--whole_image through the program, offline: MTCNN finds the astronaut's face, a tiny PMRF (a
     save_pretrained folder) restores it, and the photo comes back at the asked scale."""
-    from helpers import build_method, save_lightning_mmse_checkpoint
     from skimage import data
 
-    build_method("pmrf", save_lightning_mmse_checkpoint(tmp_path / "mmse.ckpt")).save_pretrained(tmp_path / "model")
+    build_method("pmrf", mmse_ckpt).save_pretrained(tmp_path / "model")
     photos = tmp_path / "photos"
     photos.mkdir()
     Image.fromarray(data.astronaut()).resize((256, 256)).save(photos / "astronaut.jpg", quality=90)

@@ -22,31 +22,41 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_HDIT, TINY_SWINIR
-from helpers import write_images
+from helpers import (
+    FLOW_METHODS,
+    TINY_HDIT,
+    TINY_SWINIR,
+    StubPosteriorMean,
+    StubVelocity,
+    build_method,
+    load_program,
+    method_arguments,
+    random_inception,
+    save_lightning_mmse_checkpoint,
+    table_condition,
+    table_source,
+    write_arch_json,
+    write_images,
+)
 from PIL import Image
-from test_method import StubPosteriorMean, StubVelocity, one_torch_thread  # noqa: F401  (autouse fixture)
 from torch import nn
 from torch.nn import functional as F
 
 from lightning_models.mmse_rectified_flow import MMSERectifiedFlow
+from lightning_models.pmrf import METHODS, STAGES
 from lightning_models.restoration import AlignedReport
 from utils.images import ImageWriter, save_rgb, tensor_to_uint8
 
 ROOT = Path(__file__).resolve().parents[1]
 B, H, W = 2, 8, 8
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def module(name: str, colorization: bool = False, **kwargs) -> MMSERectifiedFlow:
-    """A tiny MMSERectifiedFlow of the named method, with stub networks (see test_method.py) put in."""
-    args = {
-        "mmse": dict(stage="mmse", arch=TINY_SWINIR),
-        "pmrf": dict(stage="flow", arch=TINY_HDIT, mmse_model_arch=TINY_SWINIR),
-        "posterior_conditioned_on_mmse": dict(stage="flow", conditional=True, arch=TINY_HDIT,
-                                              mmse_model_arch=TINY_SWINIR),
-        "posterior_conditioned_on_y": dict(stage="flow", conditional=True, arch=TINY_HDIT),
-        "naive_flow": dict(stage="naive_flow", arch=TINY_HDIT),
-    }[name]
+    """A tiny MMSERectifiedFlow of the registered method `name`, with stub networks (helpers.StubVelocity,
+    StubPosteriorMean) put in."""
+    args = method_arguments(name, TINY_SWINIR)
     model = MMSERectifiedFlow(colorization=colorization, ema_decay=-1, **{**args, **kwargs})
     assert model.method_name == name
     if name == "mmse":
@@ -145,11 +155,9 @@ def test_jpgs_are_written_at_quality_75_unless_asked(tmp_path):
     assert jpeg_tables(tmp_path / "writer.jpg") == jpeg_tables(tmp_path / "pil75.jpg")
     assert jpeg_tables(tmp_path / "asked.jpg") == jpeg_tables(tmp_path / "pil90.jpg")
 
-    from helpers import load_test_program
-
     import inference
 
-    test_program = load_test_program()
+    test_program = load_program("test.py")
     assert inference.build_parser().get_default("jpeg_quality") == 75
     assert test_program.build_parser().get_default("jpeg_quality") == 75
 
@@ -158,13 +166,12 @@ def test_jpgs_are_written_at_quality_75_unless_asked(tmp_path):
 
 
 @pytest.mark.parametrize("colorization", [False, True], ids=["rgb", "colorization"])
-@pytest.mark.parametrize("name", ["pmrf", "posterior_conditioned_on_mmse", "posterior_conditioned_on_y", "naive_flow"])
+@pytest.mark.parametrize("name", FLOW_METHODS)
 def test_forward_and_forward_flow_return_the_velocity_of_x_t_and_the_condition(name, colorization):
     model = module(name, colorization)
     x_t, y = batch(colorization)
     t = torch.tensor([0.2, 0.7]).view(B, 1, 1, 1)  # as generate_random_t gives it
-    condition = {"pmrf": None, "naive_flow": None, "posterior_conditioned_on_y": y,
-                 "posterior_conditioned_on_mmse": StubPosteriorMean.unclipped(y).clamp(0, 1)}[name]
+    condition = table_condition(METHODS[name], y, StubPosteriorMean.unclipped(y).clamp(0, 1))
     want_input = x_t if condition is None else torch.cat([x_t, condition], dim=1)
     want = model.model.fn(want_input, t.view(-1))
     for call in (lambda: model(x_t, t, y), lambda: model.forward_flow(x_t, t, y)):
@@ -181,7 +188,7 @@ def test_forward_of_the_mmse_stage_is_clip_of_model_of_y():
     assert torch.equal(model(None, None, y), want) and torch.equal(model.forward_mmse(y), want)
 
 
-@pytest.mark.parametrize("name", ["pmrf", "posterior_conditioned_on_mmse", "posterior_conditioned_on_y", "naive_flow"])
+@pytest.mark.parametrize("name", FLOW_METHODS)
 def test_create_source_distribution_samples(name):
     model = module(name, mmse_noise_std=0.2)
     x, y = batch()
@@ -189,10 +196,9 @@ def test_create_source_distribution_samples(name):
     z0 = model.create_source_distribution_samples(x, y)
     torch.manual_seed(5)
     n = torch.randn(B, 3, H, W)
-    want = {"pmrf": StubPosteriorMean.unclipped(y).clamp(0, 1) + 0.2 * n, "naive_flow": y + 0.2 * n,
-            "posterior_conditioned_on_mmse": n, "posterior_conditioned_on_y": n}[name]
+    want = table_source(METHODS[name], y, StubPosteriorMean.unclipped(y).clamp(0, 1), n, 0.2)
     torch.testing.assert_close(z0, want, rtol=0, atol=1e-7)
-    if name in ("pmrf", "naive_flow"):  # reflow: the given source replaces clip(f(y)) or y
+    if METHODS[name].source != "noise":  # reflow: the given source replaces clip(f(y)) or y
         torch.manual_seed(5)
         torch.testing.assert_close(model.create_source_distribution_samples(x, y, non_noisy_z0=x), x + 0.2 * n)
 
@@ -211,10 +217,10 @@ def test_generate_random_t_is_b_1_1_1_in_eps_to_1():
 # ------------------------------------------------------------------------------- --conditional
 
 
-@pytest.mark.parametrize("stage,arch", [("mmse", TINY_SWINIR), ("naive_flow", TINY_HDIT)])
-def test_conditional_applies_to_the_flow_stage_only(stage, arch):
+@pytest.mark.parametrize("stage", [stage for stage in STAGES if stage != "flow"])
+def test_conditional_applies_to_the_flow_stage_only(stage):
     with pytest.raises(ValueError, match="conditional"):
-        MMSERectifiedFlow(stage=stage, arch=arch, conditional=True)
+        MMSERectifiedFlow(stage=stage, arch=TINY_SWINIR if stage == "mmse" else TINY_HDIT, conditional=True)
 
 
 def test_train_py_refuses_conditional_outside_the_flow_stage_with_one_line(tmp_path, capsys):
@@ -384,8 +390,6 @@ def test_proof_fixture_mmse_loss_rounding_and_metric_layout(proof):
 @pytest.fixture(scope="module")
 def ema_checkpoint(tmp_path_factory):
     """A tiny PMRF checkpoint whose EMA weights differ from its raw weights, and two images."""
-    from helpers import build_method, save_lightning_mmse_checkpoint
-
     root = tmp_path_factory.mktemp("ema_checkpoint")
     model = build_method("pmrf", save_lightning_mmse_checkpoint(root / "mmse.ckpt"), ema_decay=0.9,
                          mmse_noise_std=0.1)
@@ -411,7 +415,6 @@ def test_testing_and_validation_run_the_raw_weights_and_inference_the_ema(ema_ch
     """The reference's maybe_ema never enters the EMA context, so its validation and test.py (the paper's
     published numbers) run the raw weights; its inference.py copies the EMA in. --use_ema opts in."""
     import lightning as L
-    from helpers import load_test_program
     from torch.utils.data import DataLoader
 
     import inference
@@ -429,7 +432,7 @@ def test_testing_and_validation_run_the_raw_weights_and_inference_the_ema(ema_ch
 
     monkeypatch.setattr(PMRF, "sample", recording)
 
-    test_program = load_test_program()
+    test_program = load_program("test.py")
     for flags in ([], ["--use_ema"], ["--use_raw_weights"]):
         seen["now"] = " ".join(["test.py", *flags])
         test_program.main(["--degradation", "gaussian_noise_035", "--test_data_root", str(checkpoint.images),
@@ -759,8 +762,6 @@ def test_inpainting_drops_int_of_ninety_percent_of_the_pixels():
 @pytest.fixture(scope="module")
 def inception_weights(tmp_path_factory):
     """Synthetic Inception weights in the layout of torch-fidelity's file (random; nothing downloaded)."""
-    from test_inception import random_inception
-
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("inception") / "weights-inception-2015-12-05-6726825d.pth"
     torch.save(random_inception(["2048"]).state_dict(), path)
@@ -800,8 +801,6 @@ def tensors_in(obj) -> list[torch.Tensor]:
 
 @pytest.mark.slow
 def test_train_py_checkpoints_hold_the_reference_keys_and_load_both_ways(inception_weights, tmp_path, monkeypatch):
-    from helpers import save_lightning_mmse_checkpoint, write_arch_json
-
     import train
 
     mmse = save_lightning_mmse_checkpoint(tmp_path / "mmse.ckpt")

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY_SWINIR
-from helpers import write_arch_json, write_images
-from test_method import one_torch_thread  # noqa: F401  (autouse: one intra-op thread)
-from test_robustness import assert_one_line_error, call
+from helpers import TINY_SWINIR, assert_one_line_error, call, write_arch_json, write_images
 
 import train
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def argv(work, out, *extra):

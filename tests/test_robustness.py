@@ -17,22 +17,37 @@ import shutil
 import struct
 import sys
 import warnings
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_HDIT, TINY_SWINIR
-from helpers import build_method, load_test_program, run_program, write_arch_json, write_images
+from helpers import (
+    TINY_HDIT,
+    TINY_SWINIR,
+    PlantedCode,
+    StubDetector,
+    assert_one_line_error,
+    bomb_png,
+    build_method,
+    call,
+    face_at,
+    load_program,
+    parse_whole_photo_options,
+    run_program,
+    textured_photo,
+    write_arch_json,
+    write_images,
+)
 from PIL import Image
 from safetensors.torch import save_file
 
 import inference
 import train
+from arch import NAMED_CONFIGS
 
 ROOT = Path(__file__).resolve().parents[1]
-test_program = load_test_program()
+test_program = load_program("test.py")
 
 DEGRADATION = "gaussian_noise_035"
 
@@ -44,33 +59,6 @@ def run(*args, umask=None, env=None, timeout=300):
     """A program as a user runs it, offline."""
     return run_program(*args, umask=umask, env={"HF_HUB_OFFLINE": "1", **(env or {})},
                        timeout=timeout)
-
-
-def call(main, argv, capsys):
-    """(exit code, stdout, stderr) of a program's main() run in-process; any exception but SystemExit
-    (what a traceback would show) fails the test."""
-    capsys.readouterr()
-    code = 0
-    try:
-        main([str(a) for a in argv])
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-        if isinstance(exit_.code, str):
-            print(exit_.code, file=sys.stderr)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(err: str, *needles: str) -> str:
-    """stderr holds exactly one error line, which contains every needle, and no traceback."""
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if "error:" in line]
-    assert len(lines) == 1, f"expected one error line, got:\n{err}"
-    following = err[err.index(lines[0]) + len(lines[0]):].strip()
-    assert not following, f"the error goes on over more lines:\n{err}"
-    for needle in needles:
-        assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
-    return lines[0]
 
 
 def file_mode(path: Path) -> int:
@@ -85,32 +73,10 @@ def current_umask() -> int:
     raise RuntimeError("no Umask in /proc/self/status")
 
 
-def png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-
-def write_png_header(path: Path, width: int, height: int) -> Path:
-    """A valid PNG signature and IHDR claiming width×height RGB pixels, followed by very little data."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr)
-                     + png_chunk(b"IDAT", zlib.compress(b"\0" * 64)) + png_chunk(b"IEND", b""))
-    return path
-
-
-class Evil:
-    """Unpickling this creates `marker`: a stand-in for any code a malicious checkpoint could run."""
-
-    def __init__(self, marker: Path):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
 def plant_pickle(path: Path, marker: Path) -> Path:
     """A checkpoint-looking file that runs code when unpickled (checked: an unsafe load does run it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": {"model.weight": Evil(marker)}, "hyper_parameters": {"stage": "flow"}}, path)
+    torch.save({"state_dict": {"model.weight": PlantedCode(marker)}, "hyper_parameters": {"stage": "flow"}}, path)
     torch.load(path, weights_only=False)  # the file really is malicious...
     assert marker.exists()
     marker.unlink()  # ...and the marker is gone again before the program reads it
@@ -144,7 +110,7 @@ def work(tmp_path_factory):
     write_images(work / "val", 2, (16, 16), seed=1)
     write_images(work / "train_bad", 4, (16, 16))
     (work / "train_bad" / "broken.png").write_bytes(b"not an image at all")
-    write_png_header(work / "train_bad" / "bomb.png", 20000, 20000)
+    bomb_png(work / "train_bad" / "bomb.png", 20000, 20000)
     Image.fromarray(np.zeros((12, 16, 3), np.uint8)).save(work / "train_bad" / "wide.png")
     result = run("train.py", *train_argv(work, work / "mmse", "--max_steps", 1, "--val_data_root", work / "val",
                                          "--val_batch_size", 2), umask=0o022)
@@ -326,7 +292,7 @@ def messy_inference(work):
     """inference.py (subprocess, umask 022) on good images, a PNG claiming 20000×20000 and a .gif."""
     lq = work / "messy"
     write_images(lq, 3, (16, 16))
-    write_png_header(lq / "bomb.png", 20000, 20000)
+    bomb_png(lq / "bomb.png", 20000, 20000)
     Image.fromarray(np.full((16, 16), 90, np.uint8)).convert("P").save(lq / "zz_gray.gif")
     out = work / "messy_out"
     result = run("inference.py", *inference_argv(work, lq, out), umask=0o022)
@@ -986,8 +952,6 @@ def test_21_2_aligned_inference_never_writes_a_non_finite_restoration(pmrf_model
 
 
 def test_21_2_whole_photo_mode_never_writes_a_photo_made_from_non_finite_faces(tmp_path, capsys):
-    from test_whole_image import StubDetector, face_at, parse_cli, textured_photo
-
     from whole_image.cli import run_whole_image
 
     inputs = tmp_path / "in"
@@ -1001,7 +965,7 @@ def test_21_2_whole_photo_mode_never_writes_a_photo_made_from_non_finite_faces(t
         return faces * (float("nan") if len(calls) == 1 else 1.0)
 
     argv = ["--lq_data_path", str(inputs), "--output_dir", str(tmp_path / "out"), "--face_mask", "ellipse", "-s", "1"]
-    written = run_whole_image(parse_cli(argv), nan_for_the_first_photo, "cpu",
+    written = run_whole_image(parse_whole_photo_options(argv), nan_for_the_first_photo, "cpu",
                               detector=StubDetector({(96, 128): [face_at((60, 40), 20)]}))
     out = capsys.readouterr().out
     assert [p.name for p in written] == ["b.png"]
@@ -1076,9 +1040,9 @@ SIZE_CASES = {
 }
 
 
-@pytest.mark.parametrize("name", ["hdit_XL2", "hdit_ImageNet256Sp4", "swinir_M", "swinir_L", *SIZE_CASES])
+@pytest.mark.parametrize("name", [*NAMED_CONFIGS, *SIZE_CASES])
 def test_21_6_the_size_counted_from_a_config_is_the_built_networks(name):
-    from arch import NAMED_CONFIGS, create_arch
+    from arch import create_arch
     from arch.validate import MAX_ELEMENTS, hdit_elements, swinir_elements
 
     config, condition = SIZE_CASES.get(name, (NAMED_CONFIGS.get(name), 3))
@@ -1306,21 +1270,8 @@ def invert_faces(faces: torch.Tensor) -> torch.Tensor:
 
 
 def whole_photo_options(lq, out, *extra: str):
-    from whole_image.cli import WholeImageOptions, add_whole_image_arguments
-
-    parser = add_whole_image_arguments(argparse_parser())
-    args = parser.parse_args(["--lq_data_path", str(lq), "--output_dir", str(out), "--face_mask", "ellipse", *extra])
-    return WholeImageOptions.from_args(args)
-
-
-def argparse_parser():
-    import argparse
-
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--lq_data_path")
-    parser.add_argument("--output_dir")
-    parser.add_argument("--skip_existing", action="store_true")
-    return parser
+    return parse_whole_photo_options(["--lq_data_path", str(lq), "--output_dir", str(out), "--face_mask", "ellipse",
+                                      *extra])
 
 
 def photos(folder: Path, sizes: dict[str, tuple[int, int]]) -> Path:

@@ -5,12 +5,13 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from test_create_arch import build
-from test_method import one_torch_thread  # noqa: F401  (autouse: one intra-op thread)
+from helpers import manifest_network
 from torch import nn
 
 from arch.attention import shifted_window_same_region
 from arch.swinir import RGB_MEAN, SwinIR, pad_to_multiple, shifted_window_mask
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 BUFFER_SUFFIXES = ("relative_position_index", "attn_mask")
 
@@ -48,7 +49,7 @@ def synthetic_state_dict(entries: dict, generator: torch.Generator) -> dict:
 @pytest.mark.parametrize("name, channels", [("swinir_M+cond0", 3), ("swinir_L+in1", 1)])
 def test_strict_load_of_synthetic_checkpoint_then_forward(manifest, name, channels):
     state = synthetic_state_dict(manifest[name], torch.Generator().manual_seed(1))
-    model = build(name).eval()
+    model = manifest_network(name).eval()
     assert isinstance(model, SwinIR)
     model.load_state_dict(state, strict=True)
     for key, value in model.state_dict().items():

@@ -19,10 +19,10 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from helpers import face_at, landmarks_at
 
 from utils.images import InputError, RunInterrupted
 from utils.synthetic_video import write_clip
-from whole_image.align import FFHQ_TEMPLATE_512
 from whole_image.detect import DetectedFace
 from whole_image.streaming import stream
 from whole_image.tracking import FaceTracker, OneEuroFilter
@@ -31,7 +31,7 @@ from whole_image.video_cli import photos_and_videos, run_videos
 from whole_image.video_io import VideoInfo, VideoReadError, even_size, probe
 
 GREEN = torch.tensor([0.0, 1.0, 0.0]).view(1, 3, 1, 1)
-# A tiny HDiT with neighbourhood attention only: conftest's TINY_HDIT has a global-attention level, which
+# A tiny HDiT with neighbourhood attention only: helpers.TINY_HDIT has a global-attention level, which
 # costs seconds per 512×512 face on CPU.
 LOCAL_HDIT = {
     "type": "hdit",
@@ -46,17 +46,6 @@ RED = (230, 25, 25)
 
 
 # ------------------------------------------------------------------------------------ helpers
-
-
-def landmarks_at(center, eye_distance: float) -> np.ndarray:
-    template = FFHQ_TEMPLATE_512 - FFHQ_TEMPLATE_512[:2].mean(axis=0)
-    return template * eye_distance / np.linalg.norm(FFHQ_TEMPLATE_512[1] - FFHQ_TEMPLATE_512[0]) + np.asarray(center)
-
-
-def face_at(center, eye_distance: float) -> DetectedFace:
-    half = eye_distance * 1.2
-    box = np.array([center[0] - half, center[1] - half, center[0] + half, center[1] + 1.6 * half])
-    return DetectedFace(box=box, landmarks=landmarks_at(center, eye_distance), score=0.99)
 
 
 class DiscDetector:

@@ -9,7 +9,6 @@ Tests on a real photograph with the real MTCNN are in test_whole_image_photo.py.
 from __future__ import annotations
 
 import argparse
-import math
 import types
 import warnings
 from pathlib import Path
@@ -18,6 +17,9 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from helpers import StubDetector, face_at, landmarks_at, textured_photo
+from helpers import parse_whole_photo_options as parse_cli
+from helpers import whole_photo_parser as cli_parser
 from PIL import Image
 
 from utils.images import InputError, read_image, read_rgb
@@ -49,74 +51,7 @@ DETECTOR_FILE, PARSER_FILE, REALESRGAN_FILE = (WEIGHTS[name].file for name in ("
 GREEN = torch.tensor([0.0, 1.0, 0.0]).view(1, 3, 1, 1)
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    """No test may reach the network: the download helpers of torch, facexlib and BasicSR all fail."""
-
-    def fail(*args, **kwargs):
-        raise AssertionError("a test tried to download something")
-
-    monkeypatch.setattr(torch.hub, "download_url_to_file", fail)
-    monkeypatch.setattr("facexlib.utils.load_file_from_url", fail)
-    monkeypatch.setattr("facexlib.utils.misc.load_file_from_url", fail)
-
-
-def landmarks_at(center_xy, eye_distance: float, angle_deg: float = 0.0) -> np.ndarray:
-    """Five landmarks of a face: the FFHQ template rotated, scaled and moved so that its eyes' midpoint
-    sits at `center_xy` with `eye_distance` pixels between the eyes."""
-    template = FFHQ_TEMPLATE_512 - FFHQ_TEMPLATE_512[:2].mean(axis=0)
-    scale = eye_distance / np.linalg.norm(FFHQ_TEMPLATE_512[1] - FFHQ_TEMPLATE_512[0])
-    angle = math.radians(angle_deg)
-    rotation = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
-    return template @ rotation.T * scale + np.asarray(center_xy, dtype=np.float64)
-
-
-def face_at(center_xy, eye_distance: float, angle_deg: float = 0.0, score: float = 0.99) -> DetectedFace:
-    landmarks = landmarks_at(center_xy, eye_distance, angle_deg)
-    half = eye_distance * 1.2
-    box = np.array([center_xy[0] - half, center_xy[1] - half, center_xy[0] + half, center_xy[1] + 1.6 * half])
-    return DetectedFace(box=box, landmarks=landmarks, score=score)
-
-
-def textured_photo(height: int, width: int, seed: int = 0) -> np.ndarray:
-    """Smooth, varied content (so warps can be compared) with no green anywhere near pure green."""
-    rng = np.random.default_rng(seed)
-    noise = rng.uniform(0, 255, (max(2, height // 8), max(2, width // 8), 3)).astype(np.float32)
-    smooth = cv2.resize(noise, (width, height), interpolation=cv2.INTER_CUBIC)
-    smooth[:, :, 1] *= 0.4
-    return np.clip(smooth, 0, 255).astype(np.uint8)
-
-
-def frame_size(height: int, width: int) -> tuple[int, int]:
-    """The size of the detection frame find_faces makes of a height x width photo."""
-    factor = detection_scale(height, width)
-    return max(1, round(height * factor)), max(1, round(width * factor))
-
-
-def in_frame(face: DetectedFace, photo_size: tuple[int, int], frame: tuple[int, int]) -> DetectedFace:
-    """`face` (photo coordinates) as a detector sees it in the detection frame."""
-    scale = np.array([frame[1] / photo_size[1], frame[0] / photo_size[0]])
-    move = lambda points: points * scale + (scale - 1) / 2  # noqa: E731
-    return DetectedFace(move(face.box.reshape(2, 2)).reshape(4), move(face.landmarks), face.score)
-
-
-class StubDetector:
-    """Finds fixed faces (given in photo coordinates, by photo size) in the detection frame it is shown,
-    as a real detector would; records the frames it saw."""
-
-    def __init__(self, faces_by_size: dict[tuple[int, int], list[DetectedFace]] | list[DetectedFace]):
-        self.faces_by_size = faces_by_size
-        self.seen = []
-
-    def detect(self, image):
-        self.seen.append(image)
-        frame = image.shape[:2]
-        if isinstance(self.faces_by_size, list):  # the photo is the frame
-            return list(self.faces_by_size)
-        for size, faces in self.faces_by_size.items():
-            if frame_size(*size) == frame:
-                return [in_frame(face, size, frame) for face in faces]
-        return []
+pytestmark = pytest.mark.usefixtures("offline")
 
 
 def stub_for(photo: np.ndarray, faces: list[DetectedFace]) -> StubDetector:
@@ -343,20 +278,6 @@ def test_restorer_must_keep_the_shape():
 
 
 # ---------------------------------------------------------------- command line
-
-
-def cli_parser() -> argparse.ArgumentParser:
-    """inference.py's own arguments that the whole-photo options take, plus ours."""
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--lq_data_path")
-    parser.add_argument("--output_dir")
-    parser.add_argument("--batch_size", type=int, default=None)
-    add_whole_image_arguments(parser)
-    return parser
-
-
-def parse_cli(argv: list[str]) -> WholeImageOptions:
-    return WholeImageOptions.from_args(cli_parser().parse_args(argv))
 
 
 def test_cli_arguments_and_defaults():
