@@ -1,10 +1,10 @@
 # The two set-up commands: `make demo` (install, then the main job on a tiny bundled example, CPU,
-# offline) and `make test` (install, then the test suite).
+# offline) and `make test` (install, then the test suite; `make test-fast` leaves out the slow tests).
 PY := .venv/bin/python
 # .pyc files are written on first import (install.sh does not compile every file of every package).
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test test-fast bench clean
 
 install:
 	./install.sh
@@ -18,6 +18,10 @@ demo: install
 # (which .ci/run sets once Chromium is there) turns that skip into a failure.
 test: install
 	$(PY) -m pytest -q -n auto --dist loadgroup --durations=15
+
+# The same without the tests marked slow (@pytest.mark.slow: more than about 8 s alone on a 2-core CPU).
+test-fast: install
+	$(PY) -m pytest -q -n auto --dist loadgroup --durations=15 -m "not slow"
 
 bench: install
 	$(PY) benchmarks/attention.py

@@ -324,6 +324,7 @@ def test_results_json_is_written_with_umask_permissions_and_old_switch_is_accept
         assert FILE_MODE == 0o644
 
 
+@pytest.mark.slow
 def test_controlled_fidelity_end_to_end_with_safely_read_inception(tmp_path, capsys):
     """A random Inception-v3 in the metrics folder: every fidelity key, both orientations, safe cache."""
     rng = np.random.default_rng(3)

@@ -84,6 +84,7 @@ def test_training_writes_checkpoints_csv_logs_and_validation_images(trained):
     assert list((trained / "pmrf" / "csv").glob("version_*/val_images/epoch=*/xhat.png"))
 
 
+@pytest.mark.slow
 def test_resume_from_last_continues_the_step_count(trained, tmp_path):
     import shutil
 
@@ -95,6 +96,7 @@ def test_resume_from_last_continues_the_step_count(trained, tmp_path):
     assert checkpoint["global_step"] == 4 and checkpoint["ema"]["num_updates"] == 4
 
 
+@pytest.mark.slow
 def test_ddp_on_two_cpu_processes_trains_and_validates(tmp_path):
     work = write_data(tmp_path)
     run(*train_args(work, "naive_flow", work / "hdit.json", tmp_path / "ddp", "--max_steps", 2, "--devices", 2,
