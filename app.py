@@ -483,8 +483,8 @@ def results_dir() -> str:
 @functools.cache
 def gradio_cache_dir() -> str:
     """Where Gradio keeps uploads and the files it serves: a private folder removed when the program
-    ends (instead of the shared /tmp/gradio, which nothing empties). A GRADIO_TEMP_DIR set by the user is
-    theirs: used, never removed."""
+    ends (instead of Gradio's shared folder in the system's temporary directory, which nothing empties).
+    A GRADIO_TEMP_DIR set by the user is theirs: used, never removed."""
     if os.environ.get("GRADIO_TEMP_DIR"):
         return os.environ["GRADIO_TEMP_DIR"]
     folder = tempfile.mkdtemp(prefix="pmrf_gradio_")
