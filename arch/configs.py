@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,18 @@ ARCH_TYPES = ("hdit", "swinir")
 FIELD_CHECKS = {"hdit": check_hdit_fields, "swinir": check_swinir_fields}
 
 
+def read_json_object(path: str | os.PathLike, what: str = "the config") -> dict:
+    """The JSON object in `path`; ValueError (one line naming the file) when it is unreadable or not an
+    object. Architecture configs and the config.json of saved models are read with it."""
+    try:
+        config = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: not a readable JSON file ({error})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: {what} must be a JSON object")
+    return config
+
+
 def load_arch_config(name_or_config: str | Mapping | Path) -> dict[str, Any]:
     """A config as a dict, from a registered name, a path to a JSON file, or a mapping."""
     if isinstance(name_or_config, Mapping):
@@ -72,13 +85,7 @@ def load_arch_config(name_or_config: str | Mapping | Path) -> dict[str, Any]:
         path = Path(key)
         if not path.is_file():
             raise ValueError(f"architecture config file {path} does not exist")
-        try:
-            config = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ValueError(f"{path}: not a readable JSON file ({error})") from None
-        if not isinstance(config, dict):
-            raise ValueError(f"{path}: an architecture config must be a JSON object")
-        return config
+        return read_json_object(path, "an architecture config")
     raise ValueError(
         f"unknown architecture {key!r}; use one of {sorted(NAMED_CONFIGS)}, a path to a .json config, "
         "or a mapping with 'type': 'hdit' | 'swinir'"

@@ -27,6 +27,7 @@ from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
 from arch import NAMED_CONFIGS, create_arch
+from arch.configs import read_json_object
 from arch.validate import ArchConfigError
 from utils.weights import (
     WeightsReadError,
@@ -261,13 +262,11 @@ def resolve_pretrained_files(repo_or_dir: str | os.PathLike, **hub_kwargs) -> tu
 
 
 def read_config(path: Path) -> dict:
+    """config.json of a saved model; WeightsReadError (one line) when it is not a readable JSON object."""
     try:
-        config = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise WeightsReadError(f"{path}: not a readable JSON config ({error})") from None
-    if not isinstance(config, dict):
-        raise WeightsReadError(f"{path}: the config must be a JSON object")
-    return config
+        return read_json_object(path)
+    except ValueError as error:
+        raise WeightsReadError(str(error)) from None
 
 
 def load_pretrained(cls, repo_or_dir: str | os.PathLike, map_location="cpu", hub_kwargs=None, strict: bool = True,
