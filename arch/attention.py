@@ -417,15 +417,19 @@ def level_tiling(
 
 @torch.compiler.disable
 def prepare_neighborhood_attention(
-    grids: list[tuple[int, int, int]], device: torch.device, backend: str | None = None,
-    d_head: int = FLEX_MIN_HEAD_DIM, dtype: torch.dtype = torch.float32,
+    grids: list[tuple[int, int, int, int]], device: torch.device, backend: str | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> None:
     """Get a forward pass's neighbourhood attention ready outside any compiled graph: with the flex
-    backend, build the block masks of these (rows, cols, kernel) grids in the order their levels use, so
-    that the lookups in `flex_block_mask` trace into a compiled HDiT without graph breaks."""
+    backend, build the block masks of these (rows, cols, kernel, d_head) level grids in the order their
+    levels use (`level_tiling`, as `HDiT`'s levels decide it), so that the lookups in `flex_block_mask`
+    trace into a compiled HDiT without graph breaks. Levels whose heads are too small for flex (they run
+    the torch backend) need no mask."""
     if not grids or resolve_backend(device, backend) != "flex":
         return
-    for h, w, kernel_size in grids:
+    for h, w, kernel_size, d_head in grids:
+        if d_head < FLEX_MIN_HEAD_DIM:
+            continue
         grid = level_tiling(h, w, kernel_size, device, backend, d_head, dtype)
         flex_block_mask(h, w, kernel_size, device, grid.tiling if grid else None)
 

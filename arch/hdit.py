@@ -238,18 +238,14 @@ class HDiT(nn.Module):
             if isinstance(module, (SelfAttentionBlock, Level)):
                 module.backend = backend
 
-    def neighborhood_grids(self, h: int, w: int) -> list[tuple[int, int, int]]:
-        """(rows, cols, kernel) of the token grid of every level with neighbourhood attention."""
+    def neighborhood_grids(self, h: int, w: int) -> list[tuple[int, int, int, int]]:
+        """(rows, cols, kernel, d_head) of the token grid of every level with neighbourhood attention."""
         gh, gw = h // self.patch_size[0], w // self.patch_size[1]
         return [
-            (gh // 2**index, gw // 2**index, spec.attention.kernel_size)
+            (gh // 2**index, gw // 2**index, spec.attention.kernel_size, spec.attention.d_head)
             for index, spec in enumerate(self.levels)
             if spec.attention.kind == "neighborhood"
         ]
-
-    def neighborhood_d_head(self) -> int:
-        """The smallest d_head of the neighbourhood levels (the flex backend needs at least 16)."""
-        return min((s.attention.d_head for s in self.levels if s.attention.kind == "neighborhood"), default=64)
 
     def check_input_size(self, h: int, w: int) -> None:
         ph, pw = self.patch_size
@@ -282,8 +278,7 @@ class HDiT(nn.Module):
         if c != self.in_channels:
             raise ValueError(f"HDiT expects {self.in_channels} input channels, got {c}")
         self.check_input_size(h, w)
-        prepare_neighborhood_attention(self.neighborhood_grids(h, w), x.device, self.neighborhood_backend,
-                                       self.neighborhood_d_head(), x.dtype)
+        prepare_neighborhood_attention(self.neighborhood_grids(h, w), x.device, self.neighborhood_backend, x.dtype)
         x = self.patch_in(x.movedim(1, -1))
         pos = make_axial_pos(x.shape[1], x.shape[2], device=x.device)
 

@@ -119,6 +119,26 @@ def test_flex_levels_in_tile_order_give_the_torch_backends_output(size, monkeypa
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
+def test_the_masks_built_before_a_forward_pass_are_the_ones_it_uses(monkeypatch):
+    """prepare_neighborhood_attention builds each level's BlockMask in the order that level itself picks
+    from its own d_head, so a compiled forward pass finds every mask ready: here the 16×24 level (d_head
+    32) runs flex in the tile order and the 8×12 level (d_head 8) hands its work to the torch backend."""
+    monkeypatch.delenv(attention.TILING_ENV_VAR, raising=False)
+    attns = [{"type": "neighborhood", "d_head": 32, "kernel_size": 5},
+             {"type": "neighborhood", "d_head": 8, "kernel_size": 3}]
+    config = dict(TINY_HDIT, widths=[32, 32], self_attns=attns)
+    net = randomize_(create_arch(config)).eval()
+    net.set_neighborhood_backend("flex")
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(attention, "_BLOCK_MASKS", {})
+    attention.prepare_neighborhood_attention(net.neighborhood_grids(32, 48), cpu, "flex")
+    prepared = set(attention._BLOCK_MASKS)
+    assert prepared and all(key[3] != attention.ROW_MAJOR for key in prepared)
+    with torch.no_grad():
+        net(torch.randn(1, 3, 32, 48), torch.rand(1))
+    assert set(attention._BLOCK_MASKS) == prepared
+
+
 def test_shifted_window_and_ff_only_levels():
     config = dict(TINY_HDIT, self_attns=[{"type": "shifted-window", "d_head": 8, "window_size": 4}, {"type": "none"}],
                   depths=[2, 1])
