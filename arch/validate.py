@@ -16,10 +16,11 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .hdit import ATTENTION_KINDS, AttentionSpec, HDiTConfig
+
 MAX_ELEMENTS = int(os.environ.get("PMRF_MAX_ARCH_ELEMENTS") or 1_000_000_000)  # 4 GB of float32 weights
 MAX_BLOCKS = 1000  # transformer layers, Swin blocks and mapping blocks together
 MAX_LEVELS = 16
-ATTENTION_KINDS = ("global", "neighborhood", "shifted-window", "none")  # as arch.hdit has them
 SWINIR_UPSAMPLE_FEATURES = 64  # arch.swinir.NUM_UPSAMPLE_FEATURES
 
 
@@ -151,21 +152,22 @@ def check_swinir_fields(config: Mapping) -> None:
 
 def hdit_elements(config: Mapping, condition_channels: int = 0) -> int:
     """Weights and buffers of the HDiT `config` describes (fields as checked by `check_hdit_fields`)."""
-    widths, depths, attns = config["widths"], config["depths"], config["self_attns"]
-    d_ffs = config.get("d_ffs") or [3 * w for w in widths]
-    ph, pw = config.get("patch_size", [4, 4])
-    mw = config.get("mapping_width", 768)
-    m_ff = config.get("mapping_d_ff") or 3 * mw
-    in_ch = config.get("in_channels", 3) + condition_channels
-    out_ch = config.get("out_channels", 3)
+    c = HDiTConfig(**config)
+    widths, depths, attns = c.widths, c.depths, c.self_attns
+    d_ffs = c.d_ffs or [3 * w for w in widths]
+    ph, pw = c.patch_size
+    mw = c.mapping_width
+    m_ff = c.mapping_d_ff or 3 * mw
+    in_ch = c.in_channels + condition_channels
+    out_ch = c.out_channels
     total = in_ch * ph * pw * widths[0] + widths[0] + widths[0] * out_ch * ph * pw  # patch in, out norm, out
     total += 2 * mw * mw + mw // 2 * (1 + 9)  # time / aug projections and their Fourier buffers
-    total += 2 * mw + config.get("mapping_depth", 2) * (mw + 3 * mw * m_ff)  # mapping network
+    total += 2 * mw + c.mapping_depth * (mw + 3 * mw * m_ff)  # mapping network
     levels = len(widths)
     for index, (width, depth, d_ff, attn) in enumerate(zip(widths, depths, d_ffs, attns)):
         layer = width * mw + 3 * width * d_ff  # feed-forward: AdaRMSNorm, GEGLU up, down
         if attn.get("type") != "none":
-            d_head = attn.get("d_head", 64)
+            d_head = attn.get("d_head", AttentionSpec.d_head)
             # head scales, AdaRMSNorm, qkv, out projection, RoPE frequencies
             layer += width // d_head + width * mw + 4 * width * width + width // d_head * (d_head // 8)
         total += (1 if index == levels - 1 else 2) * depth * layer
@@ -211,7 +213,7 @@ def check_size(kind: str, config: Mapping, condition_channels: int = 0) -> None:
         if len(depths) > MAX_LEVELS:
             raise ArchConfigError(f"hdit config: {len(depths)} levels (entries of 'depths'), more than the "
                                   f"{MAX_LEVELS} allowed")
-        blocks = sum(2 * d for d in depths[:-1]) + sum(depths[-1:]) + config.get("mapping_depth", 2)
+        blocks = sum(2 * d for d in depths[:-1]) + sum(depths[-1:]) + HDiTConfig(**config).mapping_depth
     else:
         blocks = sum(config.get("depths", [6] * 8))
     if blocks > MAX_BLOCKS:
