@@ -93,10 +93,7 @@ def load_arch_config(name_or_config: str | Mapping | Path) -> dict[str, Any]:
 
 
 def _build_hdit(config: dict, condition_channels: int) -> nn.Module:
-    try:
-        hdit_config = HDiTConfig(**config)
-    except TypeError as error:
-        raise ValueError(f"hdit config: {error}") from None
+    hdit_config = HDiTConfig(**config)  # fields already checked by create_arch (arch.validate)
     hdit_config.in_channels += condition_channels
     return hdit_from_config(hdit_config)
 

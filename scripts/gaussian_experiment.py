@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def settings_from_args(args: argparse.Namespace) -> ExperimentSettings:
-    prior = args.prior_cov if isinstance(args.prior_cov, np.ndarray) else parse_matrix(args.prior_cov)
+    prior = args.prior_cov  # argparse applies matrix_argument to the default too
     operator = args.operator
     if operator is None:
         default_prior = np.array_equal(prior, parse_matrix(DEFAULT_PRIOR_COV))
