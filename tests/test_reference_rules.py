@@ -32,6 +32,7 @@ from helpers import (
     load_program,
     method_arguments,
     random_inception,
+    save_checkpoint,
     save_lightning_mmse_checkpoint,
     table_condition,
     table_source,
@@ -396,8 +397,7 @@ def ema_checkpoint(tmp_path_factory):
     with torch.no_grad():
         for shadow in model.ema.shadow_params:
             shadow.add_(0.25)
-    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
-                "ema": model.ema.state_dict(), "global_step": 0}, root / "pmrf.ckpt")
+    save_checkpoint(model, root / "pmrf.ckpt")
     return SimpleNamespace(path=root / "pmrf.ckpt", images=write_images(root / "images", 2, (16, 16)),
                            raw=[p.detach().clone() for p in model.model.parameters()],
                            ema=[s.clone() for s in model.ema.shadow_params])
