@@ -118,7 +118,7 @@ def test_whole_compiled_hdit_with_flex_matches_eager_forward_and_backward():
 
 
 def test_bf16_restore_of_a_pmrf_batch():
-    model = build_method("naive_flow", None, ema_decay=-1).cuda().eval()  # no torch-ema on the GPU image
+    model = build_method("naive_flow", None).cuda().eval()
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
         sample = model.pmrf.sample(torch.rand(2, 3, 32, 32, device="cuda"), 4)
     assert sample.xhat.dtype == torch.float32 and torch.isfinite(sample.xhat).all()
