@@ -32,6 +32,7 @@ from helpers import (
     load_program,
     method_arguments,
     random_inception,
+    randomize_,
     save_checkpoint,
     table_condition,
     table_source,
@@ -713,9 +714,7 @@ def test_validation_panels_are_five_images_unpadded_and_every_trajectory_state(t
     from utils.images import read_rgb
 
     model = MMSERectifiedFlow(stage="naive_flow", arch=TINY_HDIT, ema_decay=-1, mmse_noise_std=0.1, num_flow_steps=4)
-    with torch.no_grad():
-        for p in model.model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
+    randomize_(model.model, 0.1)
     gen = torch.Generator().manual_seed(0)
     x, y = torch.rand(8, 3, 16, 16, generator=gen), torch.rand(8, 3, 16, 16, generator=gen)
     states = []
