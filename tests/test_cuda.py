@@ -152,7 +152,7 @@ def test_compiling_keeps_the_default_precision_at_any_batch_size(full_size_pair)
             assert ((b - a).abs().max() / a.abs().max()).item() <= 5e-3, batch
 
 
-def test_a_compiled_bf16_training_step_runs_with_the_automatic_token_order():
+def test_a_compiled_bf16_training_step_runs_with_the_automatic_token_order(monkeypatch):
     """bf16 autocast backward through the compiled HDiT: the tile order where this torch's FlexAttention
     has a backward kernel for its blocks, row-major otherwise (attention.SMALL_BLOCK_BACKWARD)."""
     torch.manual_seed(0)  # heads of 64 as the full-size network (the kernels' tiles depend on them)
@@ -161,11 +161,12 @@ def test_a_compiled_bf16_training_step_runs_with_the_automatic_token_order():
     net = randomize_(create_arch(config).cuda(), 0.02)
     net.compile()
     x, t = torch.randn(2, 3, 128, 128, device="cuda"), torch.rand(2, device="cuda")
+    monkeypatch.setattr(attention, "_BLOCK_MASKS", {})  # holds the block masks this step builds, by token order
     with torch.autocast("cuda", dtype=torch.bfloat16):
         loss = net(x, t).float().square().mean()
-        expected_tiled = attention.resolve_tiling(None, attention.low_precision_backward(x.device)) is not None
     loss.backward()
-    assert expected_tiled == attention.SMALL_BLOCK_BACKWARD
+    tiling = attention.TILINGS[attention.DEFAULT_TILING] if attention.SMALL_BLOCK_BACKWARD else None
+    assert list(attention._BLOCK_MASKS) == [attention._mask_key(32, 32, 7, tiling, x.device)]  # the 32² level
     assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
 
 
