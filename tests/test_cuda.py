@@ -159,6 +159,8 @@ def test_a_compiled_bf16_training_step_runs_with_the_automatic_token_order(monke
     config = dict(TINY_HDIT, patch_size=[4, 4], widths=[128, 256], d_ffs=[256, 512],
                   self_attns=[{"type": "neighborhood", "d_head": 64, "kernel_size": 7}, {"type": "global", "d_head": 64}])
     net = randomize_(create_arch(config).cuda(), 0.02)
+    net.set_neighborhood_backend("flex")  # the backend whose masks carry a token order
+    monkeypatch.delenv(attention.TILING_ENV_VAR, raising=False)
     net.compile()
     x, t = torch.randn(2, 3, 128, 128, device="cuda"), torch.rand(2, device="cuda")
     monkeypatch.setattr(attention, "_BLOCK_MASKS", {})  # holds the block masks this step builds, by token order
