@@ -74,13 +74,14 @@ def device_argument(requested: str) -> torch.device:
 # ------------------------------------------------------------------------------------------ memory
 
 
-def _proc_status_mib(field: str) -> float | None:
+def _proc_status_mib(field: str, pid: int | str = "self") -> float | None:
+    """A memory field of /proc/PID/status (VmRSS, VmHWM) in MiB; None where it cannot be read."""
     try:
-        with open("/proc/self/status") as status:
+        with open(f"/proc/{pid}/status") as status:
             for line in status:
                 if line.startswith(field + ":"):
                     return int(line.split()[1]) / 1024  # kB
-    except OSError:
+    except (OSError, ValueError, IndexError):
         return None
     return None
 
@@ -93,9 +94,10 @@ def _release_free_heap() -> None:
         pass  # not glibc: freed memory may stay resident and the peak reads low
 
 
-def _reset_peak_rss() -> bool:
+def _reset_peak_rss(pid: int | str = "self") -> bool:
+    """Start a new peak-RSS mark (VmHWM) for the process (Linux: 5 into /proc/PID/clear_refs)."""
     try:
-        with open("/proc/self/clear_refs", "w") as clear_refs:
+        with open(f"/proc/{pid}/clear_refs", "w") as clear_refs:
             clear_refs.write("5")
         return True
     except OSError:

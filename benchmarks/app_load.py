@@ -35,7 +35,7 @@ import numpy as np
 if __package__ in (None, ""):  # run as a file: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import format_table, save_json
+from benchmarks import _proc_status_mib, _reset_peak_rss, format_table, parse_ints, save_json
 
 ROOT = Path(__file__).resolve().parents[1]
 WHOLE_PHOTO = "Whole photo (detect faces)"  # app.WHOLE_PHOTO (a script does not import the program)
@@ -80,25 +80,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def rss_mib(pid: int, field: str = "VmHWM") -> float | None:
-    """The process's peak (VmHWM) or current (VmRSS) resident memory, in MiB."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(f"{field}:"):
-                return int(line.split()[1]) / 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def reset_peak_rss(pid: int) -> None:
-    """Start a new peak-RSS mark for the process (Linux: 5 into /proc/PID/clear_refs)."""
-    try:
-        Path(f"/proc/{pid}/clear_refs").write_text("5")
-    except OSError:
-        pass
 
 
 class App:
@@ -158,7 +139,7 @@ def one_round(app: App, photo: Path, clients: int, args: argparse.Namespace, dow
     threads = [threading.Thread(target=request, args=(index,)) for index in range(clients)]
     for thread in threads:
         thread.start()
-    reset_peak_rss(app.process.pid)
+    _reset_peak_rss(app.process.pid)
     start[0] = time.monotonic()
     barrier.wait()
     for thread in threads:
@@ -180,8 +161,8 @@ def one_round(app: App, photo: Path, clients: int, args: argparse.Namespace, dow
         "max_s": max(done) if done else None,
         "mean_service_s": wall / len(done) if done else None,
         "wall_s": wall,
-        "peak_rss_mib": rss_mib(app.process.pid),
-        "rss_after_mib": rss_mib(app.process.pid, "VmRSS"),
+        "peak_rss_mib": _proc_status_mib("VmHWM", app.process.pid),
+        "rss_after_mib": _proc_status_mib("VmRSS", app.process.pid),
         "messages": messages,
     }
 
@@ -200,13 +181,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="pmrf_app_load_") as scratch:
         scratch = Path(scratch)
         ckpt, photo = tiny_checkpoint(scratch), test_photo(scratch, args.photo_side)
-        for queue_size in (int(q) for q in args.queue_sizes.split(",")):
+        for queue_size in parse_ints(args.queue_sizes):
             temp = scratch / f"tmp_q{queue_size}"
             temp.mkdir()
             app = App(ckpt, queue_size, temp, [])
             try:
                 rounds = [("1 alone (warm-up: loads the model)", 1), ("1 alone", 1)]
-                rounds += [(f"{n} at once", n) for n in map(int, args.clients.split(","))]
+                rounds += [(f"{n} at once", n) for n in parse_ints(args.clients)]
                 for label, clients in rounds:
                     row = one_round(app, photo, clients, args, scratch / "downloads")
                     row.update(queue_size=queue_size, round=label)

@@ -4,11 +4,10 @@
 #   benchmarks/gpu_session.sh [SECONDS]      # on the GPU machine; SECONDS (default 570) bounds the whole run
 #   benchmarks/gpu_session.sh --dry-run      # the same steps at toy sizes on this machine's CPU: checks the script
 #
-# Through the device tool:  run(command="benchmarks/gpu_session.sh 570", carry=[".whl"], timeout_s=600).
-# The benchmarks need only the GPU image's packages (torch, lightning, timm, einops, numpy, pillow, opencv,
-# pytest); one CUDA test builds a model with an EMA and needs torch-ema, which the image lacks. Wheels in
-# .whl/ are installed first when that folder exists; prepare it once in the checkout the session sends:
-#   echo /.whl/ >> .git/info/exclude; python3 -m pip download --no-deps -d .whl torch-ema==0.3
+# Through the device tool:  run(command="benchmarks/gpu_session.sh 570", timeout_s=600).
+# The benchmarks and tests/test_cuda.py need only the GPU image's packages (torch, lightning, timm, einops,
+# numpy, pillow, opencv, pytest). Wheels in .whl/ (ignored by git; carry=[".whl"]) are installed first
+# when that folder exists, for a package a later image might lack.
 #
 # Steps (a step that would start too late is skipped and listed in the log):
 #   1. tests/test_cuda.py: flex forward and backward against brute force (row-major and tile order),

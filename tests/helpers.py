@@ -129,6 +129,16 @@ def save_lightning_mmse_checkpoint(path: Path, seed: int = 0) -> Path:
     return path
 
 
+def save_checkpoint(model: MMSERectifiedFlow, path: Path) -> Path:
+    """`model` saved as train.py saves it, built, not trained: state_dict, hyper_parameters, ema (when the
+    model keeps an EMA) and global_step 0."""
+    checkpoint = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}
+    if model.ema is not None:
+        checkpoint["ema"] = model.ema.state_dict()
+    torch.save({**checkpoint, "global_step": 0}, path)
+    return path
+
+
 def table_source(method: Method, y: torch.Tensor, posterior_mean: torch.Tensor, noise: torch.Tensor,
                  sigma: float) -> torch.Tensor:
     """z0 as the methods table (lightning_models/pmrf.py) says: clip(f(y)) + σ·n, n, or y (a gray y on

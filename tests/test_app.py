@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import bomb_png
 from PIL import Image
 
 import app
@@ -378,15 +379,7 @@ def test_a_thin_strip_is_a_photo_without_faces_not_an_error(tmp_path):
 
 
 def test_a_400_megapixel_upload_is_said_to_be_too_large(tmp_path):
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    huge = tmp_path / "huge.png"
-    huge.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0))
-                     + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    huge = bomb_png(tmp_path / "huge.png")  # 20000×20000
     for call in (lambda: app.preview(str(huge)),
                  lambda: app.restore_image(str(huge), app.WHOLE_PHOTO, 1, 1, 0, invert, OneFace(), store_for(tmp_path))):
         with pytest.raises(gr.Error) as caught:

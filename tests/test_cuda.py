@@ -118,7 +118,7 @@ def test_whole_compiled_hdit_with_flex_matches_eager_forward_and_backward():
 
 
 def test_bf16_restore_of_a_pmrf_batch():
-    model = build_method("naive_flow", None, ema_decay=-1).cuda().eval()  # no torch-ema on the GPU image
+    model = build_method("naive_flow", None).cuda().eval()
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
         sample = model.pmrf.sample(torch.rand(2, 3, 32, 32, device="cuda"), 4)
     assert sample.xhat.dtype == torch.float32 and torch.isfinite(sample.xhat).all()
@@ -152,20 +152,23 @@ def test_compiling_keeps_the_default_precision_at_any_batch_size(full_size_pair)
             assert ((b - a).abs().max() / a.abs().max()).item() <= 5e-3, batch
 
 
-def test_a_compiled_bf16_training_step_runs_with_the_automatic_token_order():
+def test_a_compiled_bf16_training_step_runs_with_the_automatic_token_order(monkeypatch):
     """bf16 autocast backward through the compiled HDiT: the tile order where this torch's FlexAttention
     has a backward kernel for its blocks, row-major otherwise (attention.SMALL_BLOCK_BACKWARD)."""
     torch.manual_seed(0)  # heads of 64 as the full-size network (the kernels' tiles depend on them)
     config = dict(TINY_HDIT, patch_size=[4, 4], widths=[128, 256], d_ffs=[256, 512],
                   self_attns=[{"type": "neighborhood", "d_head": 64, "kernel_size": 7}, {"type": "global", "d_head": 64}])
     net = randomize_(create_arch(config).cuda(), 0.02)
+    net.set_neighborhood_backend("flex")  # the backend whose masks carry a token order
+    monkeypatch.delenv(attention.TILING_ENV_VAR, raising=False)
     net.compile()
     x, t = torch.randn(2, 3, 128, 128, device="cuda"), torch.rand(2, device="cuda")
+    monkeypatch.setattr(attention, "_BLOCK_MASKS", {})  # holds the block masks this step builds, by token order
     with torch.autocast("cuda", dtype=torch.bfloat16):
         loss = net(x, t).float().square().mean()
-        expected_tiled = attention.resolve_tiling(None, attention.low_precision_backward(x.device)) is not None
     loss.backward()
-    assert expected_tiled == attention.SMALL_BLOCK_BACKWARD
+    tiling = attention.TILINGS[attention.DEFAULT_TILING] if attention.SMALL_BLOCK_BACKWARD else None
+    assert list(attention._BLOCK_MASKS) == [attention._mask_key(32, 32, 7, tiling, x.device)]  # the 32² level
     assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import build_method, call, load_program, randomize_, write_images
+from helpers import build_method, call, load_program, randomize_, save_checkpoint, write_images
 from PIL import Image
 
 import inference
@@ -26,9 +26,7 @@ def checkpoints(tmp_path_factory, mmse_ckpt):
         torch.manual_seed(1)
         model = build_method(name, mmse_ckpt, ema_decay=-1)
         randomize_(model.model, 0.05)  # HDiT's output layer starts at zero: make the flow move
-        paths[name] = root / f"{name}.ckpt"
-        torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams), "global_step": 0},
-                   paths[name])
+        paths[name] = save_checkpoint(model, root / f"{name}.ckpt")
     write_images(root / "lq", 2, (16, 16))
     return root, paths
 

@@ -32,7 +32,8 @@ from helpers import (
     load_program,
     method_arguments,
     random_inception,
-    save_lightning_mmse_checkpoint,
+    randomize_,
+    save_checkpoint,
     table_condition,
     table_source,
     write_arch_json,
@@ -388,16 +389,14 @@ def test_proof_fixture_mmse_loss_rounding_and_metric_layout(proof):
 
 
 @pytest.fixture(scope="module")
-def ema_checkpoint(tmp_path_factory):
+def ema_checkpoint(tmp_path_factory, mmse_ckpt):
     """A tiny PMRF checkpoint whose EMA weights differ from its raw weights, and two images."""
     root = tmp_path_factory.mktemp("ema_checkpoint")
-    model = build_method("pmrf", save_lightning_mmse_checkpoint(root / "mmse.ckpt"), ema_decay=0.9,
-                         mmse_noise_std=0.1)
+    model = build_method("pmrf", mmse_ckpt, ema_decay=0.9, mmse_noise_std=0.1)
     with torch.no_grad():
         for shadow in model.ema.shadow_params:
             shadow.add_(0.25)
-    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
-                "ema": model.ema.state_dict(), "global_step": 0}, root / "pmrf.ckpt")
+    save_checkpoint(model, root / "pmrf.ckpt")
     return SimpleNamespace(path=root / "pmrf.ckpt", images=write_images(root / "images", 2, (16, 16)),
                            raw=[p.detach().clone() for p in model.model.parameters()],
                            ema=[s.clone() for s in model.ema.shadow_params])
@@ -715,9 +714,7 @@ def test_validation_panels_are_five_images_unpadded_and_every_trajectory_state(t
     from utils.images import read_rgb
 
     model = MMSERectifiedFlow(stage="naive_flow", arch=TINY_HDIT, ema_decay=-1, mmse_noise_std=0.1, num_flow_steps=4)
-    with torch.no_grad():
-        for p in model.model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
+    randomize_(model.model, 0.1)
     gen = torch.Generator().manual_seed(0)
     x, y = torch.rand(8, 3, 16, 16, generator=gen), torch.rand(8, 3, 16, 16, generator=gen)
     states = []
@@ -800,17 +797,17 @@ def tensors_in(obj) -> list[torch.Tensor]:
 
 
 @pytest.mark.slow
-def test_train_py_checkpoints_hold_the_reference_keys_and_load_both_ways(inception_weights, tmp_path, monkeypatch):
+def test_train_py_checkpoints_hold_the_reference_keys_and_load_both_ways(inception_weights, tmp_path, monkeypatch,
+                                                                          mmse_ckpt):
     import train
 
-    mmse = save_lightning_mmse_checkpoint(tmp_path / "mmse.ckpt")
     write_images(tmp_path / "train", 4, (16, 16))
     write_images(tmp_path / "val", 2, (16, 16), seed=1)
     hdit = write_arch_json(tmp_path / "hdit.json", TINY_HDIT)
 
     def train_flow(out, *extra):
         train.main([str(a) for a in (
-            "--stage", "flow", "--arch", hdit, "--mmse_model_ckpt_path", mmse, "--source_noise_std", 0.1,
+            "--stage", "flow", "--arch", hdit, "--mmse_model_ckpt_path", mmse_ckpt, "--source_noise_std", 0.1,
             "--degradation", "gaussian_noise_035", "--train_data_root", tmp_path / "train", "--val_data_root",
             tmp_path / "val", "--img_size", 16, "--train_batch_size", 2, "--val_batch_size", 2, "--num_workers", 0,
             "--num_flow_steps", 1, "--accelerator", "cpu", "--logger", "csv", "--max_steps", 2, "--output_dir", out,

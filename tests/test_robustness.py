@@ -35,6 +35,7 @@ from helpers import (
     load_program,
     parse_whole_photo_options,
     run_program,
+    save_checkpoint,
     textured_photo,
     write_arch_json,
     write_images,
@@ -93,10 +94,7 @@ def train_argv(work: Path, out: Path, *extra, stage="mmse", arch=None, data=None
 def save_flow_checkpoint(path: Path, mmse_ckpt: Path) -> Path:
     """A PMRF checkpoint as train.py writes it (state_dict, hyper_parameters, ema), built, not trained."""
     torch.manual_seed(1)
-    model = build_method("pmrf", mmse_ckpt, mmse_noise_std=0.1)
-    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
-                "ema": model.ema.state_dict(), "global_step": 0}, path)
-    return path
+    return save_checkpoint(build_method("pmrf", mmse_ckpt, mmse_noise_std=0.1), path)
 
 
 @pytest.fixture(scope="module")

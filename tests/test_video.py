@@ -336,12 +336,12 @@ def test_smoothing_lowers_flicker_with_a_noisy_model(tmp_path):
     assert ratios[False] > 2 * ratios[True], ratios
 
 
-def test_face_restorer_uses_the_noise_it_is_given(tmp_path):
-    from helpers import build_method, save_lightning_mmse_checkpoint
+def test_face_restorer_uses_the_noise_it_is_given(mmse_ckpt):
+    from helpers import build_method
 
     from lightning_models.restoration import FaceRestorer
 
-    model = build_method("pmrf", save_lightning_mmse_checkpoint(tmp_path / "mmse.ckpt"), source_noise_std=0.2).eval()
+    model = build_method("pmrf", mmse_ckpt, source_noise_std=0.2).eval()
     restorer = FaceRestorer(model, num_flow_steps=2, seed=0)
     faces = torch.rand(2, 3, 32, 32)
     noise = restorer.draw_noise(2, 32)
@@ -531,17 +531,15 @@ def test_variable_rate_detection():
 
 
 @pytest.mark.slow
-def test_the_astronaut_clip_with_mtcnn_through_inference_py(tmp_path, capsys):
+def test_the_astronaut_clip_with_mtcnn_through_inference_py(tmp_path, capsys, mmse_ckpt):
     """inference.py --whole_image on a video, offline: MTCNN tracks the astronaut's face through a
     panning clip, a tiny PMRF restores it, and the program prints the flicker figure."""
-    from helpers import save_lightning_mmse_checkpoint
-
     import inference
     from lightning_models.mmse_rectified_flow import MMSERectifiedFlow
     from utils.synthetic_video import astronaut_clip
 
-    mmse = save_lightning_mmse_checkpoint(tmp_path / "mmse.ckpt")
-    MMSERectifiedFlow(stage="flow", arch=LOCAL_HDIT, mmse_model_ckpt_path=str(mmse)).save_pretrained(tmp_path / "model")
+    flow = MMSERectifiedFlow(stage="flow", arch=LOCAL_HDIT, mmse_model_ckpt_path=str(mmse_ckpt))
+    flow.save_pretrained(tmp_path / "model")
     source = tmp_path / "in" / "astronaut.mov"
     source.parent.mkdir()
     write_clip(source, astronaut_clip(3, 128), fps=8, audio_seconds=0.3, format="mov")
