@@ -173,15 +173,22 @@ def run(args: argparse.Namespace) -> None:
     prepare_for_inference(model, args.attention_backend, compiled, args.compile_mmse)
     if args.whole_image:
         from whole_image.cli import WholeImageOptions, run_whole_image
+        from whole_image.photo_batch import photo_inputs
+        from whole_image.tools import load_tools
         from whole_image.video import VideoOptions
         from whole_image.video_cli import photos_and_videos, run_videos
 
         restorer = FaceRestorer(model, args.num_flow_steps, args.seed, args.bf16, args.fidelity_weight)
         options = WholeImageOptions.from_args(args)
-        has_photos, videos = photos_and_videos(lq_path)  # these three raise; main() says it in one line
-        if has_photos:
+        has_photos, videos = photos_and_videos(lq_path)  # these raise; main() says it in one line
+        if has_photos and videos:  # detector, parser and upsampler loaded once for both, after the
+            photo_inputs(options)  # photos' output checks, where restore_photos would load them
+            tools = load_tools(options, device)
+            run_whole_image(options, restorer, device, tools=tools)
+            run_videos(options, VideoOptions.from_args(args), restorer, device, videos, tools)
+        elif has_photos:
             run_whole_image(options, restorer, device)
-        if videos:
+        elif videos:
             run_videos(options, VideoOptions.from_args(args), restorer, device, videos)
         return
     options = AlignedOptions(
