@@ -51,7 +51,7 @@ from utils.cli import (
     positive_int,
     resolve_device,
 )
-from utils.images import ImageReadError, ImageTooLargeError, is_gray, read_image, save_rgb
+from utils.images import ImageReadError, ImageTooLargeError, is_gray, raise_interrupt, read_image, save_rgb
 from utils.precision import configure_torch
 from utils.weights import MissingWeightsError, WeightsReadError
 from whole_image.cli import add_photo_model_arguments
@@ -496,11 +496,7 @@ def gradio_cache_dir() -> str:
 def stop_on_sigterm() -> None:
     """SIGTERM ends the app as Ctrl-C does (Gradio closes the server, the atexit clean-up runs);
     Python's default would end it at once and leave every user's files behind."""
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGTERM, raise_interrupt)
 
 
 @functools.cache

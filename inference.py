@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
-import threading
 from pathlib import Path
 
 from lightning_models.restoration import (
@@ -53,6 +51,7 @@ from utils.images import (
     collect_inputs,
     list_images,
     refuse_writing_into_inputs,
+    terminate_as_interrupt,
 )
 from utils.precision import bf16_flag, configure_torch
 from utils.weights import MissingWeightsError, WeightsReadError
@@ -115,10 +114,6 @@ def check_input_size(args: argparse.Namespace) -> None:
         fail(f"{option}: the model of {args.ckpt_path} cannot take it: {problem}")
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt  # SIGTERM ends the run as Ctrl-C does: whole files, one line
-
-
 def compile_decision(args, model, device, inputs: list[Path], lq_path: Path) -> bool:
     """--compile resolved for this job (auto: on CUDA for a job of enough image-steps; a whole photo
     counts as one face)."""
@@ -134,19 +129,15 @@ def compile_decision(args, model, device, inputs: list[Path], lq_path: Path) -> 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    main_thread = threading.current_thread() is threading.main_thread()  # signal handlers live there only
-    previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
-    try:
-        run(args)
-    except (InputError, MissingWeightsError, WeightsReadError, WriteError) as error:  # what the library raises
-        fail(str(error))
-    except RunInterrupted as interrupted:  # Ctrl-C or SIGTERM after whole files; says how many
-        fail(str(interrupted), code=130)
-    except KeyboardInterrupt:
-        fail("interrupted before any image was written", code=130)
-    finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, previous)
+    with terminate_as_interrupt():  # SIGTERM ends the run as Ctrl-C does: whole files, one line
+        try:
+            run(args)
+        except (InputError, MissingWeightsError, WeightsReadError, WriteError) as error:  # the library's
+            fail(str(error))
+        except RunInterrupted as interrupted:  # Ctrl-C or SIGTERM after whole files; says how many
+            fail(str(interrupted), code=130)
+        except KeyboardInterrupt:
+            fail("interrupted before any image was written", code=130)
 
 
 def run(args: argparse.Namespace) -> None:

@@ -15,11 +15,7 @@ SIGTERM RunInterrupted, leaving no partial video; nothing here ends the program.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import signal
-import threading
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -37,6 +33,7 @@ from utils.images import (
     output_stems,
     refuse_writing_into_inputs,
     renamed_outputs,
+    terminate_as_interrupt,
     writable_folder,
     write_atomic,
 )
@@ -47,24 +44,6 @@ from whole_image.video import VideoOptions, VideoResult, restore_video, supports
 from whole_image.video_io import VideoReadError
 
 RESULTS_FILE = "video_results.json"
-
-
-@contextlib.contextmanager
-def terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM (`kill`, a job scheduler) is handled as Ctrl-C while videos are written, so the temporary
-    file is removed either way (main thread only: Python delivers signals there)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 @dataclass
@@ -112,7 +91,7 @@ def restore_videos(
     if left:
         report.existing = len(left)
         print(f"left {len(left)} video(s) whose output exists already (--skip_existing)")
-    with terminate_as_interrupt():
+    with terminate_as_interrupt():  # SIGTERM as Ctrl-C while videos are written: no partial file is left
         for video in videos:
             if video not in left:
                 restore_one(video, output_dir / names[video], restore_faces, tools, options, video_options, report)
