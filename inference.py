@@ -50,6 +50,7 @@ from utils.images import (
     WriteError,
     collect_inputs,
     list_images,
+    print_renamed,
     refuse_writing_into_inputs,
     terminate_as_interrupt,
 )
@@ -92,13 +93,6 @@ def report_skipped(skipped: list[tuple[str, str]]) -> None:
         print(f"skipped {len(skipped)} file(s):", file=sys.stderr)
         for name, reason in skipped:
             print(f"  {name}: {reason}", file=sys.stderr)
-
-
-def report_renamed(renamed: dict[str, str]) -> None:
-    if renamed:
-        print(f"note: {len(renamed)} input(s) would have written the same file as another; their outputs are named:")
-        for name, output in renamed.items():
-            print(f"  {name} -> {output}")
 
 
 def check_input_size(args: argparse.Namespace) -> None:
@@ -190,7 +184,7 @@ def run(args: argparse.Namespace) -> None:
         skip_existing=args.skip_existing,
     )
     report = restore_aligned(model, inputs, output_dir, options)
-    report_renamed(report.renamed)
+    print_renamed(report.renamed, "input(s) would have written the same file as another")
     if report.existing:
         print(f"left {report.existing} image(s) whose outputs exist already (--skip_existing)")
     if report.resized:

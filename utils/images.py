@@ -360,6 +360,16 @@ def renamed_outputs(stems: Mapping[str, str]) -> dict[str, str]:
     return {name: stem for name, stem in sorted(stems.items()) if stem != Path(name).stem}
 
 
+def print_renamed(renamed: Mapping[str, str], what: str) -> None:
+    """The note every mode prints about the inputs whose outputs were renamed (`renamed`: input name ->
+    output stem or file name): `note: N <what>; their outputs are named:`, then one
+    `  <input> -> <output>` line per input; nothing when none was renamed."""
+    if renamed:
+        print(f"note: {len(renamed)} {what}; their outputs are named:")
+        for name, output in renamed.items():
+            print(f"  {name} -> {output}")
+
+
 def save_rgb(array: np.ndarray, path: str | os.PathLike, jpeg_quality: int = JPEG_QUALITY) -> Path:
     """Write an (H, W, 3) RGB or (H, W, 4) RGBA uint8 array atomically; the format follows the extension."""
     if array.dtype != np.uint8:

@@ -44,6 +44,7 @@ from utils.images import (
     collect_inputs,
     output_name,
     output_stems,
+    print_renamed,
     read_image,
     refuse_writing_into_inputs,
     renamed_outputs,
@@ -191,10 +192,7 @@ def restore_photos(
         print("warning: --save_mmse: this model has no posterior-mean network; only PMRF's results are written")
     stems = photo_stems(inputs)
     report = PhotoReport(renamed=renamed_outputs({path.name: stem for path, stem in stems.items()}))
-    if report.renamed:
-        print(f"note: {len(report.renamed)} photo(s) share a name with another; their outputs are named:")
-        for name, stem in report.renamed.items():
-            print(f"  {name} -> {stem}")
+    print_renamed(report.renamed, "photo(s) share a name with another")
     if options.skip_existing:
         done = {photo for photo in inputs if output_paths(options, photo, stems[photo], 0).restored_image.is_file()}
         report.existing = len(done)

@@ -31,6 +31,7 @@ from utils.images import (
     is_video_file,
     output_name,
     output_stems,
+    print_renamed,
     refuse_writing_into_inputs,
     renamed_outputs,
     terminate_as_interrupt,
@@ -83,10 +84,7 @@ def restore_videos(
     stems = output_stems([video.name for video in videos], "mp4")  # every output is an MP4 file
     names = {video: output_name(f"{stems[video.name]}.mp4", options.suffix) for video in videos}
     report = VideoReport(renamed=renamed_outputs(stems))
-    if report.renamed:
-        print(f"note: {len(report.renamed)} video(s) share a name with another; their outputs are named:")
-        for name, stem in report.renamed.items():
-            print(f"  {name} -> {stem}")
+    print_renamed(report.renamed, "video(s) share a name with another")
     left = [video for video in videos if options.skip_existing and (output_dir / names[video]).is_file()]
     if left:
         report.existing = len(left)
