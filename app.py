@@ -282,24 +282,14 @@ def checked_seed(seed) -> int:
     return int(number)
 
 
-def checked_fidelity_weight(weight) -> float:
+def checked_number(value, low: float, high: float, what: str) -> float:
     try:
-        value = float(weight)
+        number = float(value)
     except (TypeError, ValueError):
-        value = math.nan
-    if not 0 <= value <= 1:  # NaN fails too
-        raise user_error(f"Fidelity weight must be from 0 to 1; got {weight}.")
-    return value
-
-
-def checked_upscale(upscale) -> float:
-    try:
-        value = float(upscale)
-    except (TypeError, ValueError):
-        value = math.nan
-    if not MIN_UPSCALE <= value <= MAX_UPSCALE:  # NaN fails too
-        raise user_error(f"Output scale must be from {MIN_UPSCALE:g} to {MAX_UPSCALE:g}; got {upscale}.")
-    return value
+        number = math.nan
+    if not low <= number <= high:  # NaN fails too
+        raise user_error(f"{what} must be from {low:g} to {high:g}; got {value}.")
+    return number
 
 
 def square_face(image: np.ndarray, size: int = 512) -> np.ndarray:
@@ -349,9 +339,9 @@ def restore_image(
     """
     image = load_upload(upload)
     steps = checked_whole_number(steps, 1, MAX_STEPS, "The number of flow steps")
-    upscale = checked_upscale(upscale)
+    upscale = checked_number(upscale, MIN_UPSCALE, MAX_UPSCALE, "Output scale")
     seed = checked_seed(seed)
-    fidelity_weight = checked_fidelity_weight(fidelity_weight)
+    fidelity_weight = checked_number(fidelity_weight, 0, 1, "Fidelity weight")
     store = store or demo_store()
     if mode != ALIGNED and detector is None:
         detector = store.detector()  # before the model: a missing detector file is said at once
@@ -435,7 +425,7 @@ def restore_video_upload(
         raise user_error("Upload a video first.")
     path = Path(getattr(upload, "name", upload))
     steps = checked_whole_number(steps, 1, MAX_STEPS, "The number of flow steps")
-    upscale = checked_upscale(upscale)
+    upscale = checked_number(upscale, MIN_UPSCALE, MAX_UPSCALE, "Output scale")
     seed = checked_seed(seed)
     try:
         info = probe(path)
