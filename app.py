@@ -51,7 +51,7 @@ from utils.cli import (
     positive_int,
     resolve_device,
 )
-from utils.images import ImageReadError, ImageTooLargeError, is_gray, read_image, save_rgb
+from utils.images import ImageReadError, ImageTooLargeError, is_gray, raise_interrupt, read_image, save_rgb
 from utils.precision import configure_torch
 from utils.weights import MissingWeightsError, WeightsReadError
 from whole_image.cli import add_photo_model_arguments
@@ -282,24 +282,14 @@ def checked_seed(seed) -> int:
     return int(number)
 
 
-def checked_fidelity_weight(weight) -> float:
+def checked_number(value, low: float, high: float, what: str) -> float:
     try:
-        value = float(weight)
+        number = float(value)
     except (TypeError, ValueError):
-        value = math.nan
-    if not 0 <= value <= 1:  # NaN fails too
-        raise user_error(f"Fidelity weight must be from 0 to 1; got {weight}.")
-    return value
-
-
-def checked_upscale(upscale) -> float:
-    try:
-        value = float(upscale)
-    except (TypeError, ValueError):
-        value = math.nan
-    if not MIN_UPSCALE <= value <= MAX_UPSCALE:  # NaN fails too
-        raise user_error(f"Output scale must be from {MIN_UPSCALE:g} to {MAX_UPSCALE:g}; got {upscale}.")
-    return value
+        number = math.nan
+    if not low <= number <= high:  # NaN fails too
+        raise user_error(f"{what} must be from {low:g} to {high:g}; got {value}.")
+    return number
 
 
 def square_face(image: np.ndarray, size: int = 512) -> np.ndarray:
@@ -349,9 +339,9 @@ def restore_image(
     """
     image = load_upload(upload)
     steps = checked_whole_number(steps, 1, MAX_STEPS, "The number of flow steps")
-    upscale = checked_upscale(upscale)
+    upscale = checked_number(upscale, MIN_UPSCALE, MAX_UPSCALE, "Output scale")
     seed = checked_seed(seed)
-    fidelity_weight = checked_fidelity_weight(fidelity_weight)
+    fidelity_weight = checked_number(fidelity_weight, 0, 1, "Fidelity weight")
     store = store or demo_store()
     if mode != ALIGNED and detector is None:
         detector = store.detector()  # before the model: a missing detector file is said at once
@@ -435,7 +425,7 @@ def restore_video_upload(
         raise user_error("Upload a video first.")
     path = Path(getattr(upload, "name", upload))
     steps = checked_whole_number(steps, 1, MAX_STEPS, "The number of flow steps")
-    upscale = checked_upscale(upscale)
+    upscale = checked_number(upscale, MIN_UPSCALE, MAX_UPSCALE, "Output scale")
     seed = checked_seed(seed)
     try:
         info = probe(path)
@@ -496,11 +486,7 @@ def gradio_cache_dir() -> str:
 def stop_on_sigterm() -> None:
     """SIGTERM ends the app as Ctrl-C does (Gradio closes the server, the atexit clean-up runs);
     Python's default would end it at once and leave every user's files behind."""
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGTERM, raise_interrupt)
 
 
 @functools.cache

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
-import threading
 from pathlib import Path
 
 from lightning_models.restoration import (
@@ -52,7 +50,9 @@ from utils.images import (
     WriteError,
     collect_inputs,
     list_images,
+    print_renamed,
     refuse_writing_into_inputs,
+    terminate_as_interrupt,
 )
 from utils.precision import bf16_flag, configure_torch
 from utils.weights import MissingWeightsError, WeightsReadError
@@ -95,13 +95,6 @@ def report_skipped(skipped: list[tuple[str, str]]) -> None:
             print(f"  {name}: {reason}", file=sys.stderr)
 
 
-def report_renamed(renamed: dict[str, str]) -> None:
-    if renamed:
-        print(f"note: {len(renamed)} input(s) would have written the same file as another; their outputs are named:")
-        for name, output in renamed.items():
-            print(f"  {name} -> {output}")
-
-
 def check_input_size(args: argparse.Namespace) -> None:
     """Refuse an input size the model cannot take before loading it (from the checkpoint's config)."""
     from whole_image.align import FACE_SIZE
@@ -113,10 +106,6 @@ def check_input_size(args: argparse.Namespace) -> None:
     if problem:
         option = "--whole_image (512×512 faces)" if args.whole_image else f"--input_size {size}"
         fail(f"{option}: the model of {args.ckpt_path} cannot take it: {problem}")
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt  # SIGTERM ends the run as Ctrl-C does: whole files, one line
 
 
 def compile_decision(args, model, device, inputs: list[Path], lq_path: Path) -> bool:
@@ -134,19 +123,15 @@ def compile_decision(args, model, device, inputs: list[Path], lq_path: Path) -> 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    main_thread = threading.current_thread() is threading.main_thread()  # signal handlers live there only
-    previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
-    try:
-        run(args)
-    except (InputError, MissingWeightsError, WeightsReadError, WriteError) as error:  # what the library raises
-        fail(str(error))
-    except RunInterrupted as interrupted:  # Ctrl-C or SIGTERM after whole files; says how many
-        fail(str(interrupted), code=130)
-    except KeyboardInterrupt:
-        fail("interrupted before any image was written", code=130)
-    finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, previous)
+    with terminate_as_interrupt():  # SIGTERM ends the run as Ctrl-C does: whole files, one line
+        try:
+            run(args)
+        except (InputError, MissingWeightsError, WeightsReadError, WriteError) as error:  # the library's
+            fail(str(error))
+        except RunInterrupted as interrupted:  # Ctrl-C or SIGTERM after whole files; says how many
+            fail(str(interrupted), code=130)
+        except KeyboardInterrupt:
+            fail("interrupted before any image was written", code=130)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -173,15 +158,22 @@ def run(args: argparse.Namespace) -> None:
     prepare_for_inference(model, args.attention_backend, compiled, args.compile_mmse)
     if args.whole_image:
         from whole_image.cli import WholeImageOptions, run_whole_image
+        from whole_image.photo_batch import photo_inputs
+        from whole_image.tools import load_tools
         from whole_image.video import VideoOptions
         from whole_image.video_cli import photos_and_videos, run_videos
 
         restorer = FaceRestorer(model, args.num_flow_steps, args.seed, args.bf16, args.fidelity_weight)
         options = WholeImageOptions.from_args(args)
-        has_photos, videos = photos_and_videos(lq_path)  # these three raise; main() says it in one line
-        if has_photos:
+        has_photos, videos = photos_and_videos(lq_path)  # these raise; main() says it in one line
+        if has_photos and videos:  # detector, parser and upsampler loaded once for both, after the
+            photo_inputs(options)  # photos' output checks, where restore_photos would load them
+            tools = load_tools(options, device)
+            run_whole_image(options, restorer, device, tools=tools)
+            run_videos(options, VideoOptions.from_args(args), restorer, device, videos, tools)
+        elif has_photos:
             run_whole_image(options, restorer, device)
-        if videos:
+        elif videos:
             run_videos(options, VideoOptions.from_args(args), restorer, device, videos)
         return
     options = AlignedOptions(
@@ -192,7 +184,7 @@ def run(args: argparse.Namespace) -> None:
         skip_existing=args.skip_existing,
     )
     report = restore_aligned(model, inputs, output_dir, options)
-    report_renamed(report.renamed)
+    print_renamed(report.renamed, "input(s) would have written the same file as another")
     if report.existing:
         print(f"left {report.existing} image(s) whose outputs exist already (--skip_existing)")
     if report.resized:

@@ -18,18 +18,22 @@ behave the same everywhere:
   name get distinct stems, and nothing that becomes part of a name may hold a path (`check_name_part`);
 * a run's inputs are listed (`collect_inputs`), its output folders kept off the inputs
   (`refuse_writing_into_inputs`) and made writable (`writable_folder`) by one rule each, which raise
-  `InputError` (one line naming the path and the option) for the program to print.
+  `InputError` (one line naming the path and the option) for the program to print;
+* SIGTERM stops a run as Ctrl-C does inside `terminate_as_interrupt` (its handler: `raise_interrupt`),
+  and a run stopped after whole files raises `RunInterrupted`, whose message says how many.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import signal
 import struct
 import tempfile
+import threading
 import warnings
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -356,6 +360,16 @@ def renamed_outputs(stems: Mapping[str, str]) -> dict[str, str]:
     return {name: stem for name, stem in sorted(stems.items()) if stem != Path(name).stem}
 
 
+def print_renamed(renamed: Mapping[str, str], what: str) -> None:
+    """The note every mode prints about the inputs whose outputs were renamed (`renamed`: input name ->
+    output stem or file name): `note: N <what>; their outputs are named:`, then one
+    `  <input> -> <output>` line per input; nothing when none was renamed."""
+    if renamed:
+        print(f"note: {len(renamed)} {what}; their outputs are named:")
+        for name, output in renamed.items():
+            print(f"  {name} -> {output}")
+
+
 def save_rgb(array: np.ndarray, path: str | os.PathLike, jpeg_quality: int = JPEG_QUALITY) -> Path:
     """Write an (H, W, 3) RGB or (H, W, 4) RGBA uint8 array atomically; the format follows the extension."""
     if array.dtype != np.uint8:
@@ -388,6 +402,26 @@ class WriteError(OSError):
 class RunInterrupted(KeyboardInterrupt):
     """Ctrl-C (or SIGTERM) stopped a run after its finished outputs were written whole; the message is
     the one line to print (how many were written, how to finish)."""
+
+
+def raise_interrupt(signum, frame) -> None:
+    """Signal handler that raises KeyboardInterrupt: the signal (SIGTERM) ends the work as Ctrl-C does."""
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (`kill`, a job scheduler) handled as Ctrl-C inside the block, so a run stops after whole
+    files and leaves no partial one; the previous handler is back afterwards, so blocks may nest. In the
+    main thread only (Python delivers signals there); elsewhere the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class ImageWriter:

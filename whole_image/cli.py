@@ -26,6 +26,7 @@ from whole_image.detect import DETECTORS, FaceDetector
 from whole_image.options import BG_UPSAMPLERS, FACE_MASKS, MAX_UPSCALE, WholeImageOptions
 from whole_image.photo_batch import PhotoReport, restore_photos
 from whole_image.pipeline import RestoreFaces
+from whole_image.tools import WholeImageTools
 from whole_image.upsample import MAX_OUTPUT_SIDE
 
 
@@ -144,10 +145,11 @@ def run_whole_image(
     restore_faces: RestoreFaces,
     device: str | torch.device = "cpu",
     detector: FaceDetector | None = None,
+    tools: WholeImageTools | None = None,
 ) -> list[Path]:
     """restore_photos with its report printed; returns the restored photos' paths. Raises what
     restore_photos raises, and InputError when every photo failed (none was restored)."""
-    report = restore_photos(options, restore_faces, device, detector)
+    report = restore_photos(options, restore_faces, device, detector, tools)
     print_photo_report(report, options.output_dir)
     if report.nothing_restored:
         raise InputError("no photo was restored (see the skipped photos above)")

@@ -44,6 +44,7 @@ from utils.images import (
     collect_inputs,
     output_name,
     output_stems,
+    print_renamed,
     read_image,
     refuse_writing_into_inputs,
     renamed_outputs,
@@ -143,6 +144,16 @@ def first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [""])[0]
 
 
+def photo_inputs(options: WholeImageOptions) -> list[Path]:
+    """The photos of `options.lq_data_path`, once `options.output_dir` is known to be writable and to
+    hold none of them (InputError otherwise): the checks restore_photos makes before any model or
+    detector work."""
+    inputs = collect_inputs(options.lq_data_path)
+    refuse_writing_into_inputs(inputs, options.output_dir, OUTPUT_FOLDERS)
+    writable_folder(options.output_dir)
+    return inputs
+
+
 @dataclass
 class PhotoReport:
     """What restore_photos did."""
@@ -174,19 +185,14 @@ def restore_photos(
     detector, parser and background upsampler (`tools`, loaded as `options` ask unless given; `detector`
     replaces only the detector). Notes and progress are printed as the photos go.
     """
-    inputs = collect_inputs(options.lq_data_path)
-    refuse_writing_into_inputs(inputs, options.output_dir, OUTPUT_FOLDERS)
-    writable_folder(options.output_dir)  # before any model or detector work
+    inputs = photo_inputs(options)
     tools = tools or load_tools(options, device, detector)
     save_mmse = options.save_mmse and gives_posterior_mean(restore_faces)
     if options.save_mmse and not save_mmse:
         print("warning: --save_mmse: this model has no posterior-mean network; only PMRF's results are written")
     stems = photo_stems(inputs)
     report = PhotoReport(renamed=renamed_outputs({path.name: stem for path, stem in stems.items()}))
-    if report.renamed:
-        print(f"note: {len(report.renamed)} photo(s) share a name with another; their outputs are named:")
-        for name, stem in report.renamed.items():
-            print(f"  {name} -> {stem}")
+    print_renamed(report.renamed, "photo(s) share a name with another")
     if options.skip_existing:
         done = {photo for photo in inputs if output_paths(options, photo, stems[photo], 0).restored_image.is_file()}
         report.existing = len(done)

@@ -15,11 +15,7 @@ SIGTERM RunInterrupted, leaving no partial video; nothing here ends the program.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import signal
-import threading
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -35,8 +31,10 @@ from utils.images import (
     is_video_file,
     output_name,
     output_stems,
+    print_renamed,
     refuse_writing_into_inputs,
     renamed_outputs,
+    terminate_as_interrupt,
     writable_folder,
     write_atomic,
 )
@@ -47,24 +45,6 @@ from whole_image.video import VideoOptions, VideoResult, restore_video, supports
 from whole_image.video_io import VideoReadError
 
 RESULTS_FILE = "video_results.json"
-
-
-@contextlib.contextmanager
-def terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM (`kill`, a job scheduler) is handled as Ctrl-C while videos are written, so the temporary
-    file is removed either way (main thread only: Python delivers signals there)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 @dataclass
@@ -104,15 +84,12 @@ def restore_videos(
     stems = output_stems([video.name for video in videos], "mp4")  # every output is an MP4 file
     names = {video: output_name(f"{stems[video.name]}.mp4", options.suffix) for video in videos}
     report = VideoReport(renamed=renamed_outputs(stems))
-    if report.renamed:
-        print(f"note: {len(report.renamed)} video(s) share a name with another; their outputs are named:")
-        for name, stem in report.renamed.items():
-            print(f"  {name} -> {stem}")
+    print_renamed(report.renamed, "video(s) share a name with another")
     left = [video for video in videos if options.skip_existing and (output_dir / names[video]).is_file()]
     if left:
         report.existing = len(left)
         print(f"left {len(left)} video(s) whose output exists already (--skip_existing)")
-    with terminate_as_interrupt():
+    with terminate_as_interrupt():  # SIGTERM as Ctrl-C while videos are written: no partial file is left
         for video in videos:
             if video not in left:
                 restore_one(video, output_dir / names[video], restore_faces, tools, options, video_options, report)
