@@ -66,9 +66,15 @@ def non_finite_tensors(named: Iterable[tuple[str, torch.Tensor]]) -> list[str]:
     return [name for name, t in floats if not bool(torch.isfinite(t).all())]
 
 
+def named_weights(state: Mapping[str, torch.Tensor], shadows: Sequence[torch.Tensor] | None = None
+                  ) -> list[tuple[str, torch.Tensor]]:
+    """The state dict's entries, then the EMA shadows named `ema.shadow_params[i]`."""
+    return list(state.items()) + [(f"ema.shadow_params[{i}]", t) for i, t in enumerate(shadows or [])]
+
+
 def check_finite(state: Mapping[str, torch.Tensor], source: str, shadows: Sequence[torch.Tensor] | None = None) -> None:
     """Refuse weights (and EMA shadows) with a NaN or an infinity: NonFiniteWeightsError, one line."""
-    named = list(state.items()) + [(f"ema.shadow_params[{i}]", t) for i, t in enumerate(shadows or [])]
+    named = named_weights(state, shadows)
     bad = non_finite_tensors(named)
     if bad:
         values = sum(int((~torch.isfinite(t)).sum()) for name, t in named if name in set(bad))
