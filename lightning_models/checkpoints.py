@@ -37,6 +37,8 @@ from utils.weights import (
     state_dict_mismatch,
 )
 
+from .ema import copy_shadows_
+
 # A hyper-parameter a flow checkpoint carries when it was written without the Inception weights.
 INCEPTION_FLAG = "inception_weights_saved"
 HF_CONFIG_NAME = "config.json"
@@ -93,20 +95,6 @@ def ema_shadows(checkpoint: Mapping) -> list[torch.Tensor] | None:
     if isinstance(ema, Mapping) and ema.get("shadow_params") is not None:
         return list(ema["shadow_params"])
     return None
-
-
-def copy_shadows_(net: nn.Module, shadows: Sequence[torch.Tensor], what: str = "network") -> None:
-    params = list(net.parameters())
-    if len(params) != len(shadows):
-        raise ValueError(f"EMA state of the {what} has {len(shadows)} tensors, the network has {len(params)}")
-    with torch.no_grad():
-        for index, (param, shadow) in enumerate(zip(params, shadows)):
-            if param.shape != shadow.shape:
-                raise ValueError(
-                    f"EMA tensor {index} of the {what} has shape {tuple(shadow.shape)}, "
-                    f"the network expects {tuple(param.shape)}"
-                )
-            param.copy_(shadow)
 
 
 def mmse_network_state(checkpoint: Mapping) -> tuple[dict[str, torch.Tensor], list[torch.Tensor] | None]:
