@@ -98,6 +98,8 @@ def read_model_config(ckpt_path: str | os.PathLike, huggingface: bool = False) -
             from huggingface_hub import hf_hub_download
 
             return read_config(Path(hf_hub_download(str(ckpt_path), HF_CONFIG_NAME)))
+        if path.suffix == ".safetensors":
+            return None  # bare weights: no hyper-parameters to read
         checkpoint = read_weights_file(path, "cpu", mmap=True)
         config = checkpoint.get("hyper_parameters") if isinstance(checkpoint, Mapping) else None
         return dict(config) if isinstance(config, Mapping) else None
