@@ -15,7 +15,6 @@ import argparse
 from pathlib import Path
 
 import lightning as L
-import torch
 from torch.utils.data import DataLoader
 
 from data import ImageFolderDataset, make_transform, scan_images
@@ -23,6 +22,7 @@ from degradations import DEGRADATION_NAMES, create_degradation
 from lightning_models.restoration import load_model, prepare_for_inference
 from utils.auto_compile import add_compile_argument, describe, image_steps, should_compile
 from utils.cli import (
+    accelerator_on_gpu,
     add_checkpoint_arguments,
     add_fidelity_weight_argument,
     arch_argument,
@@ -100,10 +100,9 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, FileNotFoundError) as error:
         fail(str(error))
     processes = devices * args.num_nodes
-    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
     evaluations = 1 if model.stage == "mmse" else sum(args.num_flow_steps)
     job = image_steps(len(dataset) // processes, evaluations, args.img_size, args.img_size)
-    compiled = should_compile(args.compile, "cuda" if on_gpu else "cpu", job)
+    compiled = should_compile(args.compile, "cuda" if accelerator_on_gpu(accelerator) else "cpu", job)
     if compiled:
         print(describe(args.compile, True, job) or "compiling the network", flush=True)
     prepare_for_inference(model, compile=compiled)  # in place: the first batch compiles

@@ -27,7 +27,9 @@ from lightning_models.finite_guard import NAN_POLICIES, FiniteGuard, NonFiniteTr
 from lightning_models.flow import T_SCHEDULES
 from lightning_models.mmse_rectified_flow import STAGES, MMSERectifiedFlow
 from lightning_models.restorer import set_up_networks
+from utils.auto_compile import should_compile
 from utils.cli import (
+    accelerator_on_gpu,
     add_attention_backend_argument,
     arch_argument,
     check_writable_folder,
@@ -117,10 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
 def compiles(requested: str, accelerator: str, stage: str) -> bool:
     """--compile on/off decide; by default the flow network (HDiT) is compiled when training on GPU,
     as the reference compiles its small kernels by default (the posterior-mean stage stays eager)."""
-    if requested != "auto":
-        return requested == "on"
-    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-    return on_gpu and stage != "mmse"
+    flow_on_gpu = stage != "mmse" and accelerator_on_gpu(accelerator)
+    return should_compile(requested, "cuda" if flow_on_gpu else "cpu")
 
 
 # ------------------------------------------------------------------------------------------ logging

@@ -37,6 +37,8 @@ from utils.weights import (
     state_dict_mismatch,
 )
 
+from .ema import copy_shadows_
+
 # A hyper-parameter a flow checkpoint carries when it was written without the Inception weights.
 INCEPTION_FLAG = "inception_weights_saved"
 HF_CONFIG_NAME = "config.json"
@@ -66,9 +68,15 @@ def non_finite_tensors(named: Iterable[tuple[str, torch.Tensor]]) -> list[str]:
     return [name for name, t in floats if not bool(torch.isfinite(t).all())]
 
 
+def named_weights(state: Mapping[str, torch.Tensor], shadows: Sequence[torch.Tensor] | None = None
+                  ) -> list[tuple[str, torch.Tensor]]:
+    """The state dict's entries, then the EMA shadows named `ema.shadow_params[i]`."""
+    return list(state.items()) + [(f"ema.shadow_params[{i}]", t) for i, t in enumerate(shadows or [])]
+
+
 def check_finite(state: Mapping[str, torch.Tensor], source: str, shadows: Sequence[torch.Tensor] | None = None) -> None:
     """Refuse weights (and EMA shadows) with a NaN or an infinity: NonFiniteWeightsError, one line."""
-    named = list(state.items()) + [(f"ema.shadow_params[{i}]", t) for i, t in enumerate(shadows or [])]
+    named = named_weights(state, shadows)
     bad = non_finite_tensors(named)
     if bad:
         values = sum(int((~torch.isfinite(t)).sum()) for name, t in named if name in set(bad))
@@ -87,20 +95,6 @@ def ema_shadows(checkpoint: Mapping) -> list[torch.Tensor] | None:
     if isinstance(ema, Mapping) and ema.get("shadow_params") is not None:
         return list(ema["shadow_params"])
     return None
-
-
-def copy_shadows_(net: nn.Module, shadows: Sequence[torch.Tensor], what: str = "network") -> None:
-    params = list(net.parameters())
-    if len(params) != len(shadows):
-        raise ValueError(f"EMA state of the {what} has {len(shadows)} tensors, the network has {len(params)}")
-    with torch.no_grad():
-        for index, (param, shadow) in enumerate(zip(params, shadows)):
-            if param.shape != shadow.shape:
-                raise ValueError(
-                    f"EMA tensor {index} of the {what} has shape {tuple(shadow.shape)}, "
-                    f"the network expects {tuple(param.shape)}"
-                )
-            param.copy_(shadow)
 
 
 def mmse_network_state(checkpoint: Mapping) -> tuple[dict[str, torch.Tensor], list[torch.Tensor] | None]:

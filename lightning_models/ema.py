@@ -9,7 +9,7 @@ the reference reads; the arithmetic is torch-ema's, bit for bit.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -23,6 +23,23 @@ def ema_update(model: nn.Module, averaged: nn.Module, decay: float) -> None:
         average.sub_((average - param).mul_(1.0 - decay))
     for average, buffer in zip(averaged.buffers(), model.buffers(), strict=True):
         average.copy_(buffer)
+
+
+def copy_shadows_(network: nn.Module, shadows: Sequence[torch.Tensor], what: str = "network") -> None:
+    """Copy torch-ema's shadow weights (a list in parameters() order) into `network`. ValueError, before
+    anything is copied, when their count or a shape does not fit (`what` names the network)."""
+    params = list(network.parameters())
+    if len(params) != len(shadows):
+        raise ValueError(f"EMA state of the {what} has {len(shadows)} tensors, the network has {len(params)}")
+    for index, (param, shadow) in enumerate(zip(params, shadows)):
+        if param.shape != shadow.shape:
+            raise ValueError(
+                f"EMA tensor {index} of the {what} has shape {tuple(shadow.shape)}, "
+                f"the network expects {tuple(param.shape)}"
+            )
+    with torch.no_grad():
+        for param, shadow in zip(params, shadows):
+            param.copy_(shadow)
 
 
 def warmed_up_decay(decay: float, num_updates: int | None) -> float:
@@ -90,13 +107,5 @@ class EMA:
             raise ValueError(f"num_updates must be a whole number, got {num_updates!r}")
         if not isinstance(shadows, (list, tuple)) or not all(isinstance(s, torch.Tensor) for s in shadows):
             raise ValueError("shadow_params must be a list of tensors")
-        params = list(self.network.parameters())
-        if len(shadows) != len(params):
-            raise ValueError(f"{len(shadows)} shadow tensors for a network of {len(params)} parameters")
-        for index, (param, shadow) in enumerate(zip(params, shadows)):
-            if param.shape != shadow.shape:
-                raise ValueError(f"shadow tensor {index} has shape {tuple(shadow.shape)}, the network's {tuple(param.shape)}")
-        with torch.no_grad():
-            for param, shadow in zip(params, shadows):
-                param.copy_(shadow)
+        copy_shadows_(self.network, shadows)
         self.decay, self.num_updates = float(decay), num_updates

@@ -18,7 +18,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from .checkpoints import non_finite_tensors
+from .checkpoints import named_weights, non_finite_tensors
 
 NAN_POLICIES = ("stop", "skip")
 MAX_SKIPS_IN_A_ROW = 20  # then the run has diverged for good: skipping further would only hide it
@@ -29,14 +29,8 @@ class NonFiniteTrainingError(RuntimeError):
 
 
 def all_finite(tensors: list[torch.Tensor]) -> bool:
-    """Whether every value of `tensors` (all on one device) is finite: a sum per tensor, which a NaN or an
-    infinity makes non-finite (one pass, nothing allocated; it overflows only for values far beyond what
-    AdamW can take), and one host sync."""
-    if not tensors:
-        return True
-    sums = [t.detach().sum(dtype=torch.float64 if t.dtype == torch.float64 else torch.float32).reshape(1)
-            for t in tensors]
-    return bool(torch.isfinite(torch.cat(sums)).all())
+    """Whether every value of `tensors` is finite (`non_finite_tensors`: a sum per tensor and one host sync)."""
+    return not non_finite_tensors((str(index), tensor) for index, tensor in enumerate(tensors))
 
 
 def describe_problem(loss: torch.Tensor | None, checked: list[torch.Tensor]) -> str:
@@ -97,12 +91,10 @@ class FiniteGuard(L.Callback):
             print(f"warning: step {step} skipped: {what}", file=sys.stderr, flush=True)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        named = list(checkpoint.get("state_dict", {}).items())
         # Lightning calls the callbacks' hook before the module's, which adds the `ema` entry: read the copy
         ema = getattr(pl_module, "ema", None)
         shadows = (checkpoint.get("ema") or {}).get("shadow_params") or (ema.shadow_params if ema is not None else [])
-        named += [(f"ema.shadow_params[{i}]", t) for i, t in enumerate(shadows)]
-        bad = non_finite_tensors(named)
+        bad = non_finite_tensors(named_weights(checkpoint.get("state_dict", {}), shadows))
         if bad:
             raise NonFiniteTrainingError(
                 f"training stopped at step {trainer.global_step} (epoch {trainer.current_epoch}): {len(bad)} weight "

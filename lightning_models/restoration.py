@@ -37,6 +37,7 @@ from utils.images import (
     read_rgb,
 )
 from utils.precision import bf16_flag
+from utils.weights import read_weights_file
 
 from .restorer import Restoration, Restorer, set_up_networks
 
@@ -97,7 +98,9 @@ def read_model_config(ckpt_path: str | os.PathLike, huggingface: bool = False) -
             from huggingface_hub import hf_hub_download
 
             return read_config(Path(hf_hub_download(str(ckpt_path), HF_CONFIG_NAME)))
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        if path.suffix == ".safetensors":
+            return None  # bare weights: no hyper-parameters to read
+        checkpoint = read_weights_file(path, "cpu", mmap=True)
         config = checkpoint.get("hyper_parameters") if isinstance(checkpoint, Mapping) else None
         return dict(config) if isinstance(config, Mapping) else None
     except Exception:  # unreadable, offline, an old (non-zip) file: the loader gives the one-line error

@@ -221,12 +221,16 @@ def resolve_device(requested: str | torch.device | None, prefer_mps: bool = True
     return device
 
 
+def accelerator_on_gpu(accelerator: str) -> bool:
+    """Whether Lightning's --accelerator runs on CUDA: gpu / cuda, or auto where CUDA is available."""
+    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+
+
 def resolve_devices(accelerator: str, devices: int | None, num_gpus: int) -> tuple[str, int]:
     """(accelerator, device count): an explicit --devices wins; on GPU use --num_gpus (capped); else 1."""
     if devices is not None:
         return accelerator, devices
-    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-    if not on_gpu:
+    if not accelerator_on_gpu(accelerator):
         return accelerator, 1
     available = torch.cuda.device_count()
     if num_gpus > available:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from utils.weights import MissingWeightsError, WeightsReadError
@@ -52,7 +52,6 @@ class WeightsFile:
     sha256_prefix: str | None = None  # leading hex digits of the file's SHA-256, where known
     hint: str = ""  # appended to the "not found" message
     downloads_to: str | Path | None = None  # where a download goes (default: the first folder)
-    aliases: tuple[str, ...] = field(default=())
 
 
 NETWORKS: dict[str, NamedNetwork] = {}

@@ -52,15 +52,16 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return dict(checkpoint)
 
 
-def read_weights_file(path: str | os.PathLike, map_location: str | torch.device = "cpu"):
-    """Whatever a weights file holds (a dict, or a list of tensors as piq's LPIPS file), read safely."""
+def read_weights_file(path: str | os.PathLike, map_location: str | torch.device = "cpu", mmap: bool = False):
+    """Whatever a weights file holds (a dict, or a list of tensors as piq's LPIPS file), read safely.
+    With `mmap` a torch file's tensors are memory-mapped, not read (torch.load's `mmap`)."""
     path = Path(path)
     if not path.is_file():
         raise MissingWeightsError(f"{path}: no such file")
     if path.suffix == ".safetensors":
         return _read_safetensors(path, map_location)
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
         if "global" in str(error).lower():  # a class or function reference: code could run
             raise WeightsReadError(
